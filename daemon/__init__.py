@@ -1,0 +1,1 @@
+"""clapd.daemon: the runtime (capture, windows, inference, matching, events, publishers); never imports torch."""

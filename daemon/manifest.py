@@ -1,0 +1,130 @@
+"""The bundle manifest: the contract between `clapd export` and the daemon.
+
+A bundle is a folder with the audio model per precision, the text model, `tokenizer.json` and `manifest.json`.
+The daemon reads everything about the model from here and checks hashes before it loads anything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MANIFEST_NAME = "manifest.json"
+FORMAT_VERSION = 1
+Precision = Literal["fp32", "fp16", "int8"]
+
+
+class BundleError(Exception):
+    """A bundle that cannot be used; the message names the file and the reason."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TensorSpec(_Strict):
+    name: str
+    dtype: str  # numpy-style: "float32", "int64"
+    shape: list[int | str]  # symbolic axes by name, e.g. ["batch", 480000]
+
+
+class Parity(_Strict):
+    """How far the ONNX file is from PyTorch fp32 on the verification inputs."""
+
+    inputs: int = Field(description="clips or prompts compared")
+    min_cosine: float
+    max_abs_error: float
+    relative_error: float = Field(
+        description="largest |onnx - torch| over the smallest distance between two different inputs' embeddings"
+    )
+    min_cosine_required: float
+
+
+class ModelFile(_Strict):
+    file: str
+    sha256: str
+    precision: Precision
+    opset: int
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    parity: Parity
+
+
+class TokenizerFile(_Strict):
+    file: str
+    sha256: str
+    pad_token_id: int = Field(description="the text model derives positions from it: pad with this id only")
+    max_tokens: int
+
+
+class FrontEnd(_Strict):
+    """The log-mel front end inside the audio graph (kept fp32 in every precision)."""
+
+    n_fft: int
+    hop_length: int
+    n_mels: int
+    f_min: float
+    f_max: float
+    mel_scale: str
+    mel_norm: str | None
+
+
+class Manifest(_Strict):
+    format_version: int = FORMAT_VERSION
+    clapd_version: str
+    created_utc: str
+    source: str
+    revision: str | None
+    source_was_fused: bool
+    notes: list[str]
+    sample_rate: int = Field(description="Hz")
+    window_samples: int = Field(
+        description="the audio model's fixed input length; shorter windows repeat-pad"
+    )
+    min_window_samples: int
+    embedding_size: int
+    logit_scale: float = Field(description="exp(logit_scale_a): scales audio-text cosines into logits")
+    logit_scale_text: float
+    front_end: FrontEnd
+    audio: dict[Precision, ModelFile]
+    text: ModelFile
+    tokenizer: TokenizerFile
+    architecture: dict[str, int | str | list[int]]
+
+    @classmethod
+    def read(cls, bundle_dir: Path) -> Manifest:
+        path = bundle_dir / MANIFEST_NAME
+        try:
+            return cls.model_validate_json(path.read_bytes())
+        except FileNotFoundError as e:
+            raise BundleError(f"{bundle_dir}: not a clapd bundle (no {MANIFEST_NAME})") from e
+        except ValueError as e:
+            raise BundleError(f"{path}: invalid manifest: {e}") from e
+
+    def write(self, bundle_dir: Path) -> None:
+        (bundle_dir / MANIFEST_NAME).write_text(self.model_dump_json(indent=2) + "\n")
+
+    def files(self) -> list[tuple[str, str]]:
+        """(file name, sha256) of every file the manifest names."""
+        entries = [*self.audio.values(), self.text, self.tokenizer]
+        return [(entry.file, entry.sha256) for entry in entries]
+
+    def check_files(self, bundle_dir: Path) -> None:
+        """Raise `BundleError` unless every file is present with the recorded hash."""
+        for name, expected in self.files():
+            path = bundle_dir / name
+            if not path.is_file():
+                raise BundleError(f"{path}: missing from the bundle")
+            if sha256_file(path) != expected:
+                raise BundleError(f"{path}: sha256 differs from the manifest (file changed or corrupt)")
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,1 @@
+"""clapd.export: ONNX export, precision variants, verification against PyTorch, bundles and manifests."""

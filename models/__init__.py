@@ -1,0 +1,1 @@
+"""clapd.models: the PyTorch side: checkpoint loading and export-ready encoder wrappers."""

@@ -1,0 +1,114 @@
+"""The log-mel front end as graph operations, matching the reference feature extractor.
+
+The reference (`transformers.ClapFeatureExtractor`, LAION's torchlibrosa front end) computes a centred STFT with
+a periodic Hann window, a power spectrum, a mel filter bank and 10*log10 with a 1e-10 floor. Here the STFT is a
+Conv1d with a fixed windowed DFT basis, because every execution provider has Conv and TensorRT has no STFT op.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.audio_utils import mel_filter_bank, window_function
+
+POWER_FLOOR = 1e-10  # the reference's amin: -100 dB
+
+
+@dataclass(frozen=True, slots=True)
+class FrontEndSettings:
+    """How a checkpoint turns a waveform into its log-mel input."""
+
+    sample_rate: int = 48_000  # Hz
+    n_fft: int = 1024  # samples per analysis frame
+    hop_length: int = 480  # samples between frames (10 ms)
+    n_mels: int = 64
+    f_min: float = 50.0  # Hz
+    f_max: float = 14_000.0  # Hz
+    mel_scale: str = "slaney"  # "slaney" for unfused checkpoints, "htk" for the fusion path
+    mel_norm: str | None = "slaney"
+    window_samples: int = 480_000  # the model's fixed input: 10 s
+
+    @property
+    def frames(self) -> int:
+        """Frames per window: 1001 for 10 s at a 480-sample hop (centred STFT)."""
+        return self.window_samples // self.hop_length + 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_feature_extractor(cls, extractor: Any) -> FrontEndSettings:
+        """Read a `ClapFeatureExtractor`'s own settings; its `truncation` chooses the mel bank it uses."""
+        fusion = getattr(extractor, "truncation", "rand_trunc") == "fusion"
+        return cls(
+            sample_rate=int(extractor.sampling_rate),
+            n_fft=int(extractor.fft_window_size),
+            hop_length=int(extractor.hop_length),
+            n_mels=int(extractor.feature_size),
+            f_min=float(extractor.frequency_min),
+            f_max=float(extractor.frequency_max),
+            mel_scale="htk" if fusion else "slaney",
+            mel_norm=None if fusion else "slaney",
+            window_samples=int(extractor.nb_max_samples),
+        )
+
+    def mel_bank(self) -> np.ndarray:
+        """The reference's filter bank, [n_fft // 2 + 1, n_mels] in float64."""
+        return mel_filter_bank(
+            num_frequency_bins=self.n_fft // 2 + 1,
+            num_mel_filters=self.n_mels,
+            min_frequency=self.f_min,
+            max_frequency=self.f_max,
+            sampling_rate=self.sample_rate,
+            norm=self.mel_norm,
+            mel_scale=self.mel_scale,
+        )
+
+
+def _used_bins(mel_bank: np.ndarray) -> tuple[int, int]:
+    """First and one-past-last DFT bin that feed any mel filter; the rest of the basis is dead weight."""
+    used = np.flatnonzero(np.abs(mel_bank).sum(axis=1) > 0)
+    return int(used[0]), int(used[-1]) + 1
+
+
+class LogMelFrontEnd(nn.Module):
+    """Waveform [batch, samples] at the checkpoint's rate -> log-mel in dB [batch, 1, frames, n_mels]."""
+
+    def __init__(self, settings: FrontEndSettings) -> None:
+        super().__init__()
+        self.settings = settings
+        mel_bank = settings.mel_bank()
+        lo, hi = _used_bins(mel_bank)
+        n = np.arange(settings.n_fft)[None, :]
+        k = np.arange(lo, hi)[:, None]
+        window = window_function(settings.n_fft, "hann")  # periodic, as the reference
+        angle = 2.0 * np.pi * k * n / settings.n_fft
+        basis = np.concatenate([np.cos(angle) * window, -np.sin(angle) * window])  # [2 * bins, n_fft]
+        self.n_bins = hi - lo
+        self.register_buffer("dft_basis", torch.tensor(basis[:, None, :], dtype=torch.float32))
+        self.register_buffer("mel_bank", torch.tensor(mel_bank[lo:hi], dtype=torch.float32))
+
+    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+        pad = self.settings.n_fft // 2
+        padded = F.pad(waveform.unsqueeze(1), (pad, pad), mode="reflect")
+        spectrum = F.conv1d(padded, self.dft_basis, stride=self.settings.hop_length)  # [B, 2 * bins, frames]
+        real, imag = spectrum[:, : self.n_bins], spectrum[:, self.n_bins :]
+        power = (real * real + imag * imag).transpose(1, 2)  # [B, frames, bins]
+        mel = torch.matmul(power, self.mel_bank)  # [B, frames, n_mels]
+        return (10.0 * torch.log10(torch.clamp(mel, min=POWER_FLOOR))).unsqueeze(1)
+
+
+def bicubic_stretch_matrix(source_frames: int, target_frames: int) -> torch.Tensor:
+    """[target, source] matrix equal to the reference's bicubic (align_corners) resize along time.
+
+    HTS-AT stretches the 1001-frame spectrogram to 1024 frames with `interpolate(mode="bicubic")`; the resize is
+    linear in its input, so it is exactly a matrix product, which every execution provider runs fast.
+    """
+    identity = torch.eye(source_frames, dtype=torch.float64).reshape(1, 1, source_frames, source_frames)
+    stretched = F.interpolate(identity, (target_frames, source_frames), mode="bicubic", align_corners=True)
+    return stretched[0, 0].to(torch.float32)
