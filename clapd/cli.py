@@ -34,9 +34,7 @@ def _add_export(commands: argparse._SubParsersAction) -> None:
         default=("fp32",),
         help="comma list of fp32, fp16, int8 (default fp32)",
     )
-    parser.add_argument(
-        "--tokenizer", help="tokenizer id or directory (default: the checkpoint's, or roberta-base)"
-    )
+    parser.add_argument("--tokenizer", help="tokenizer id or directory (default: the checkpoint's, or roberta-base)")
     parser.add_argument("--trust-pickle", action="store_true", help="allow .pt files with pickled objects")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing bundle directory")
     parser.add_argument("--no-progress", action="store_true")
@@ -96,9 +94,7 @@ def _run_reference_model(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="clapd", description="On-device sound understanding with LAION CLAP."
-    )
+    parser = argparse.ArgumentParser(prog="clapd", description="On-device sound understanding with LAION CLAP.")
     parser.add_argument("-v", "--verbose", action="store_true")
     commands = parser.add_subparsers(dest="command", required=True)
     adders: list[Callable[[argparse._SubParsersAction], None]] = [_add_export, _add_reference_model]

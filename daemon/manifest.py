@@ -81,9 +81,7 @@ class Manifest(_Strict):
     source_was_fused: bool
     notes: list[str]
     sample_rate: int = Field(description="Hz")
-    window_samples: int = Field(
-        description="the audio model's fixed input length; shorter windows repeat-pad"
-    )
+    window_samples: int = Field(description="the audio model's fixed input length; shorter windows repeat-pad")
     min_window_samples: int
     embedding_size: int
     logit_scale: float = Field(description="exp(logit_scale_a): scales audio-text cosines into logits")

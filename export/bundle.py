@@ -69,9 +69,7 @@ def export_bundle(request: ExportRequest) -> Manifest:
         _staging(request.out_dir) as staging,
     ):
         bar.set_description("loading checkpoint")
-        checkpoint = load_checkpoint(
-            request.source, tokenizer=request.tokenizer, trust_pickle=request.trust_pickle
-        )
+        checkpoint = load_checkpoint(request.source, tokenizer=request.tokenizer, trust_pickle=request.trust_pickle)
         bar.update()
         audio = _export_audio(checkpoint, staging, request.precisions, bar)
         bar.set_description("text model")
@@ -189,9 +187,7 @@ def _export_text(checkpoint: LoadedCheckpoint, staging: Path) -> tuple[ModelFile
         raise verify.VerificationError("tokenizer.json gives other token ids than the checkpoint's tokenizer")
     encoder = TextEncoder(checkpoint.model).eval()
     with torch.no_grad():
-        reference = encoder(
-            torch.from_numpy(tokens.input_ids), torch.from_numpy(tokens.attention_mask)
-        ).numpy()
+        reference = encoder(torch.from_numpy(tokens.input_ids), torch.from_numpy(tokens.attention_mask)).numpy()
     path = staging / TEXT_FILE
     onnx_graphs.export_text(encoder, path)
     session = verify.cpu_session(str(path))
@@ -204,9 +200,7 @@ def _export_text(checkpoint: LoadedCheckpoint, staging: Path) -> tuple[ModelFile
         "fp32",
         parity,
         inputs=[TensorSpec(name=name, dtype="int64", shape=token_axes) for name in names],
-        outputs=[
-            TensorSpec(name=onnx_graphs.TEXT_OUTPUT, dtype="float32", shape=["batch", reference.shape[1]])
-        ],
+        outputs=[TensorSpec(name=onnx_graphs.TEXT_OUTPUT, dtype="float32", shape=["batch", reference.shape[1]])],
     )
     return model_file, tokenizer_file
 

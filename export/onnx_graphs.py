@@ -62,9 +62,7 @@ def join_stages(front_end_path: Path, embedder_path: Path, out_path: Path) -> No
     )
     joined.graph.input[0].name = AUDIO_INPUT
     for node in joined.graph.node:
-        node.input[:] = [
-            AUDIO_INPUT if name == FRONT_END_PREFIX + AUDIO_INPUT else name for name in node.input
-        ]
+        node.input[:] = [AUDIO_INPUT if name == FRONT_END_PREFIX + AUDIO_INPUT else name for name in node.input]
     onnx.checker.check_model(joined)
     onnx.save(joined, str(out_path))
 

@@ -61,8 +61,7 @@ def verification_clips(sample_rate: int, window_samples: int, seed: int = 0) -> 
         "sine_1k_full_scale": np.sin(2 * np.pi * 1000 * t),
         "white_noise_full_scale": rng.uniform(-1.0, 1.0, window_samples),
         "speech_like": 0.3 * voice * syllables / np.abs(voice).max(),
-        "clicks_over_hiss": 0.8 * (rng.random(window_samples) < 3 / sample_rate)
-        + 1e-3 * rng.standard_normal(t.size),
+        "clicks_over_hiss": 0.8 * (rng.random(window_samples) < 3 / sample_rate) + 1e-3 * rng.standard_normal(t.size),
         "chirp_1s_repeat_padded": repeat_pad(0.5 * chirp, window_samples),
     }
     return {name: clip.astype(np.float32) for name, clip in clips.items()}

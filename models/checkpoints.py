@@ -44,9 +44,7 @@ class LoadedCheckpoint:
     notes: tuple[str, ...] = field(default=())
 
 
-def load_checkpoint(
-    source: str, *, tokenizer: str | None = None, trust_pickle: bool = False
-) -> LoadedCheckpoint:
+def load_checkpoint(source: str, *, tokenizer: str | None = None, trust_pickle: bool = False) -> LoadedCheckpoint:
     """Dispatch on what SOURCE is: an existing file, an existing directory, or a hub id."""
     path = Path(source).expanduser()
     if path.is_file():
@@ -130,9 +128,7 @@ def _front_end_from_directory(path: Path, *, fused: bool) -> FrontEndSettings:
     return FrontEndSettings(**{**settings.to_dict(), "mel_scale": scale, "mel_norm": norm})
 
 
-def _build_model(
-    config: ClapConfig, state: dict[str, torch.Tensor], source: str
-) -> tuple[ClapModel, tuple[str, ...]]:
+def _build_model(config: ClapConfig, state: dict[str, torch.Tensor], source: str) -> tuple[ClapModel, tuple[str, ...]]:
     """A `ClapModel` with every one of its weights from `state`; fused models lose only their fusion branch."""
     notes: list[str] = []
     if config.audio_config.enable_fusion:

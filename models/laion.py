@@ -47,9 +47,7 @@ def unwrap_state_dict(checkpoint: object) -> dict[str, torch.Tensor]:
 
 
 def is_laion_layout(state: Mapping[str, torch.Tensor]) -> bool:
-    return any(k.startswith("audio_branch.") for k in state) and any(
-        k.startswith("text_branch.") for k in state
-    )
+    return any(k.startswith("audio_branch.") for k in state) and any(k.startswith("text_branch.") for k in state)
 
 
 def rename_to_transformers(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -80,9 +78,7 @@ def infer_config(state: Mapping[str, torch.Tensor]) -> ClapConfig:
     audio = "audio_branch."
     stages = _count(state, rf"{re.escape(audio)}layers\.(\d+)\.")
     depths = [_count(state, rf"{re.escape(audio)}layers\.{i}\.blocks\.(\d+)\.") for i in range(stages)]
-    heads = [
-        state[f"{audio}layers.{i}.blocks.0.attn.relative_position_bias_table"].shape[1] for i in range(stages)
-    ]
+    heads = [state[f"{audio}layers.{i}.blocks.0.attn.relative_position_bias_table"].shape[1] for i in range(stages)]
     table = state[f"{audio}layers.0.blocks.0.attn.relative_position_bias_table"].shape[0]
     window = (int(round(table**0.5)) + 1) // 2  # the table holds (2w - 1)^2 offsets
     fused = any(FUSION_KEYS.search(k) for k in state)

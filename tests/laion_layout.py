@@ -158,9 +158,7 @@ def _batch_norm(out: dict[str, torch.Tensor], dst: str, src: _Source, hf: str) -
         out[f"{dst}.{name}"] = src.take(f"{hf}.{name}")
 
 
-def _random_linear(
-    out: dict[str, torch.Tensor], dst: str, shape: tuple[int, ...], gen: torch.Generator
-) -> None:
+def _random_linear(out: dict[str, torch.Tensor], dst: str, shape: tuple[int, ...], gen: torch.Generator) -> None:
     out[dst + ".weight"] = torch.randn(shape, generator=gen) * 0.02
     out[dst + ".bias"] = torch.randn(shape[0], generator=gen) * 0.02
 
@@ -173,9 +171,7 @@ def _random_batch_norm(out: dict[str, torch.Tensor], dst: str, channels: int, ge
     out[dst + ".num_batches_tracked"] = torch.tensor(1000, dtype=torch.int64)
 
 
-def _random_aff_2d(
-    out: dict[str, torch.Tensor], dst: str, channels: int, r: int, gen: torch.Generator
-) -> None:
+def _random_aff_2d(out: dict[str, torch.Tensor], dst: str, channels: int, r: int, gen: torch.Generator) -> None:
     """feature_fusion.AFF(channels, r, type='2D') with random weights."""
     inter = channels // r
     for seq, (c1, b1, c2, b2) in (("local_att", (0, 1, 3, 4)), ("global_att", (1, 2, 4, 5))):
