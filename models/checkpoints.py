@@ -184,7 +184,10 @@ def _load_tokenizer(name: str, source: str) -> PreTrainedTokenizerBase:
 
 def load_laion_file(path: Path, *, tokenizer: str, trust_pickle: bool) -> LoadedCheckpoint:
     """One of LAION's training checkpoints; its tokenizer is RoBERTa's unless `tokenizer` names another."""
-    state = laion.unwrap_state_dict(_torch_load(path, trust_pickle))
+    try:
+        state = laion.unwrap_state_dict(_torch_load(path, trust_pickle))
+    except ValueError as e:
+        raise CheckpointError(f"{path}: not a CLAP checkpoint ({e})") from e
     if not laion.is_laion_layout(state):
         raise CheckpointError(f"{path}: not a LAION CLAP checkpoint (no audio_branch/text_branch weights)")
     if "text_branch.embeddings.word_embeddings.weight" not in state:
@@ -213,6 +216,8 @@ def _torch_load(path: Path, trust_pickle: bool) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=not trust_pickle)
     except pickle.UnpicklingError as e:
+        if "Unsupported global" not in str(e):  # anything else is not a pickle of tensors at all
+            raise CheckpointError(f"{path}: not a PyTorch checkpoint (unreadable pickle)") from e
         raise CheckpointError(
             f"{path}: holds Python objects beyond tensors; if you trust the file, pass --trust-pickle"
         ) from e

@@ -31,6 +31,7 @@ _PROJECTION = re.compile(r"^(audio|text)_projection\.(\d+)\.")
 # torchlibrosa front end, which `clapd` rebuilds in the graph (and checks against `melW`).
 _NOT_IN_CLAP_MODEL = re.compile(
     r"^(audio_transform|text_transform)\.|^audio_branch\.(spectrogram_extractor|logmel_extractor|head|tscam_conv)\."
+    r"|\.attn_mask$"  # HTS-AT's saved shifted-window masks; transformers derives them
 )
 FUSION_KEYS = re.compile(r"(fusion_model|mel_conv2d)\.")
 

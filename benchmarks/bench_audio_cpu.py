@@ -1,0 +1,296 @@
+"""Per-window CPU time of the full-size audio model: HF transformers eager vs our ONNX fp32 and int8 bundles.
+
+Each variant x batch size is timed in a fresh subprocess (`--worker`), because several ORT sessions in one process
+give bimodal figures. The parent builds (or reuses) the random-weight reference model and its bundle, runs the
+workers one after another, prints a markdown table and, with `--write`, updates its section of docs/benchmarks.md.
+
+    .venv/bin/python benchmarks/bench_audio_cpu.py --write docs/benchmarks.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from importlib.metadata import version
+from pathlib import Path
+
+import numpy as np
+
+SAMPLE_RATE = 48_000  # Hz
+WINDOW_SAMPLES = 480_000  # the model's fixed input: 10 s
+N_CLIPS = 8
+THREADS = 2
+VARIANTS = ("hf-eager", "onnx-fp32", "onnx-int8")
+NAMES = {"hf-eager": "HF eager", "onnx-fp32": "ONNX fp32", "onnx-int8": "ONNX int8"}
+LABELS = {**NAMES, "hf-eager": "HF eager (extractor + `get_audio_features`)"}
+ONNX_FILES = {"onnx-fp32": "audio_fp32.onnx", "onnx-int8": "audio_int8.onnx"}
+START, END = "<!-- bench_audio_cpu:start -->", "<!-- bench_audio_cpu:end -->"
+DOC_HEADER = (
+    "# clapd benchmarks\n\n"
+    "Figures are measured by the scripts in `benchmarks/`; each section names the script that wrote it "
+    "(`bench_audio_cpu.py`: audio model on the CPU).\n"
+)
+
+Embedder = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True, slots=True)
+class Timing:
+    """One worker's result: per-window times (batch time / batch size) and the embeddings of all clips."""
+
+    variant: str
+    batch: int
+    runs: int
+    warmup: int
+    window_ms: list[float]
+    embeddings: list[list[float]]  # [N_CLIPS, embedding size], unit norm
+
+
+def make_clips(seed: int = 0) -> np.ndarray:
+    """[N_CLIPS, WINDOW_SAMPLES] float32 in [-1, 1]: noise, tones, sweeps, clicks and silence, mixed."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(WINDOW_SAMPLES, dtype=np.float64) / SAMPLE_RATE  # s
+    clips = [
+        0.3 * rng.standard_normal(WINDOW_SAMPLES),
+        0.5 * np.sin(2 * np.pi * 440.0 * t) + 0.01 * rng.standard_normal(WINDOW_SAMPLES),
+        0.4 * np.sin(2 * np.pi * (100.0 * t + 0.5 * (8000.0 - 100.0) / 10.0 * t**2)),  # 100 Hz -> 8 kHz sweep
+        np.zeros(WINDOW_SAMPLES),
+        sum(0.15 / k * np.sin(2 * np.pi * 220.0 * k * t) for k in range(1, 8)) * (t % 1.0 < 0.5),
+        np.where(rng.random(WINDOW_SAMPLES) < 2e-4, rng.choice([-0.9, 0.9], WINDOW_SAMPLES), 0.0),  # clicks
+        np.cumsum(rng.standard_normal(WINDOW_SAMPLES)) * 1e-3,  # brown-ish noise
+        0.2 * rng.standard_normal(WINDOW_SAMPLES) * np.sin(2 * np.pi * 0.5 * t) ** 2
+        + 0.3 * np.sin(2 * np.pi * 1000.0 * t),
+    ]
+    return np.clip(np.stack(clips), -1.0, 1.0).astype(np.float32)
+
+
+def hf_embedder(model_dir: Path) -> Embedder:
+    import torch
+    from transformers import ClapFeatureExtractor, ClapModel
+
+    torch.set_num_threads(THREADS)
+    extractor = ClapFeatureExtractor(frequency_min=50, truncation="rand_trunc")
+    model = ClapModel.from_pretrained(model_dir).eval()
+
+    def embed(batch: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            features = extractor(list(batch), sampling_rate=SAMPLE_RATE, return_tensors="pt")
+            return model.get_audio_features(**features).pooler_output.numpy()
+
+    return embed
+
+
+def onnx_embedder(path: Path) -> Embedder:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = THREADS
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # the daemon's setting: no idle spin
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    input_name = session.get_inputs()[0].name
+    return lambda batch: session.run(None, {input_name: batch})[0]
+
+
+def time_embedder(embed: Embedder, clips: np.ndarray, batch: int, runs: int, warmup: int) -> list[float]:
+    """Per-window ms of each timed run; the batches rotate through the clips."""
+    window_ms = []
+    for run in range(warmup + runs):
+        rows = [(run * batch + k) % len(clips) for k in range(batch)]
+        inputs = np.ascontiguousarray(clips[rows])
+        start = time.perf_counter()
+        embed(inputs)
+        elapsed = time.perf_counter() - start  # s
+        if run >= warmup:
+            window_ms.append(1000.0 * elapsed / batch)
+    return window_ms
+
+
+def run_worker(args: argparse.Namespace) -> None:
+    clips = make_clips()
+    if args.worker == "hf-eager":
+        embed = hf_embedder(args.work_dir / "model")
+    else:
+        embed = onnx_embedder(args.work_dir / "bundle" / ONNX_FILES[args.worker])
+    window_ms = time_embedder(embed, clips, args.worker_batch, args.runs, args.warmup)
+    # Untimed: every clip once, for the cosine figures.
+    embeddings = np.concatenate([embed(clips[i : i + args.worker_batch]) for i in range(0, N_CLIPS, args.worker_batch)])
+    timing = Timing(args.worker, args.worker_batch, args.runs, args.warmup, window_ms, embeddings.tolist())
+    print(json.dumps(asdict(timing)))
+
+
+def ensure_assets(work_dir: Path, rebuild: bool) -> None:
+    """The random-weight full-size reference model and its fp32 + int8 bundle, built once and reused."""
+    model_dir, bundle_dir = work_dir / "model", work_dir / "bundle"
+    if rebuild or not (model_dir / "config.json").exists():
+        from clapd.models.reference import save_reference_model
+
+        print(f"building the reference model in {model_dir} ...", file=sys.stderr)
+        save_reference_model("default", model_dir)
+        rebuild = True
+    if rebuild or not all((bundle_dir / name).exists() for name in [*ONNX_FILES.values(), "manifest.json"]):
+        from clapd.export.bundle import ExportRequest, export_bundle
+
+        print(f"exporting the bundle to {bundle_dir} ...", file=sys.stderr)
+        request = ExportRequest(
+            source=str(model_dir), out_dir=bundle_dir, precisions=("fp32", "int8"), overwrite=True, progress=False
+        )
+        export_bundle(request)
+
+
+def spawn_worker(variant: str, batch: int, runs: int, warmup: int, work_dir: Path) -> Timing:
+    command = [sys.executable, str(Path(__file__).resolve()), "--worker", variant, "--batch", str(batch)]
+    command += ["--runs", str(runs), "--warmup", str(warmup), "--work-dir", str(work_dir)]
+    env = {**os.environ, "OMP_NUM_THREADS": str(THREADS)}
+    print(f"timing {variant} at batch {batch} ({warmup} warm-up + {runs} runs) ...", file=sys.stderr)
+    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"worker {variant} batch {batch} failed:\n{done.stderr[-4000:]}")
+    return Timing(**json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def max_cross_cosine(embeddings: np.ndarray) -> float:
+    """The largest cosine between the embeddings of two different clips: the scale the parity figures sit on."""
+    x = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
+    gram = x @ x.T
+    return float(np.max(gram[~np.eye(len(x), dtype=bool)]))
+
+
+def table(timings: list[Timing]) -> str:
+    rows = [
+        "| path | batch | median ms | min ms | max ms | windows/s | vs HF eager |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    hf = {t.batch: statistics.median(t.window_ms) for t in timings if t.variant == "hf-eager"}
+    for t in sorted(timings, key=lambda t: (t.batch, VARIANTS.index(t.variant))):
+        median = statistics.median(t.window_ms)
+        speedup = f"{hf[t.batch] / median:.2f}x" if t.batch in hf else "-"
+        rows.append(
+            f"| {LABELS[t.variant]} | {t.batch} | {median:.1f} | {min(t.window_ms):.1f} | {max(t.window_ms):.1f} "
+            f"| {1000.0 / median:.2f} | {speedup} |"
+        )
+    return "\n".join(rows)
+
+
+def cosine_lines(timings: list[Timing]) -> list[str]:
+    """Parity on the same clips, from the largest batch each variant ran; relative error as in the manifest."""
+    from clapd.export.verify import compare
+
+    largest: dict[str, np.ndarray] = {}
+    for t in sorted(timings, key=lambda t: t.batch):
+        largest[t.variant] = np.asarray(t.embeddings, dtype=np.float64)
+    lines = []
+    for candidate, reference, digits in (("onnx-int8", "onnx-fp32", 6), ("onnx-fp32", "hf-eager", 10)):
+        if {candidate, reference} <= largest.keys():
+            c = compare(largest[reference], largest[candidate])
+            lines.append(
+                f"- {NAMES[candidate]} vs {NAMES[reference]}: embedding cosine min over {N_CLIPS} clips "
+                f"{c.min_cosine:.{digits}f}; max error / gap between the two closest clips {c.relative_error:.2g}"
+            )
+    reference = "onnx-fp32" if "onnx-fp32" in largest else next(iter(largest))
+    lines.append(
+        f"- for scale: the largest cosine between two different clips' embeddings ({NAMES[reference]}, "
+        f"random weights) is {max_cross_cosine(largest[reference]):.4f}"
+    )
+    return lines
+
+
+def machine_line() -> str:
+    cpu = "unknown CPU"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    return f"{cpu}, {os.cpu_count()} cores, {platform.machine()}"
+
+
+def versions_line() -> str:
+    return ", ".join(f"{name} {version(name)}" for name in ("torch", "transformers", "onnxruntime", "numpy"))
+
+
+def section(timings: list[Timing], load: float) -> str:
+    runs = sorted({(t.batch, t.warmup, t.runs) for t in timings})
+    protocol = "; ".join(f"batch {b}: {w} warm-up + {r} timed runs" for b, w, r in runs)
+    lines = [
+        START,
+        "## Audio model on the CPU (per 10 s window)",
+        "",
+        "Written by `benchmarks/bench_audio_cpu.py`: random-weight full-size reference model (HTSAT-tiny, "
+        "`laion/clap-htsat-unfused` architecture), each path x batch timed in a fresh process with "
+        f"{THREADS} threads. Per-window ms = batch time / batch size. HF eager includes its numpy feature "
+        "extractor; the ONNX graphs include their front end. ONNX sessions: CPUExecutionProvider, "
+        "ORT_ENABLE_ALL at load, intra-op spinning off (the daemon's settings).",
+        "",
+        f"- date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
+        f"- machine: {machine_line()} (1-min load average at start: {load:.2f})",
+        f"- versions: {versions_line()}",
+        f"- runs: {protocol}",
+        "",
+        table(timings),
+        "",
+        *cosine_lines(timings),
+        END,
+    ]
+    return "\n".join(lines)
+
+
+def write_section(path: Path, text: str) -> None:
+    """Replace this script's section (or append it), keeping the rest of the file."""
+    doc = path.read_text() if path.exists() else DOC_HEADER
+    start, end = doc.find(START), doc.find(END)
+    if start != -1 and end > start:
+        doc = doc[:start] + text + doc[end + len(END) :]
+    else:
+        doc = doc.rstrip("\n") + "\n\n" + text + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(doc)
+
+
+def run_parent(args: argparse.Namespace) -> None:
+    load = os.getloadavg()[0]
+    ensure_assets(args.work_dir, args.rebuild)
+    batches = [int(b) for b in args.batches.split(",")]
+    timings = [
+        spawn_worker(variant, batch, args.runs, args.warmup, args.work_dir) for batch in batches for variant in VARIANTS
+    ]
+    text = section(timings, load)
+    print(text)
+    if args.write:
+        write_section(args.write, text)
+        print(f"wrote {args.write}", file=sys.stderr)
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
+    parser.add_argument("--work-dir", type=Path, default=Path("/tmp/clapd-bench"), help="model and bundle cache")
+    parser.add_argument("--rebuild", action="store_true", help="rebuild the reference model and bundle")
+    parser.add_argument("--runs", type=int, default=10, help="timed runs per variant and batch")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed runs before them")
+    parser.add_argument("--batches", default="1,8", help="comma-separated batch sizes")
+    parser.add_argument("--write", type=Path, help="markdown file whose bench_audio_cpu section to update")
+    parser.add_argument("--worker", choices=VARIANTS, help=argparse.SUPPRESS)
+    parser.add_argument("--worker-batch", "--batch", type=int, default=1, help=argparse.SUPPRESS)
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    if args.worker:
+        run_worker(args)
+    else:
+        run_parent(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,46 @@
+"""Shared fixtures: the tests build the models they need (no hub on these machines)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from clapd.models.reference import save_reference_model
+
+from helpers import SAMPLE_RATE, WINDOW
+
+
+@pytest.fixture(scope="session")
+def small_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_reference_model("small", tmp_path_factory.mktemp("small") / "model", seed=0)
+
+
+@pytest.fixture(scope="session")
+def small_fused_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_reference_model("small", tmp_path_factory.mktemp("fused") / "model", seed=1, fused=True)
+
+
+@pytest.fixture(scope="session")
+def default_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`ClapConfig()`: the laion/clap-htsat-unfused architecture (HTSAT-tiny + RoBERTa-base), random weights."""
+    return save_reference_model("default", tmp_path_factory.mktemp("default") / "model", seed=0)
+
+
+@pytest.fixture(scope="session")
+def test_audio() -> dict[str, np.ndarray]:
+    """Seeded clips unlike the export's verification set: tones, noise, a sweep, bursts, and short clips."""
+    rng = np.random.default_rng(1234)
+    t = np.arange(WINDOW) / SAMPLE_RATE
+    bursts = (np.sin(2 * np.pi * 1.5 * t) > 0.7) * rng.standard_normal(WINDOW) * 0.3
+    return {
+        "tone_440": 0.5 * np.sin(2 * np.pi * 440 * t),
+        "square_3k_full_scale": np.sign(np.sin(2 * np.pi * 3000 * t)),
+        "pink_ish_noise": np.cumsum(rng.standard_normal(WINDOW)) * 1e-3 % 0.5,
+        "sweep": 0.7 * np.sin(2 * np.pi * (100 * t + 600 * t**2)),
+        "bursts": bursts,
+        "very_quiet_noise": 1e-5 * rng.standard_normal(WINDOW),
+        "short_1s_beeps": 0.4 * np.sin(2 * np.pi * 2500 * t[:SAMPLE_RATE]) * (t[:SAMPLE_RATE] % 0.25 < 0.1),
+        "short_3_7s_noise": 0.2 * rng.standard_normal(int(3.7 * SAMPLE_RATE)),
+    }
