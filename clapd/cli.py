@@ -66,9 +66,8 @@ def _run_export(args: argparse.Namespace) -> int:
             f"{entry.file}: {precision}, min cosine {parity.min_cosine:.7f}, "
             f"relative error {parity.relative_error:.2g} on {parity.inputs} clips"
         )
-    print(
-        f"{manifest.text.file}: min cosine {manifest.text.parity.min_cosine:.7f} on {manifest.text.parity.inputs} prompts"
-    )
+    text = manifest.text.parity
+    print(f"{manifest.text.file}: min cosine {text.min_cosine:.7f} on {text.inputs} prompts")
     print(f"bundle written to {args.output}")
     return 0
 

@@ -6,10 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import SAMPLE_RATE, WINDOW
 
 from clapd.models.reference import save_reference_model
-
-from helpers import SAMPLE_RATE, WINDOW
 
 
 @pytest.fixture(scope="session")
