@@ -51,6 +51,11 @@ class ModelFile(_Strict):
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     parity: Parity
+    batch_invariant: bool = Field(
+        default=True,
+        description="each row's result is independent of the rest of the batch; false for dynamic int8, whose "
+        "activation scales span the whole batch: run such a model one window at a time",
+    )
 
 
 class TokenizerFile(_Strict):

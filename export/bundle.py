@@ -140,8 +140,14 @@ def _verified_audio(
     path: Path, precision: Precision, batch: np.ndarray, reference: np.ndarray, window_samples: int
 ) -> ModelFile:
     session = verify.cpu_session(str(path))
-    embeddings = verify.run_batched(lambda x: session.run(None, {onnx_graphs.AUDIO_INPUT: x})[0], batch)
+
+    def run(x: np.ndarray) -> np.ndarray:
+        return session.run(None, {onnx_graphs.AUDIO_INPUT: x})[0]
+
+    embeddings = verify.run_batched(run, batch)
     parity = verify.check(path.name, precision, verify.compare(reference, embeddings), len(batch))
+    alone = verify.run_batched(run, batch, batch=1)
+    batch_invariant = bool(np.abs(alone - embeddings).max() < verify.BATCH_INVARIANCE_TOLERANCE)
     logger.info(
         "%s: min cosine %.8f, max abs %.2g, relative %.2g",
         path.name,
@@ -150,13 +156,14 @@ def _verified_audio(
         parity.relative_error,
     )
     dim = reference.shape[1]
-    return _model_file(
+    model_file = _model_file(
         path,
         precision,
         parity,
         inputs=[TensorSpec(name=onnx_graphs.AUDIO_INPUT, dtype="float32", shape=["batch", window_samples])],
         outputs=[TensorSpec(name=onnx_graphs.AUDIO_OUTPUT, dtype="float32", shape=["batch", dim])],
     )
+    return model_file.model_copy(update={"batch_invariant": batch_invariant})
 
 
 def _model_file(
