@@ -1,4 +1,4 @@
-"""`clapd export`: bundles that pass their own verification, match the reference, and are written whole or not at all."""
+"""`clapd export`: bundles that pass their own verification, match the reference, and land whole or not at all."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from transformers import AutoTokenizer, ClapFeatureExtractor, ClapModel
 from clapd.daemon.manifest import BundleError, Manifest
 from clapd.daemon.text import PromptTokenizer
 from clapd.daemon.windowing import repeat_pad
-from clapd.export import bundle, onnx_graphs, verify
+from clapd.export import onnx_graphs, verify
 from clapd.export.bundle import ExportRequest, export_bundle
 
 PROMPTS = ["a dog barking", "an alarm", "water running from a tap", "knock knock"]
