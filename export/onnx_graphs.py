@@ -107,7 +107,9 @@ def embedder_fp16(fp32_path: Path, out_path: Path) -> None:
 
 
 def embedder_int8(fp32_path: Path, out_path: Path) -> None:
-    """Dynamic int8 quantisation of the embedder (signed weights, which VNNI needs; per channel).
+    """Dynamic int8 quantisation of the embedder (signed weights, which VNNI needs).
+
+    Per-tensor weight scales: on HTSAT-tiny they hold cosine 0.9996 to fp32 where per-channel ones gave 0.9986.
 
     Only the embedder: int8 weights turn the front end's DFT basis and mel bank into noise (cosine 0.43).
     """
@@ -115,6 +117,6 @@ def embedder_int8(fp32_path: Path, out_path: Path) -> None:
     level = root.level
     root.setLevel(logging.ERROR)  # the quantiser warns on the root logger about every integer tensor it skips
     try:
-        quantize_dynamic(str(fp32_path), str(out_path), weight_type=QuantType.QInt8, per_channel=True)
+        quantize_dynamic(str(fp32_path), str(out_path), weight_type=QuantType.QInt8, per_channel=False)
     finally:
         root.setLevel(level)
