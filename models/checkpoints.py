@@ -57,10 +57,14 @@ def load_checkpoint(source: str, *, tokenizer: str | None = None, trust_pickle: 
 
 
 def _download(hub_id: str) -> Path:
+    """The hub snapshot's config, tokenizer, preprocessor and weights (safetensors, else the .bin)."""
     try:
         from huggingface_hub import snapshot_download
 
-        return Path(snapshot_download(hub_id, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model"]))
+        path = Path(snapshot_download(hub_id, allow_patterns=["*.json", "*.txt", "*.safetensors"]))
+        if not any(path.glob("*.safetensors")):
+            path = Path(snapshot_download(hub_id, allow_patterns=["pytorch_model.bin"]))
+        return path
     except Exception as e:  # the hub client raises many types; all mean "could not get it"
         raise CheckpointError(
             f"{hub_id}: cannot fetch it from the Hugging Face hub ({type(e).__name__}); download the model "
