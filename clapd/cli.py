@@ -31,8 +31,8 @@ def _add_export(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--precision",
         type=_precisions,
-        default=("fp32",),
-        help="comma list of fp32, fp16, int8 (default fp32)",
+        default=("fp32", "fp16", "int8"),
+        help="comma list of fp32, fp16, int8 (default: all three)",
     )
     parser.add_argument("--tokenizer", help="tokenizer id or directory (default: the checkpoint's, or roberta-base)")
     parser.add_argument("--trust-pickle", action="store_true", help="allow .pt files with pickled objects")

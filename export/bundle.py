@@ -52,7 +52,7 @@ def audio_file_name(precision: Precision) -> str:
 class ExportRequest:
     source: str
     out_dir: Path
-    precisions: tuple[Precision, ...] = ("fp32",)
+    precisions: tuple[Precision, ...] = PRECISIONS
     tokenizer: str | None = None
     trust_pickle: bool = False
     overwrite: bool = False

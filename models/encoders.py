@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import ClapModel
 
-from clapd.models.frontend import FrontEndSettings, LogMelFrontEnd, bicubic_stretch_matrix
+from clapd.models.frontend import BicubicTimeStretch, FrontEndSettings, LogMelFrontEnd
 
 
 class LogMelFeatures(nn.Module):
@@ -19,16 +19,14 @@ class LogMelFeatures(nn.Module):
     def __init__(self, front_end: FrontEndSettings, spec_frames: int) -> None:
         super().__init__()
         self.front_end = LogMelFrontEnd(front_end)
-        self.stretch = front_end.frames < spec_frames
-        if self.stretch:
-            self.register_buffer("time_stretch", bicubic_stretch_matrix(front_end.frames, spec_frames))
+        self.stretch = BicubicTimeStretch(front_end.frames, spec_frames) if front_end.frames < spec_frames else None
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
         log_mel = self.front_end(waveform)  # [B, 1, frames, n_mels]
-        if self.stretch:
+        if self.stretch is not None:
             # Before the encoder's batch norm, which is per mel bin and so commutes with a time resize whose
             # rows sum to one; the encoder then sees its full width and skips its own bicubic interpolate.
-            log_mel = torch.matmul(self.time_stretch, log_mel)
+            log_mel = self.stretch(log_mel)
         return log_mel
 
 

@@ -144,7 +144,7 @@ def test_onnx_text_through_the_daemon_tokenizer_matches_the_reference(
 def test_laion_pt_exports_the_same_model(tmp_path: Path, small_model_dir: Path, small_bundle: Path) -> None:
     checkpoint = tmp_path / "630k-audioset-best.pt"
     save_laion_checkpoint(ClapModel.from_pretrained(small_model_dir), checkpoint)
-    manifest = export_cli(checkpoint, tmp_path / "laion", "--tokenizer", str(small_model_dir))
+    manifest = export_cli(checkpoint, tmp_path / "laion", "--tokenizer", str(small_model_dir), "--precision", "fp32")
     assert manifest.source == str(checkpoint) and not manifest.source_was_fused
     clips = [np.sin(2 * np.pi * 1000 * np.arange(WINDOW) / SAMPLE_RATE), np.zeros(SAMPLE_RATE)]
     same = verify.compare(onnx_audio(small_bundle, "fp32", clips), onnx_audio(tmp_path / "laion", "fp32", clips))
@@ -152,7 +152,7 @@ def test_laion_pt_exports_the_same_model(tmp_path: Path, small_model_dir: Path, 
 
 
 def test_fused_checkpoint_export_is_flagged(tmp_path: Path, small_fused_model_dir: Path) -> None:
-    manifest = export_cli(small_fused_model_dir, tmp_path / "fused")
+    manifest = export_cli(small_fused_model_dir, tmp_path / "fused", "--precision", "fp32,int8")
     assert manifest.source_was_fused and manifest.front_end.mel_scale == "htk"
     assert any("unfused path" in note for note in manifest.notes)
 
