@@ -58,16 +58,18 @@ def load_checkpoint(source: str, *, tokenizer: str | None = None, trust_pickle: 
 
 def _download(hub_id: str) -> Path:
     """The hub snapshot's config, tokenizer, preprocessor and weights (safetensors, else the .bin)."""
+    path = _snapshot(hub_id, ["*.json", "*.txt", "*.safetensors"])
+    return path if any(path.glob("*.safetensors")) else _snapshot(hub_id, ["pytorch_model.bin"])
+
+
+def _snapshot(hub_id: str, patterns: list[str]) -> Path:
     try:
         from huggingface_hub import snapshot_download
 
-        path = Path(snapshot_download(hub_id, allow_patterns=["*.json", "*.txt", "*.safetensors"]))
-        if not any(path.glob("*.safetensors")):
-            path = Path(snapshot_download(hub_id, allow_patterns=["pytorch_model.bin"]))
-        return path
+        return Path(snapshot_download(hub_id, allow_patterns=patterns))
     except Exception as e:  # the hub client raises many types; all mean "could not get it"
         raise CheckpointError(
-            f"{hub_id}: cannot fetch it from the Hugging Face hub ({type(e).__name__}); download the model "
+            f"{hub_id}: cannot fetch it from the Hugging Face hub ({type(e).__name__}); download it "
             "on a connected machine and pass its local directory"
         ) from e
 
@@ -177,8 +179,10 @@ def _derived_buffer(key: str) -> bool:
 
 
 def _load_tokenizer(name: str, source: str) -> PreTrainedTokenizerBase:
+    """From a local directory, or a hub id fetched in one snapshot call (one quick failure when offline)."""
+    local = Path(name).expanduser()
     try:
-        return AutoTokenizer.from_pretrained(name)
+        return AutoTokenizer.from_pretrained(local if local.is_dir() else _snapshot(name, ["*.json", "*.txt"]))
     except Exception as e:
         raise CheckpointError(
             f"{source}: cannot load the tokenizer '{name}' ({type(e).__name__}); pass --tokenizer with a local "
