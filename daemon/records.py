@@ -1,0 +1,51 @@
+"""Records that pass between the daemon's stages (capture -> windows -> encoder -> matcher -> events -> publishers).
+
+Times come from each stream's sample counter, never from the wall clock inside a stage: a window's position is
+its first sample's index since the stream started; UTC times are derived once, from the stream's start time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """One stretch of one stream's audio, ready for the model."""
+
+    stream: str
+    start_sample: int  # index of the first sample since the stream started (model rate)
+    samples: np.ndarray  # float32 mono [window_samples] at the model's rate, repeat-padded if the window is short
+
+
+@dataclass(frozen=True, slots=True)
+class Scores:
+    """One window's score per detection: the model's cosine scaled by the logit scale, margin applied."""
+
+    stream: str
+    start_sample: int
+    end_sample: int  # one past the window's last real (unpadded) sample
+    values: dict[str, float]  # detection name -> score
+
+
+EventKind = Literal["start", "end"]
+
+
+@dataclass(frozen=True, slots=True)
+class DetectionEvent:
+    """A detection starting or ending on a stream."""
+
+    event_id: str  # the same id on a detection's start and end
+    kind: EventKind
+    stream: str
+    detection: str
+    start_sample: int  # stream offset of the event's first window
+    end_sample: int | None  # stream offset of the end; None on "start"
+    start_utc: str  # ISO 8601, derived from the stream's start time and the sample counter
+    end_utc: str | None
+    peak_score: float
+    mean_score: float
+    sample_rate: int  # to turn the offsets into seconds
