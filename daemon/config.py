@@ -32,7 +32,11 @@ class Section(BaseModel):
 
 
 class TensorRTConfig(Section):
-    fp16: bool = Field(True, description="let TensorRT build fp16 kernels")
+    fp16: bool = Field(
+        False,
+        description="let TensorRT pick fp16 kernels anywhere, the front end included, where the power spectrum "
+        "can overflow fp16; the bundle's fp16 model already runs its encoder in fp16 with an fp32 front end",
+    )
     engine_cache_dir: Path | None = Field(None, description="where built engines are kept (minutes to build)")
 
 

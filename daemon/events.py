@@ -1,0 +1,138 @@
+"""Scores over time -> start/end events: smoothing, hysteresis, minimum duration, cooldown.
+
+Times are sample offsets in the stream. A sound's onset lies within the last hop of the first window that
+heard it (the window one hop earlier did not), so the onset is placed half a hop before that window's end; its
+end likewise half a hop after the start of the last window that still heard it. Both are then within half a
+hop of the truth where the model's per-window decision is right.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from clapd.daemon.config import DetectionConfig
+from clapd.daemon.records import DetectionEvent, Scores
+
+
+@dataclass(frozen=True, slots=True)
+class StreamClock:
+    """Turns a stream's sample offsets into UTC: fixed when the stream's first sample arrived."""
+
+    started_utc: datetime
+    sample_rate: int  # Hz
+
+    def utc(self, sample: int) -> str:
+        return (self.started_utc + timedelta(seconds=sample / self.sample_rate)).isoformat(timespec="milliseconds")
+
+
+@dataclass(slots=True)
+class _Heard:
+    score: float
+    start_sample: int
+    end_sample: int
+
+
+@dataclass(slots=True)
+class _Active:
+    event_id: str
+    onset: int
+    scores: list[float] = field(default_factory=list)
+    announced: bool = False
+    last_heard: _Heard | None = None
+
+
+class DetectionTracker:
+    """One detection on one stream, fed one window's score at a time."""
+
+    def __init__(self, stream: str, detection: str, config: DetectionConfig, clock: StreamClock, hop: int) -> None:
+        self.stream, self.detection = stream, detection
+        self._config = config
+        self._clock = clock
+        self._hop = hop  # samples between window starts
+        self._history: deque[_Heard] = deque(maxlen=config.smoothing_windows)
+        self._active: _Active | None = None
+        self._quiet_until = 0  # cooldown: no new start before this sample
+
+    def feed(self, score: float, start_sample: int, end_sample: int) -> list[DetectionEvent]:
+        heard = _Heard(score, start_sample, end_sample)
+        self._history.append(heard)
+        smoothed = sum(h.score for h in self._history) / len(self._history)
+        if self._active is None:
+            if smoothed < self._config.threshold_on or start_sample < self._quiet_until:
+                return []
+            self._active = _Active(event_id=uuid.uuid4().hex, onset=self._onset())
+        active = self._active
+        if smoothed < self._config.threshold_off:
+            return self._finish(self._offset(active))
+        active.scores.append(score)
+        if score >= self._config.threshold_off:
+            active.last_heard = heard
+        min_samples = self._config.min_duration_seconds * self._clock.sample_rate
+        if active.announced or end_sample - self._hop // 2 - active.onset < min_samples:
+            return []
+        active.announced = True
+        return [self._event("start", active, None)]
+
+    def close(self, end_sample: int) -> list[DetectionEvent]:
+        """The stream stopped: an event still in progress ends where the audio did."""
+        return self._finish(end_sample) if self._active is not None else []
+
+    def _finish(self, end: int) -> list[DetectionEvent]:
+        active, self._active = self._active, None
+        assert active is not None
+        self._quiet_until = end + int(self._config.cooldown_seconds * self._clock.sample_rate)
+        return [self._event("end", active, end)] if active.announced else []
+
+    def _onset(self) -> int:
+        """Half a hop before the end of the earliest window of the current run that heard the sound."""
+        earliest = self._history[-1]
+        for heard in reversed(self._history):
+            if heard.score < self._config.threshold_off:
+                break
+            earliest = heard
+        return max(0, earliest.end_sample - self._hop // 2)
+
+    def _offset(self, active: _Active) -> int:
+        last = active.last_heard
+        return max(active.onset, (last.start_sample if last else active.onset) + self._hop // 2)
+
+    def _event(self, kind: str, active: _Active, end: int | None) -> DetectionEvent:
+        return DetectionEvent(
+            event_id=active.event_id,
+            kind=kind,  # type: ignore[arg-type]
+            stream=self.stream,
+            detection=self.detection,
+            start_sample=active.onset,
+            end_sample=end,
+            start_utc=self._clock.utc(active.onset),
+            end_utc=self._clock.utc(end) if end is not None else None,
+            peak_score=max(active.scores),
+            mean_score=sum(active.scores) / len(active.scores),
+            sample_rate=self._clock.sample_rate,
+        )
+
+
+class EventTracker:
+    """Every (stream, detection) pair's tracker; `Scores` in, events out, in time order per stream."""
+
+    def __init__(self, detections: dict[str, DetectionConfig], clocks: dict[str, StreamClock], hop: int) -> None:
+        self._trackers = {
+            (stream, name): DetectionTracker(stream, name, config, clock, hop)
+            for stream, clock in clocks.items()
+            for name, config in detections.items()
+            if config.streams is None or stream in config.streams
+        }
+
+    def feed(self, scores: Scores) -> list[DetectionEvent]:
+        events = []
+        for name, value in scores.values.items():
+            tracker = self._trackers.get((scores.stream, name))
+            if tracker is not None:
+                events.extend(tracker.feed(value, scores.start_sample, scores.end_sample))
+        return events
+
+    def close(self, stream: str, end_sample: int) -> list[DetectionEvent]:
+        return [e for (s, _), t in self._trackers.items() if s == stream for e in t.close(end_sample)]

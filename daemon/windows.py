@@ -1,0 +1,80 @@
+"""Per-stream sliding windows over a ring buffer, with bounded latency when inference falls behind."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from clapd.daemon.records import Window
+from clapd.daemon.windowing import repeat_pad
+
+logger = logging.getLogger(__name__)
+
+
+class SampleSource(Protocol):
+    """What the windower needs of a ring buffer."""
+
+    @property
+    def total_written(self) -> int: ...
+
+    def read(self, start_sample: int, n: int) -> np.ndarray: ...
+
+
+@dataclass(frozen=True, slots=True)
+class WindowCounts:
+    produced: int
+    skipped: int  # windows never run because inference was behind or the ring had moved on
+
+
+class StreamWindows:
+    """Windows of `window` samples every `hop` samples, repeat-padded to the model's input length."""
+
+    def __init__(
+        self, stream: str, ring: SampleSource, window: int, hop: int, model_window: int, max_backlog: int = 2
+    ) -> None:
+        self.stream = stream
+        self._ring = ring
+        self._window, self._hop, self._model_window = window, hop, model_window
+        self._max_backlog = max_backlog  # due windows kept when behind: latency stays within this many hops
+        self._next_start = 0
+        self._produced = 0
+        self._skipped = 0
+
+    @property
+    def next_start(self) -> int:
+        return self._next_start
+
+    def due(self) -> list[Window]:
+        """Every window whose audio has all been written, the oldest first; skips ahead when far behind."""
+        written = self._ring.total_written
+        waiting = (written - self._window - self._next_start) // self._hop + 1 if written >= self._window else 0
+        if waiting > self._max_backlog:
+            self._skip(waiting - self._max_backlog)
+        windows = []
+        while self._next_start + self._window <= self._ring.total_written:
+            window = self._read(self._next_start)
+            self._next_start += self._hop
+            if window is not None:
+                windows.append(window)
+        return windows
+
+    def counts(self) -> WindowCounts:
+        return WindowCounts(self._produced, self._skipped)
+
+    def _skip(self, windows: int) -> None:
+        self._skipped += windows
+        self._next_start += windows * self._hop
+        logger.warning("%s: inference is behind; skipped %d windows (%d in all)", self.stream, windows, self._skipped)
+
+    def _read(self, start: int) -> Window | None:
+        try:
+            samples = self._ring.read(start, self._window)
+        except LookupError:  # overwritten before it was read: the ring counts the overrun
+            self._skipped += 1
+            return None
+        self._produced += 1
+        padded = samples if self._window == self._model_window else repeat_pad(samples, self._model_window)
+        return Window(stream=self.stream, start_sample=start, samples=padded.astype(np.float32, copy=False))
