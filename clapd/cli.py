@@ -92,11 +92,31 @@ def _run_reference_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_check_config(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("check-config", help="validate a config file: every problem with its key path")
+    parser.add_argument("config", type=Path)
+    parser.set_defaults(run=_run_check_config)
+
+
+def _run_check_config(args: argparse.Namespace) -> int:
+    from clapd.daemon.config import ConfigError, load_config
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as e:
+        print(f"{e.source}: {len(e.problems)} problem(s)", file=sys.stderr)
+        for problem in e.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 2
+    print(f"{args.config}: ok ({len(config.streams)} streams, {len(config.detections)} detections)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="clapd", description="On-device sound understanding with LAION CLAP.")
     parser.add_argument("-v", "--verbose", action="store_true")
     commands = parser.add_subparsers(dest="command", required=True)
-    adders: list[Callable[[argparse._SubParsersAction], None]] = [_add_export, _add_reference_model]
+    adders: list[Callable[[argparse._SubParsersAction], None]] = [_add_export, _add_reference_model, _add_check_config]
     for add in adders:
         add(commands)
     return parser
