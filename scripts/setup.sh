@@ -1,9 +1,26 @@
 #!/usr/bin/env bash
-# Sets up clapd on a fresh machine: a virtual environment in .venv with the project installed in editable mode.
-# Usage: scripts/setup.sh [extras]   (default extras: export,dev)
+# Sets up clapd on a fresh machine: the system packages it needs, then a virtual environment in .venv with the
+# project installed in editable mode.   Usage: scripts/setup.sh [extras]   (default extras: export,dev)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extras="${1:-export,dev}"
+
+# libportaudio2: PortAudio for sounddevice; libsndfile1: soundfile's codecs; mosquitto: the broker the tests run;
+# alsa-utils: ALSA's tools for the virtual capture device the tests use.
+system_packages=(libportaudio2 libsndfile1 mosquitto alsa-utils)
+missing=()
+for pkg in "${system_packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    else
+        echo "setup: please install these system packages first: ${missing[*]}" >&2
+        exit 1
+    fi
+fi
 
 python3 -m venv .venv
 .venv/bin/python -m pip install -q -e ".[${extras}]"
