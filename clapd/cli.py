@@ -112,11 +112,50 @@ def _run_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_classify(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("classify", help="scores over time for a recording, to choose prompts and thresholds")
+    parser.add_argument("audio", type=Path)
+    parser.add_argument("--prompt", action="append", required=True, help="a text prompt (repeat for several)")
+    parser.add_argument("--bundle", type=Path, required=True, help="model bundle directory")
+    parser.add_argument("--window", type=float, default=10.0, help="window seconds (1-10)")
+    parser.add_argument("--hop", type=float, default=1.0, help="hop seconds")
+    parser.add_argument("--background", action="append", help="background prompts (default: the daemon's)")
+    parser.add_argument("--plot", type=Path, help="also write a PNG plot here")
+    parser.set_defaults(run=_run_classify)
+
+
+def _run_classify(args: argparse.Namespace) -> int:
+    from clapd.daemon.classify import classify, format_table, plot
+    from clapd.daemon.config import ClapdConfig
+    from clapd.daemon.manifest import BundleError
+
+    if not 1.0 <= args.window <= 10.0 or not 0.1 <= args.hop <= args.window:
+        print("clapd classify: --window must be 1-10 s and --hop 0.1 s up to the window", file=sys.stderr)
+        return 2
+    background = args.background or ClapdConfig.model_fields["background_prompts"].get_default(
+        call_default_factory=True
+    )
+    try:
+        table = classify(args.bundle, args.audio, args.prompt, background, args.window, args.hop)
+        print(format_table(table))
+        if args.plot:
+            plot(table, args.plot)
+    except (BundleError, ValueError, RuntimeError) as e:
+        print(f"clapd classify: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="clapd", description="On-device sound understanding with LAION CLAP.")
     parser.add_argument("-v", "--verbose", action="store_true")
     commands = parser.add_subparsers(dest="command", required=True)
-    adders: list[Callable[[argparse._SubParsersAction], None]] = [_add_export, _add_reference_model, _add_check_config]
+    adders: list[Callable[[argparse._SubParsersAction], None]] = [
+        _add_export,
+        _add_reference_model,
+        _add_check_config,
+        _add_classify,
+    ]
     for add in adders:
         add(commands)
     return parser
