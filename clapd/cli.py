@@ -146,15 +146,28 @@ def _run_classify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_run(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("run", help="listen and publish events (the daemon)")
+    parser.add_argument("-c", "--config", type=Path, required=True, help="YAML config (see configs/)")
+    parser.set_defaults(run=_run_daemon)
+
+
+def _run_daemon(args: argparse.Namespace) -> int:
+    from clapd.daemon.service import run
+
+    return run(args.config)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="clapd", description="On-device sound understanding with LAION CLAP.")
     parser.add_argument("-v", "--verbose", action="store_true")
     commands = parser.add_subparsers(dest="command", required=True)
     adders: list[Callable[[argparse._SubParsersAction], None]] = [
-        _add_export,
-        _add_reference_model,
+        _add_run,
         _add_check_config,
         _add_classify,
+        _add_export,
+        _add_reference_model,
     ]
     for add in adders:
         add(commands)

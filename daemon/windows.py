@@ -9,18 +9,20 @@ from typing import Protocol
 import numpy as np
 
 from clapd.daemon.records import Window
+from clapd.daemon.ring import Overrun
 from clapd.daemon.windowing import repeat_pad
 
 logger = logging.getLogger(__name__)
 
 
 class SampleSource(Protocol):
-    """What the windower needs of a ring buffer."""
+    """What the windower needs of a ring buffer (`clapd.daemon.ring.RingBuffer`)."""
 
-    @property
-    def total_written(self) -> int: ...
+    total_written: int
 
     def read(self, start_sample: int, n: int) -> np.ndarray: ...
+
+    def mark_consumed(self, sample: int) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,12 +35,24 @@ class StreamWindows:
     """Windows of `window` samples every `hop` samples, repeat-padded to the model's input length."""
 
     def __init__(
-        self, stream: str, ring: SampleSource, window: int, hop: int, model_window: int, max_backlog: int = 2
+        self,
+        stream: str,
+        ring: SampleSource,
+        window: int,
+        hop: int,
+        model_window: int,
+        *,
+        lossless: bool = False,
+        max_backlog: int = 2,
     ) -> None:
         self.stream = stream
         self._ring = ring
         self._window, self._hop, self._model_window = window, hop, model_window
-        self._max_backlog = max_backlog  # due windows kept when behind: latency stays within this many hops
+        # Live audio: when behind, keep only this many due windows, so latency stays within a few hops. A source
+        # that waits for the reader (a file read as fast as possible) is never skipped: it is handed out in
+        # batches of at most this many instead.
+        self._lossless = lossless
+        self._max_backlog = max_backlog
         self._next_start = 0
         self._produced = 0
         self._skipped = 0
@@ -47,18 +61,23 @@ class StreamWindows:
     def next_start(self) -> int:
         return self._next_start
 
+    @property
+    def window(self) -> int:
+        return self._window
+
     def due(self) -> list[Window]:
         """Every window whose audio has all been written, the oldest first; skips ahead when far behind."""
         written = self._ring.total_written
         waiting = (written - self._window - self._next_start) // self._hop + 1 if written >= self._window else 0
-        if waiting > self._max_backlog:
+        if waiting > self._max_backlog and not self._lossless:
             self._skip(waiting - self._max_backlog)
         windows = []
-        while self._next_start + self._window <= self._ring.total_written:
+        while self._next_start + self._window <= written and len(windows) < self._max_backlog:
             window = self._read(self._next_start)
             self._next_start += self._hop
             if window is not None:
                 windows.append(window)
+        self._ring.mark_consumed(self._next_start)  # a waiting lossless writer may go on
         return windows
 
     def counts(self) -> WindowCounts:
@@ -72,7 +91,7 @@ class StreamWindows:
     def _read(self, start: int) -> Window | None:
         try:
             samples = self._ring.read(start, self._window)
-        except LookupError:  # overwritten before it was read: the ring counts the overrun
+        except Overrun:  # overwritten before it was read: the ring counts the overrun
             self._skipped += 1
             return None
         self._produced += 1
