@@ -1,0 +1,269 @@
+"""A real mosquitto broker on loopback, and a subscriber that records what it receives (no mocks).
+
+A test module imports the fixtures `broker` and `subscribers` by their function names (`broker_fixture`,
+`subscribers_fixture`), so the test arguments do not shadow an import.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from paho.mqtt.client import Client, ConnectFlags, MQTTMessage
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+# apt installs the broker in /usr/sbin, which is not on every user's PATH.
+MOSQUITTO = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/usr/local/sbin")
+MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd") or "mosquitto_passwd"
+START_TIMEOUT_SECONDS = 5.0
+STOP_TIMEOUT_SECONDS = 5.0
+POLL_SECONDS = 0.01
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(POLL_SECONDS)
+
+
+class MosquittoBroker:
+    """mosquitto on 127.0.0.1:`port`; stop() and start() again keep the port (and, with persistence, the state).
+
+    Persistence keeps retained messages and the sessions of clients with clean_session off across a restart,
+    which lets a test's subscriber keep its subscription while the broker is away.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        persistence: bool = True,
+        users: dict[str, str] | None = None,
+        extra_config: str = "",
+    ) -> None:
+        """`users`: name -> password; given, only they may connect. `extra_config`: e.g. a second listener."""
+        if MOSQUITTO is None:
+            raise RuntimeError("mosquitto is not installed (apt-get install mosquitto)")
+        self.directory = directory
+        self.port = free_port()
+        self.config_file = directory / "mosquitto.conf"
+        self.log_file = directory / "mosquitto.log"
+        lines = [
+            f"listener {self.port} 127.0.0.1",
+            f"allow_anonymous {'false' if users else 'true'}",
+            *self._password_lines(users or {}),
+            f"persistence {'true' if persistence else 'false'}",
+            f"persistence_location {directory}/",
+            # Started as root, mosquitto drops to the user "mosquitto", who cannot write to the test's directory.
+            f"user {getpass.getuser()}",
+            extra_config,
+        ]
+        self.config_file.write_text("\n".join(lines) + "\n")
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def _password_lines(self, users: dict[str, str]) -> list[str]:
+        if not users:
+            return []
+        password_file = self.directory / "passwords"
+        for n, (name, password) in enumerate(users.items()):
+            create = ["-c"] if n == 0 else []
+            subprocess.run(
+                [MOSQUITTO_PASSWD, *create, "-b", str(password_file), name, password], check=True, timeout=10
+            )
+        return [f"password_file {password_file}"]
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def start(self) -> None:
+        assert MOSQUITTO is not None and not self.running
+        with self.log_file.open("ab") as log:
+            self._process = subprocess.Popen(
+                [MOSQUITTO, "-c", str(self.config_file)], stdout=log, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + START_TIMEOUT_SECONDS
+        while not self._accepts():
+            if self._process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"mosquitto did not start on port {self.port}:\n{self.log_file.read_text()}")
+            time.sleep(POLL_SECONDS)
+
+    def stop(self) -> None:
+        if self._process is None:
+            return
+        self._process.terminate()  # SIGTERM: mosquitto saves its persistence file and exits
+        try:
+            self._process.wait(STOP_TIMEOUT_SECONDS)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait(STOP_TIMEOUT_SECONDS)
+        self._process = None
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """SIGSTOP the broker: connections stay open and take bytes, but nothing is answered until resumed."""
+        assert self._process is not None
+        self._process.send_signal(signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            self._process.send_signal(signal.SIGCONT)
+
+    def _accepts(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                return True
+        except OSError:
+            return False
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    topic: str
+    payload: bytes
+    retain: bool
+
+
+class Subscriber:
+    """A paho client (MQTT 3.1.1, QoS 1) recording every message on `topic_filter`; reconnects by itself.
+
+    `persistent`: clean_session off, so a broker with persistence keeps the subscription and queues QoS 1
+    messages while this client (or the broker) is away.
+    """
+
+    def __init__(self, port: int, topic_filter: str, *, client_id: str, persistent: bool = False) -> None:
+        self._port = port
+        self._filter = topic_filter
+        self._client = Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=MQTTProtocolVersion.MQTTv311,
+            clean_session=not persistent,
+        )
+        self._client.reconnect_delay_set(1, 1)
+        self._client.on_connect = self._on_connect
+        self._client.on_subscribe = self._on_subscribe
+        self._client.on_message = self._on_message
+        self._received: list[Received] = []
+        self._changed = threading.Condition()
+        self._subscribed = threading.Event()
+
+    def connect(self, timeout: float = 5.0) -> Subscriber:
+        self._client.connect_async("127.0.0.1", self._port, keepalive=10)
+        self._client.loop_start()
+        if not self._subscribed.wait(timeout):
+            raise AssertionError(f"subscriber not subscribed to {self._filter!r} within {timeout} s")
+        return self
+
+    def close(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    def received(self, topic: str | None = None) -> list[Received]:
+        with self._changed:
+            return [m for m in self._received if topic is None or m.topic == topic]
+
+    def wait_for(self, condition: Callable[[list[Received]], bool], timeout: float, what: str) -> list[Received]:
+        """Wait (bounded) until `condition(all received so far)` holds; return what was received."""
+        with self._changed:
+            if not self._changed.wait_for(lambda: condition(self._received), timeout):
+                raise AssertionError(f"timed out after {timeout} s waiting for {what}; received {self._received}")
+            return list(self._received)
+
+    def _on_connect(
+        self, client: Client, userdata: object, flags: ConnectFlags, reason: ReasonCode, properties: Properties | None
+    ) -> None:
+        if not reason.is_failure:
+            client.subscribe(self._filter, qos=1)
+
+    def _on_subscribe(self, client: Client, *args: object) -> None:
+        self._subscribed.set()
+
+    def _on_message(self, client: Client, userdata: object, message: MQTTMessage) -> None:
+        with self._changed:
+            self._received.append(Received(message.topic, bytes(message.payload), bool(message.retain)))
+            self._changed.notify_all()
+
+
+def make_tls_files(directory: Path) -> tuple[Path, Path, Path]:
+    """A throw-away CA and a server certificate for 127.0.0.1 and localhost: (ca.crt, server.crt, server.key)."""
+    ca_key, ca, key, request, cert = (
+        directory / n for n in ("ca.key", "ca.crt", "server.key", "server.csr", "server.crt")
+    )
+    extensions = directory / "server.ext"
+    extensions.write_text(
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n"
+        "keyUsage=digitalSignature\nextendedKeyUsage=serverAuth\nauthorityKeyIdentifier=keyid\n"
+    )
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    commands = [
+        ["req", "-x509", *ec, "-keyout", ca_key, "-out", ca, "-days", "1", "-subj", "/CN=clapd test CA"],
+        ["req", *ec, "-keyout", key, "-out", request, "-subj", "/CN=localhost"],
+        ["x509", "-req", "-in", request, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial", "-out", cert, "-days", "1"]
+        + ["-extfile", extensions],
+    ]
+    for command in commands:
+        subprocess.run(["openssl", *map(str, command)], check=True, capture_output=True, timeout=30)
+    return ca, cert, key
+
+
+@pytest.fixture(name="brokers")
+def brokers_fixture(tmp_path: Path) -> Iterator[Callable[..., MosquittoBroker]]:
+    """Start brokers (`brokers(users={"u": "pw"})`, options as `MosquittoBroker`'s); stopped at teardown."""
+    made: list[MosquittoBroker] = []
+
+    def make(**options: object) -> MosquittoBroker:
+        directory = tmp_path / f"broker{len(made)}"
+        directory.mkdir()
+        broker = MosquittoBroker(directory, **options)  # type: ignore[arg-type]
+        made.append(broker)
+        broker.start()
+        return broker
+
+    try:
+        yield make
+    finally:
+        for broker in made:
+            broker.stop()
+
+
+@pytest.fixture(name="broker")
+def broker_fixture(brokers: Callable[..., MosquittoBroker]) -> MosquittoBroker:
+    """A plain broker: anonymous clients, persistence on."""
+    return brokers()
+
+
+@pytest.fixture(name="subscribers")
+def subscribers_fixture() -> Iterator[Callable[..., Subscriber]]:
+    """Connect subscribers (`subscribers(port, "clapd/#", persistent=True)`); closed at teardown."""
+    made: list[Subscriber] = []
+
+    def make(port: int, topic_filter: str = "#", *, persistent: bool = False, timeout: float = 5.0) -> Subscriber:
+        subscriber = Subscriber(port, topic_filter, client_id=f"test-sub-{len(made)}", persistent=persistent)
+        made.append(subscriber)
+        return subscriber.connect(timeout)
+
+    yield make
+    for subscriber in made:
+        subscriber.close()
