@@ -1,0 +1,125 @@
+"""Capture sources: each delivers one stream's audio, mono float32 at 48 kHz, into that stream's `RingBuffer`.
+
+A source owns its own thread(s) and recovers on its own: a lost microphone is reopened, a dead pipe command is
+restarted, both with exponential back-off, counted in `status()`. Start-up problems (no such device, file or
+command) raise `SourceError` from `start()`, so the daemon fails fast with the message.
+
+The concrete sources are imported lazily by `build_source`, so a daemon without a microphone never loads
+PortAudio.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal, Protocol
+
+from clapd.daemon.config import FileSource, MicSource, PipeSource
+
+if TYPE_CHECKING:
+    from clapd.daemon.ring import RingBuffer
+
+SourceState = Literal["stopped", "running", "restarting", "finished", "failed"]
+
+
+class SourceError(RuntimeError):
+    """A source that cannot start: the message says what is missing and what exists instead."""
+
+
+@dataclass(frozen=True, slots=True)
+class SourceStatus:
+    """One source's health, for logs, the status topic and tests."""
+
+    name: str
+    state: SourceState  # "finished": a file source reached its end; "failed": gave up, last_error says why
+    restarts: int  # attempts to reopen the device / respawns of the command since start()
+    outages: int  # separate times the source was lost (a microphone gone, a command dead)
+    last_error: str | None
+    overruns: int  # times audio was dropped: device overflows and ring overruns
+    samples_written: int  # samples at 48 kHz delivered to the ring since start
+
+
+class Source(Protocol):
+    name: str
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def status(self) -> SourceStatus: ...
+
+
+class Backoff:
+    """Exponential back-off: `initial`, doubling up to `maximum` seconds; `reset()` after a healthy run."""
+
+    __slots__ = ("initial", "maximum", "_next")
+
+    def __init__(self, initial: float = 1.0, maximum: float = 30.0) -> None:
+        if not 0 < initial <= maximum:
+            raise ValueError(f"need 0 < initial ({initial}) <= maximum ({maximum})")
+        self.initial = initial
+        self.maximum = maximum
+        self._next = initial
+
+    def next_delay(self) -> float:
+        delay = self._next
+        self._next = min(self._next * 2.0, self.maximum)
+        return delay
+
+    def reset(self) -> None:
+        self._next = self.initial
+
+
+class StatusTracker:
+    """The mutable side of `SourceStatus`, shared by a source's threads (one short lock)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._lock = threading.Lock()
+        self._state: SourceState = "stopped"
+        self._restarts = 0
+        self._outages = 0
+        self._last_error: str | None = None
+
+    @property
+    def state(self) -> SourceState:
+        return self._state
+
+    def set_state(self, state: SourceState, error: str | None = None) -> None:
+        with self._lock:
+            self._state = state
+            if error is not None:
+                self._last_error = error
+
+    def outage(self, error: str) -> None:
+        with self._lock:
+            self._state = "restarting"
+            self._outages += 1
+            self._last_error = error
+
+    def restarted(self) -> None:
+        with self._lock:
+            self._restarts += 1
+
+    def snapshot(self, overruns: int, samples_written: int) -> SourceStatus:
+        with self._lock:
+            return SourceStatus(
+                self.name, self._state, self._restarts, self._outages, self._last_error, overruns, samples_written
+            )
+
+
+def build_source(name: str, config: MicSource | FileSource | PipeSource, ring: RingBuffer) -> Source:
+    """The source for one configured stream, not yet started."""
+    if isinstance(config, MicSource):
+        from clapd.daemon.sources.mic import MicInput
+
+        return MicInput(name, config, ring)
+    if isinstance(config, FileSource):
+        from clapd.daemon.sources.file import FileInput
+
+        return FileInput(name, config, ring)
+    if isinstance(config, PipeSource):
+        from clapd.daemon.sources.pipe import PipeInput
+
+        return PipeInput(name, config, ring)
+    raise TypeError(f"no source for {type(config).__name__}")

@@ -1,0 +1,234 @@
+"""A command writing raw PCM to its stdout, e.g. `ffmpeg -i rtsp://cam/stream -f s16le -ac 1 -ar 48000 -`.
+
+One thread reads stdout and restarts the command when it dies: exponential back-off from 1 s, doubling up to
+`restart_max_seconds`, reset once a run has lasted `healthy_after` seconds. Another thread per run logs the
+command's stderr at WARNING, prefixed by the stream name and rate-limited, so a crash loop cannot flood the log.
+The command runs in its own process group, so `stop()` ends a shell and its children alike: SIGTERM, then
+SIGKILL after a bounded wait.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from typing import IO
+
+import numpy as np
+
+from clapd.daemon.config import PipeSource
+from clapd.daemon.resample import Conditioner
+from clapd.daemon.ring import RingBuffer
+from clapd.daemon.sources import Backoff, SourceError, SourceStatus, StatusTracker
+
+logger = logging.getLogger(__name__)
+
+SAMPLE_BYTES = {"s16le": 2, "f32le": 4}
+SAMPLE_DTYPES = {"s16le": np.dtype("<i2"), "f32le": np.dtype("<f4")}
+S16_SCALE = 1.0 / 32768.0  # full scale of signed 16-bit PCM
+READ_SECONDS = 0.05  # most audio taken from the pipe per read
+HEALTHY_AFTER_SECONDS = 30.0  # a run this long resets the back-off
+TERMINATE_SECONDS = 5.0  # SIGTERM grace before SIGKILL
+EXIT_GRACE_SECONDS = 1.0  # how long a command that closed its stdout may take to exit on its own
+STDERR_BURST = 10  # stderr lines logged per window; the rest are counted
+STDERR_WINDOW_SECONDS = 10.0
+JOIN_SECONDS = 5.0
+
+
+class LineLimiter:
+    """Lets `burst` lines through per `window` seconds and counts the ones it holds back."""
+
+    def __init__(self, burst: int, window: float) -> None:
+        self._burst = burst
+        self._window = window
+        self._window_start = time.monotonic()
+        self._passed = 0
+        self.suppressed = 0  # lines held back in the current window
+
+    def allow(self) -> tuple[bool, int]:
+        """(log this line?, lines suppressed in the window that just closed, to report once)."""
+        now = time.monotonic()
+        closed = 0
+        if now - self._window_start >= self._window:
+            closed, self.suppressed = self.suppressed, 0
+            self._window_start = now
+            self._passed = 0
+        if self._passed < self._burst:
+            self._passed += 1
+            return True, closed
+        self.suppressed += 1
+        return False, closed
+
+
+class PipeInput:
+    """Runs a PCM-producing command, restarting it with back-off, and feeds its audio to a ring."""
+
+    def __init__(
+        self,
+        name: str,
+        config: PipeSource,
+        ring: RingBuffer,
+        *,
+        backoff_initial: float = 1.0,
+        healthy_after: float = HEALTHY_AFTER_SECONDS,
+        terminate_seconds: float = TERMINATE_SECONDS,
+    ) -> None:
+        self.name = name
+        self.ring = ring
+        self._config = config
+        self._backoff = Backoff(min(backoff_initial, config.restart_max_seconds), config.restart_max_seconds)
+        self._healthy_after = healthy_after
+        self._terminate_seconds = terminate_seconds
+        self._status = StatusTracker(name)
+        self._stderr_limit = LineLimiter(STDERR_BURST, STDERR_WINDOW_SECONDS)
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._thread: threading.Thread | None = None
+        self._delivered = 0  # samples at 48 kHz written to the ring
+        self._frame_bytes = config.channels * SAMPLE_BYTES[config.sample_format]
+
+    def start(self) -> None:
+        program = self._config.command[0]
+        if shutil.which(program) is None:
+            raise SourceError(f"{self.name}: command {program!r} not found (not executable, or not on PATH)")
+        channel = self._config.channel
+        if channel is not None and channel >= self._config.channels:
+            raise SourceError(f"{self.name}: channel {channel} requested, the pipe has {self._config.channels}")
+        self._status.set_state("running")
+        self._thread = threading.Thread(target=self._run, name=f"clapd-pipe-{self.name}", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        with self._lock:
+            proc = self._proc
+        if proc is not None:
+            self._terminate(proc)
+        if self._thread is not None:
+            self._thread.join(JOIN_SECONDS)
+        self._status.set_state("stopped")
+
+    def status(self) -> SourceStatus:
+        return self._status.snapshot(self.ring.overruns, self._delivered)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                reason = self._run_once()
+            except Exception as e:
+                logger.exception("%s: running the command failed", self.name)
+                reason = f"running it failed ({e})"
+            if self._stop.is_set():
+                return
+            ran = time.monotonic() - started
+            if ran >= self._healthy_after:
+                self._backoff.reset()
+            delay = self._backoff.next_delay()
+            self._status.outage(reason)
+            logger.warning("%s: %s after %.1f s; restarting in %.2f s", self.name, reason, ran, delay)
+            if self._stop.wait(delay):
+                return
+            self._status.restarted()
+
+    def _run_once(self) -> str:
+        """Run the command once; return why it ended."""
+        try:
+            proc = self._spawn()
+        except OSError as e:
+            return f"cannot start {self._config.command[0]!r}: {e}"
+        conditioner = Conditioner(self._config.sample_rate, self._config.channels, self._config.channel)
+        try:
+            assert isinstance(proc.stdout, io.BufferedReader)
+            self._pump(proc.stdout, conditioner)
+            self._deliver(conditioner.flush())
+        except Exception as e:
+            logger.exception("%s: reading the command's output failed", self.name)
+            return f"reading its output failed ({e})"
+        finally:
+            self._reap(proc)
+        return f"command exited with status {proc.returncode}"
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(
+            self._config.command,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,  # its own process group: stop() reaches the command's children too
+        )
+        with self._lock:
+            self._proc = proc
+        if self._stop.is_set():
+            self._terminate(proc)
+        assert proc.stderr is not None
+        threading.Thread(
+            target=self._log_stderr, args=(proc.stderr,), name=f"clapd-pipe-{self.name}-stderr", daemon=True
+        ).start()
+        self._status.set_state("running")
+        return proc
+
+    def _pump(self, stdout: io.BufferedReader, conditioner: Conditioner) -> None:
+        chunk = max(1, int(READ_SECONDS * self._config.sample_rate)) * self._frame_bytes
+        buffer = bytearray(chunk + self._frame_bytes)
+        view = memoryview(buffer)
+        have = 0
+        while True:
+            n = stdout.readinto1(view[have : have + chunk])
+            if not n:
+                return
+            have += n
+            usable = have - have % self._frame_bytes
+            if usable:
+                self._deliver(conditioner.process(self._decode(view[:usable])))
+                view[: have - usable] = view[usable:have]
+                have -= usable
+
+    def _decode(self, data: memoryview) -> np.ndarray:
+        samples = np.frombuffer(data, dtype=SAMPLE_DTYPES[self._config.sample_format]).astype(np.float32)
+        if self._config.sample_format == "s16le":
+            samples *= S16_SCALE
+        return samples.reshape(-1, self._config.channels)
+
+    def _deliver(self, samples: np.ndarray) -> None:
+        self.ring.write(samples)
+        self._delivered += samples.shape[0]
+
+    def _reap(self, proc: subprocess.Popen[bytes]) -> None:
+        try:
+            proc.wait(EXIT_GRACE_SECONDS)  # it closed its output: let it exit by itself first
+        except subprocess.TimeoutExpired:
+            self._terminate(proc)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+    def _terminate(self, proc: subprocess.Popen[bytes]) -> None:
+        """SIGTERM to the command's process group, SIGKILL if it is still there after the grace period."""
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            if proc.poll() is not None:
+                return
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                pass
+            try:
+                proc.wait(self._terminate_seconds)
+                return
+            except subprocess.TimeoutExpired:
+                logger.warning("%s: command did not end on %s", self.name, sig.name)
+
+    def _log_stderr(self, stream: IO[bytes]) -> None:
+        with stream:
+            for raw in iter(stream.readline, b""):
+                line = raw.decode("utf-8", "replace").rstrip()
+                allowed, suppressed = self._stderr_limit.allow()
+                if suppressed:
+                    logger.warning("%s: %d stderr lines suppressed", self.name, suppressed)
+                if allowed and line:
+                    logger.warning("%s: %s", self.name, line)
