@@ -35,6 +35,8 @@ logger = logging.getLogger(__name__)
 MAX_IN_FLIGHT = 100  # messages handed to paho and not yet acknowledged
 PAHO_WINDOW = 20  # paho's own window on the wire: mosquitto's default receive maximum (paho ignores the broker's)
 SENDER_IDLE_SECONDS = 1.0  # the sender looks at the queue at least this often
+DRAIN_SHARE = 0.75  # of stop()'s timeout spent flushing the queue before saying "offline"
+DRAIN_POLL_SECONDS = 0.01
 SENDER_ERROR_BACKOFF_SECONDS = 5.0
 STOP_POLL_SECONDS = 0.02
 AUTH_REFUSALS = frozenset({134, 135})  # "Bad user name or password", "Not authorized" (paho maps 3.1.1's 4 and 5)
@@ -118,6 +120,7 @@ class MqttPublisher:
         if self._closing:
             return
         deadline = time.monotonic() + timeout
+        self._drain(time.monotonic() + DRAIN_SHARE * timeout)
         self._closing = True
         client, sender = self._client, self._sender
         if client is not None and sender is not None:
@@ -134,6 +137,12 @@ class MqttPublisher:
         self._connected = False
         logger.info("MQTT: stopped, %d messages stay queued for the next start", len(self._queue))
         self._queue.close()
+
+    def _drain(self, deadline: float) -> None:
+        """While connected, give what is queued until `deadline` to be acknowledged (a clean stop flushes)."""
+        while self._connected and len(self._queue) > 0 and time.monotonic() < deadline:
+            self._wake.set()
+            time.sleep(DRAIN_POLL_SECONDS)
 
     def stats(self) -> PublisherStats:
         with self._counts_lock:

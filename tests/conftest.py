@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import SAMPLE_RATE, WINDOW
+from helpers import SAMPLE_RATE, WINDOW, run_clapd
 
 from clapd.models.reference import save_reference_model
 
@@ -14,6 +14,15 @@ from clapd.models.reference import save_reference_model
 @pytest.fixture(scope="session")
 def small_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_reference_model("small", tmp_path_factory.mktemp("small") / "model", seed=0)
+
+
+@pytest.fixture(scope="session")
+def small_bundle_dir(small_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The small reference model exported to an fp32 bundle (batch-invariant: results are exact per window)."""
+    out = tmp_path_factory.mktemp("small_bundle") / "bundle"
+    result = run_clapd("export", str(small_model_dir), "-o", str(out), "--precision", "fp32", "--no-progress")
+    assert result.returncode == 0, result.stderr
+    return out
 
 
 @pytest.fixture(scope="session")

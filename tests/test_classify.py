@@ -13,14 +13,6 @@ from clapd.daemon.classify import classify, read_audio
 
 
 @pytest.fixture(scope="module")
-def small_bundle_dir(small_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("classify") / "bundle"
-    result = run_clapd("export", str(small_model_dir), "-o", str(out), "--precision", "fp32", "--no-progress")
-    assert result.returncode == 0, result.stderr
-    return out
-
-
-@pytest.fixture(scope="module")
 def recording(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """6.5 s of 44.1 kHz stereo: quiet noise with a 3 kHz tone from 2 s to 4 s."""
     t = np.arange(int(6.5 * 44100)) / 44100
