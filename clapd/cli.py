@@ -158,6 +158,26 @@ def _run_daemon(args: argparse.Namespace) -> int:
     return run(args.config)
 
 
+def _add_devices(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("devices", help="list the audio input devices PortAudio sees")
+    parser.set_defaults(run=_run_devices)
+
+
+def _run_devices(args: argparse.Namespace) -> int:
+    try:
+        from clapd.daemon.sources.mic import describe_device, list_input_devices
+
+        devices = list_input_devices()
+    except OSError as e:  # sounddevice raises OSError when the PortAudio library is missing
+        print(f"clapd devices: PortAudio is not available: {e}", file=sys.stderr)
+        return 1
+    for device in devices:
+        print(describe_device(device))
+    if not devices:
+        print("no input devices", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="clapd", description="On-device sound understanding with LAION CLAP.")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -165,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     adders: list[Callable[[argparse._SubParsersAction], None]] = [
         _add_run,
         _add_check_config,
+        _add_devices,
         _add_classify,
         _add_export,
         _add_reference_model,

@@ -12,6 +12,7 @@ from pathlib import Path
 from clapd.daemon.config import ClapdConfig, ConfigError, load_config
 from clapd.daemon.manifest import BundleError
 from clapd.daemon.runner import Daemon, Publisher
+from clapd.daemon.sources import SourceError
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ def run_config(config: ClapdConfig) -> int:
         daemon = Daemon(config, resolve_bundle(config), build_publishers(config))
         daemon.load()
         daemon.start()
-    except (BundleError, OSError, ValueError) as e:
+    except (BundleError, SourceError, OSError, ValueError) as e:
         print(f"clapd run: {e}", file=sys.stderr)
         if daemon is not None:
             daemon.shutdown()

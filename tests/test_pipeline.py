@@ -300,3 +300,42 @@ def _within_a_hop(got: list[tuple], expected: list[tuple]) -> bool:
     return all(
         any(k[0] == e[0] and k[2] == e[2] and close(k[1], e[1]) and close(k[3], e[3]) for k in got) for e in expected
     )
+
+
+def test_broker_restart_mid_stream_loses_no_event(
+    scenario: dict, recording: np.ndarray, tmp_path: Path, broker, subscribers
+) -> None:
+    """The broker goes away for 4 s while the recording plays in real time; every event still arrives."""
+    wav = tmp_path / "recording.wav"
+    soundfile.write(wav, recording, RATE, subtype="PCM_16")
+    config = {
+        **scenario["config"],
+        "streams": {"s": {"type": "file", "path": str(wav), "realtime": True}},
+        "outputs": {"mqtt": {"host": "127.0.0.1", "port": broker.port, "topic_prefix": "fault/clapd", "qos": 1}},
+        "state_dir": str(tmp_path / "state"),
+    }
+    path = tmp_path / "clapd.yaml"
+    path.write_text(yaml.safe_dump(config))
+    # A persistent QoS 1 session on a persistent broker keeps the subscription across the restart.
+    subscriber = subscribers(broker.port, "fault/clapd/#", persistent=True)
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "clapd", "run", "-c", str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    subscriber.wait_for(lambda got: any(r.payload == b"online" for r in got), 60, "the daemon online")
+    time.sleep(2.0)
+    broker.stop()
+    time.sleep(4.0)
+    broker.start()
+    _, stderr = daemon.communicate(timeout=SECONDS + 60)
+    assert daemon.returncode == 0, stderr[-3000:]
+    events = subscriber.wait_for(
+        lambda got: len({r.payload for r in got if r.topic.endswith("/event")}) >= len(scenario["expected"]),
+        30,
+        "every event",
+    )
+    payloads = [json.loads(r.payload) for r in events if r.topic.endswith("/event")]
+    assert sorted(set(_keys_from_payloads(payloads))) == scenario["expected"]  # QoS 1: duplicates allowed, no loss
+    assert "lost the connection" in stderr or "cannot connect" in stderr
