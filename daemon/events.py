@@ -17,15 +17,25 @@ from clapd.daemon.config import DetectionConfig
 from clapd.daemon.records import DetectionEvent, Scores
 
 
-@dataclass(frozen=True, slots=True)
 class StreamClock:
-    """Turns a stream's sample offsets into UTC: fixed when the stream's first sample arrived."""
+    """Turns a stream's sample offsets into UTC from an anchor: (sample, UTC time it was captured).
 
-    started_utc: datetime
-    sample_rate: int  # Hz
+    Anchored when the stream starts; re-anchored after an outage, because a microphone or pipe that was away
+    delivered no samples meanwhile and the counter alone would place later audio too early.
+    """
+
+    __slots__ = ("sample_rate", "_anchor_sample", "_anchor_utc")
+
+    def __init__(self, started_utc: datetime, sample_rate: int) -> None:
+        self.sample_rate = sample_rate  # Hz
+        self._anchor_sample, self._anchor_utc = 0, started_utc
+
+    def reanchor(self, sample: int, utc: datetime) -> None:
+        self._anchor_sample, self._anchor_utc = sample, utc
 
     def utc(self, sample: int) -> str:
-        return (self.started_utc + timedelta(seconds=sample / self.sample_rate)).isoformat(timespec="milliseconds")
+        offset = (sample - self._anchor_sample) / self.sample_rate
+        return (self._anchor_utc + timedelta(seconds=offset)).isoformat(timespec="milliseconds")
 
 
 @dataclass(slots=True)

@@ -49,6 +49,7 @@ class _Stream:
     source: Source
     windows: StreamWindows
     clock: StreamClock
+    was_running: bool = True  # the source's state at the last look: a return to "running" re-anchors the clock
 
 
 class Daemon:
@@ -107,6 +108,7 @@ class Daemon:
     def run(self, stop: threading.Event) -> None:
         """The inference loop, until `stop` is set or every (finite) source has ended and been processed."""
         while not stop.is_set():
+            self._reanchor_after_outages()
             due = [w for s in self._streams for w in s.windows.due()]
             if due:
                 self._infer(due)
@@ -137,6 +139,15 @@ class Daemon:
                 self._queue_event(event)
         self.windows_processed += len(windows)
         logger.debug("%d windows in %.0f ms", len(windows), 1000 * (time.perf_counter() - started))
+
+    def _reanchor_after_outages(self) -> None:
+        """Audio resumes after an outage with no samples for the time away: anchor its clock anew."""
+        for stream in self._streams:
+            running = stream.source.status().state == "running"
+            if running and not stream.was_running:
+                stream.clock.reanchor(stream.ring.total_written, self._utc_now())
+                logger.info("%s: capture resumed; its clock is re-anchored", stream.name)
+            stream.was_running = running
 
     def _all_sources_done(self) -> bool:
         """Every source has ended (files without loop) and every full window of their audio has been run."""

@@ -98,3 +98,10 @@ def test_matcher_needs_a_margin_over_background_and_negatives() -> None:
     assert set(alarm_like) == {"alarm", "alarm_not_beep"}  # garage watches another stream
     assert alarm_like["alarm"] > 0.99 and ordinary["alarm"] < 0.01
     assert alarm_like["alarm_not_beep"] < 0.6  # its negative prompt describes the sound about as well
+
+
+def test_clock_reanchors_after_an_outage() -> None:
+    clock = StreamClock(datetime(2026, 1, 1, tzinfo=timezone.utc), RATE)
+    assert clock.utc(RATE) == "2026-01-01T00:00:01.000+00:00"
+    clock.reanchor(2 * RATE, datetime(2026, 1, 1, 0, 1, tzinfo=timezone.utc))  # away for a minute, no samples
+    assert clock.utc(3 * RATE) == "2026-01-01T00:01:01.000+00:00"
