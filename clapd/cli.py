@@ -148,7 +148,9 @@ def _run_classify(args: argparse.Namespace) -> int:
 
 def _add_run(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("run", help="listen and publish events (the daemon)")
-    parser.add_argument("-c", "--config", type=Path, required=True, help="YAML config (see configs/)")
+    parser.add_argument(
+        "-c", "--config", type=Path, help="YAML config (see configs/); none: the embedded demo model and sounds"
+    )
     parser.set_defaults(run=_run_daemon)
 
 
