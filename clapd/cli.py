@@ -180,6 +180,12 @@ def _run_devices(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_finetune(commands: argparse._SubParsersAction) -> None:
+    from clapd.models.finetune_cli import add_finetune_parser  # imports no torch until it runs
+
+    add_finetune_parser(commands)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="clapd", description="On-device sound understanding with LAION CLAP.")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -190,6 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_devices,
         _add_classify,
         _add_export,
+        _add_finetune,
         _add_reference_model,
     ]
     for add in adders:

@@ -57,6 +57,7 @@ class ExportRequest:
     trust_pickle: bool = False
     overwrite: bool = False
     progress: bool = True
+    notes: tuple[str, ...] = ()  # added to the manifest's notes, after the checkpoint's own
 
 
 def export_bundle(request: ExportRequest) -> Manifest:
@@ -75,7 +76,7 @@ def export_bundle(request: ExportRequest) -> Manifest:
         bar.set_description("text model")
         text, tokenizer = _export_text(checkpoint, staging)
         bar.update()
-        manifest = _manifest(checkpoint, audio, text, tokenizer)
+        manifest = _manifest(checkpoint, audio, text, tokenizer, request.notes)
         manifest.write(staging)
         bar.set_description("bundle written")
         bar.update()
@@ -231,7 +232,11 @@ def _write_tokenizer(checkpoint: LoadedCheckpoint, staging: Path) -> TokenizerFi
 
 
 def _manifest(
-    checkpoint: LoadedCheckpoint, audio: dict[Precision, ModelFile], text: ModelFile, tokenizer: TokenizerFile
+    checkpoint: LoadedCheckpoint,
+    audio: dict[Precision, ModelFile],
+    text: ModelFile,
+    tokenizer: TokenizerFile,
+    notes: tuple[str, ...] = (),
 ) -> Manifest:
     model = checkpoint.model
     settings = checkpoint.front_end
@@ -242,7 +247,7 @@ def _manifest(
         source=checkpoint.source,
         revision=checkpoint.revision,
         source_was_fused=checkpoint.source_was_fused,
-        notes=list(checkpoint.notes),
+        notes=[*checkpoint.notes, *notes],
         sample_rate=settings.sample_rate,
         window_samples=settings.window_samples,
         min_window_samples=MIN_WINDOW_SECONDS * settings.sample_rate,

@@ -8,6 +8,7 @@ norm's running mean and variance sit where real log-mel dB values do.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -106,8 +107,9 @@ def caption_corpus() -> list[str]:
     return [f.format(t, v) for f, t, v in itertools.product(frames, things, verbs)]
 
 
-def build_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
-    """A RoBERTa-style byte-level BPE tokenizer (<s> text </s>, <pad> = 1) trained on `caption_corpus`."""
+def build_tokenizer(vocab_size: int, corpus: Iterable[str] | None = None) -> PreTrainedTokenizerFast:
+    """A RoBERTa-style byte-level BPE tokenizer (<s> text </s>, <pad> = 1) trained on `corpus` (default:
+    `caption_corpus`)."""
     tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
@@ -117,7 +119,7 @@ def build_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tokenizer.train_from_iterator(caption_corpus(), trainer=trainer)
+    tokenizer.train_from_iterator(caption_corpus() if corpus is None else corpus, trainer=trainer)
     tokenizer.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0))
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,

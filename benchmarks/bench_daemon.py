@@ -1,0 +1,1025 @@
+"""The whole daemon on the CPU: event latency to a real broker, streams kept in real time, resident memory.
+
+Full-size random-weight reference model (the `laion/clap-htsat-unfused` architecture). Every stream is a `pipe`
+source whose command is a small Python writer pacing s16le audio by the clock, as a live source would deliver it.
+
+1. Latency: `clapd run` (a subprocess) on one stream into mosquitto on loopback; onsets of a loud noise burst are
+   planted at random phases against the hop grid, and the writer logs the wall-clock time it wrote each onset.
+   The latency is from then until a subscriber has the detection's start event. The background is hiss repeating
+   with the hop as period, so every window without the burst is bit-identical and scores exactly the same. The
+   prompts, a single background prompt (with which a score rises exactly when (prompt - background) . embedding
+   does) and thresholds just above the background's score are chosen from offline scores of the same audio (as
+   tests/test_pipeline.py does), so a window fires as soon as it holds any of the burst: the figure is the
+   daemon's, not the model's. The daemon's debug log dates each model call, which splits the time after the window.
+2. Capacity: N streams in one daemon (in a worker process) for a minute each, N doubling until windows get skipped,
+   then one bisection step.
+3. Memory: VmRSS and VmHWM of the daemon's process after warm-up and after the run.
+
+    .venv/bin/python benchmarks/bench_daemon.py --write docs/benchmarks.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import ctypes.util
+import gc
+import json
+import math
+import os
+import platform
+import re
+import resource
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from importlib.metadata import version
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+RATE = 48_000  # Hz: the model's rate, and the writers' (no resampling in the daemon)
+S16_SCALE = np.float32(1.0 / 32768.0)  # the pipe source's s16le -> float scale
+LATENCY_CHUNK = 480  # samples per write in the latency runs: 10 ms, a whole fraction of every hop
+CAPACITY_CHUNK = 960  # samples per write in the capacity runs: 20 ms, a typical capture block
+HISS = 0.003  # background amplitude (about -50 dBFS)
+BURST = 0.5  # planted noise burst amplitude
+MARGIN_S = 1.0  # background after the last window that holds a burst, so every event ends
+TAU_MIN = 1e-6  # smallest score step above the background score that counts as "heard"
+MAX_PROMPTS = 4  # detections used to catch the bursts
+CANDIDATE_PROMPTS = (
+    "a loud bang",
+    "white noise",
+    "glass breaking",
+    "a dog barking",
+    "a smoke alarm",
+    "a siren",
+    "speech",
+    "a loud beep",
+    "rain",
+    "a car horn",
+    "a baby crying",
+    "music",
+    "footsteps",
+    "a door slamming",
+    "thunder",
+    "static",
+)
+BACKGROUND_PROMPTS = ["silence", "background noise", "an ordinary quiet room"]  # the config's default
+TOPIC_PREFIX = "bench/clapd"
+IDLE_LOAD = 1.0  # 1-min load average below which the machine counts as idle
+BUSY_PATTERN = "build_demo_model"  # another engineer's training run: timings taken meanwhile are worthless
+START, END = "<!-- bench_daemon:start -->", "<!-- bench_daemon:end -->"
+DOC_HEADER = "# clapd benchmarks\n\nFigures are measured by the scripts in `benchmarks/`.\n"
+FALLBACK_BUNDLE = Path("/tmp/clapd-bench/bundle")  # bench_audio_cpu.py's: the same model, reused when it loads
+
+# Paces a raw s16le file by the clock and loops from byte `loop_from` when it ends. A chunk is written once the
+# time it covers has passed, as a capture device hands over a block. Logs the time each onset sample was written.
+WRITER = """
+import json, sys, time
+path, chunk, loop_from, side = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+onsets = sorted(int(x) for x in sys.argv[5].split(",") if x)
+data, out, rate = open(path, "rb").read(), sys.stdout.buffer, 48000
+log = open(side, "a") if side != "-" else None
+started, written, pos, k, looped = time.monotonic(), 0, 0, 0, False
+try:
+    while True:
+        if pos >= len(data):
+            pos = loop_from
+            if log and not looped:
+                log.write(json.dumps({"done": written, "t": time.time()}) + "\\n"); log.flush()
+            looped = True
+        block = data[pos : pos + 2 * chunk]
+        pos += len(block)
+        after = written + len(block) // 2
+        time.sleep(max(0.0, started + after / rate - time.monotonic()))
+        out.write(block); out.flush()
+        now = time.time()
+        while log and k < len(onsets) and onsets[k] < after:
+            log.write(json.dumps({"onset": onsets[k], "t": now}) + "\\n"); log.flush()
+            k += 1
+        written = after
+except (BrokenPipeError, KeyboardInterrupt):
+    pass
+"""
+
+
+# --- assets ---
+
+
+def ensure_bundle(work_dir: Path, explicit: Path | None) -> Path:
+    """A bundle of the full-size reference model with fp32 and int8 audio models: reused, else built."""
+    from clapd.daemon.inference import open_bundle
+
+    candidates = [explicit] if explicit is not None else [work_dir / "bundle", FALLBACK_BUNDLE]
+    for bundle in candidates:
+        try:
+            if {"fp32", "int8"} <= open_bundle(bundle).audio.keys():
+                return bundle
+        except Exception as e:  # missing, incomplete or changed: build our own
+            print(f"not reusing {bundle}: {e}", file=sys.stderr)
+    if explicit is not None:
+        raise SystemExit(f"--bundle {explicit}: no loadable bundle with fp32 and int8 there")
+    from clapd.export.bundle import ExportRequest, export_bundle
+    from clapd.models.reference import save_reference_model
+
+    print(f"building the reference model and bundle in {work_dir} ...", file=sys.stderr)
+    save_reference_model("default", work_dir / "model")
+    request = ExportRequest(
+        source=str(work_dir / "model"), out_dir=work_dir / "bundle", precisions=("fp32", "int8"), progress=False
+    )
+    export_bundle(request)
+    return work_dir / "bundle"
+
+
+def write_raw(path: Path, samples: np.ndarray) -> None:
+    path.write_bytes(samples.astype("<i2").tobytes())
+
+
+def to_s16(audio: np.ndarray) -> np.ndarray:
+    return np.round(np.clip(audio, -1.0, 1.0) * 32767).astype(np.int16)
+
+
+def as_daemon_sees_it(s16: np.ndarray) -> np.ndarray:
+    return s16.astype(np.float32) * S16_SCALE
+
+
+# --- the latency stream ---
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """One latency stream: background hiss with `hop` as period, and noise bursts at `onsets` (samples)."""
+
+    window_s: float
+    hop_s: float
+    burst_s: float
+    spacing: int  # samples between onsets' hops: the burst, a window and MARGIN_S, rounded to whole hops
+    onsets: list[int]
+    audio: np.ndarray  # int16 [samples]
+
+    @property
+    def window(self) -> int:
+        return round(self.window_s * RATE)
+
+    @property
+    def hop(self) -> int:
+        return round(self.hop_s * RATE)
+
+
+def make_plan(window_s: float, hop_s: float, n_onsets: int, seed: int = 7) -> Plan:
+    """The first onset after one clean window; each onset at a random phase within its hop."""
+    rng = np.random.default_rng(seed)
+    hop, window = round(hop_s * RATE), round(window_s * RATE)
+    burst_s = min(1.0, window_s / 4)
+    spacing = round((burst_s + window_s + MARGIN_S) * RATE)
+    spacing -= spacing % hop  # onsets on the same phase grid as the windows, plus their own random phase
+    total = window + n_onsets * spacing + hop
+    period = HISS * rng.standard_normal(hop)
+    audio = np.tile(period, total // hop + 1)[:total]
+    onsets = []
+    for j in range(n_onsets):
+        onset = window + j * spacing + int(rng.integers(0, hop))
+        burst = round(burst_s * RATE)
+        audio[onset : onset + burst] += BURST * rng.standard_normal(burst)
+        onsets.append(onset)
+    return Plan(window_s, hop_s, burst_s, spacing, onsets, to_s16(audio))
+
+
+# --- offline scores and thresholds ---
+
+
+@dataclass(frozen=True, slots=True)
+class Expected:
+    detections: dict[str, dict]  # name -> DetectionConfig fields
+    background: list[str]  # the config's background_prompts
+    window_ends: dict[int, int]  # onset -> end sample of the window whose start event comes first (offline)
+    first_window: int  # onsets caught by the first window that holds them
+
+
+def offline_embeddings(bundle: Path, precision: str, plan: Plan) -> np.ndarray:
+    """[windows, dim] on the daemon's grid, each window repeat-padded and embedded alone, as the daemon does."""
+    from clapd.daemon.config import ModelConfig
+    from clapd.daemon.inference import AudioModel, open_bundle
+    from clapd.daemon.windowing import repeat_pad
+
+    manifest = open_bundle(bundle)
+    model = AudioModel(bundle, manifest, ModelConfig(bundle=bundle, providers=["cpu"], precision=precision))
+    model.warm_up()
+    audio = as_daemon_sees_it(plan.audio)
+    starts = range(0, audio.size - plan.window + 1, plan.hop)
+    windows = (repeat_pad(audio[start : start + plan.window], manifest.window_samples)[None] for start in starts)
+    return np.stack([model.embed(window)[0] for window in windows])
+
+
+def candidate_scores(bundle: Path, state_dir: Path, embeddings: np.ndarray) -> np.ndarray:
+    """[background q, windows, detection p]: prompt p's score against the single background prompt q, as the
+    daemon's matcher computes it. With one background prompt the score rises exactly when (p - q) . e does."""
+    from clapd.daemon.config import DetectionConfig, ModelConfig
+    from clapd.daemon.inference import TextModel, open_bundle
+    from clapd.daemon.matcher import Matcher, PromptCache, build_detections
+
+    manifest = open_bundle(bundle)
+    text = TextModel(bundle, manifest, ModelConfig(bundle=bundle, providers=["cpu"]))
+    cache = PromptCache(text, state_dir / "prompt-cache", manifest.text.sha256)  # the daemon then finds them
+    configs = {f"p{k}": DetectionConfig(prompts=[p]) for k, p in enumerate(CANDIDATE_PROMPTS)}
+    detections, prompts = build_detections(configs, cache), cache.embed(list(CANDIDATE_PROMPTS))
+    names = [f"p{k}" for k in range(len(CANDIDATE_PROMPTS))]
+    scores = []
+    for q in range(len(CANDIDATE_PROMPTS)):
+        matcher = Matcher(detections, prompts[q : q + 1], manifest.logit_scale)
+        scores.append([[row[n] for n in names] for row in (matcher.score("s", e) for e in embeddings)])
+    return np.array(scores)
+
+
+def choose_detections(plan: Plan, scores: np.ndarray, q: int) -> tuple[dict[str, dict], int]:
+    """Prompts (greedily, at most MAX_PROMPTS) whose score against background q rises above the background's in the
+    first window that holds each onset, with thresholds just above it; and how many onsets they catch so."""
+    starts = np.arange(scores.shape[0]) * plan.hop
+    burst = round(plan.burst_s * RATE)
+    holds = np.zeros(scores.shape[0], dtype=bool)
+    for onset in plan.onsets:
+        holds |= (starts < onset + burst) & (starts + plan.window > onset)
+    clean = scores[~holds]
+    base = clean.max(axis=0)
+    tau = max(TAU_MIN, 2 * float((clean.max(axis=0) - clean.min(axis=0)).max()))
+    first = [int(np.argmax(starts + plan.window > onset)) for onset in plan.onsets]
+    heard = scores[first] - base > 2 * tau  # [onsets, candidates]
+    heard[:, q] = False  # a prompt against itself scores 0.5 whatever it hears
+    chosen: list[int] = []
+    covered = np.zeros(len(plan.onsets), dtype=bool)
+    while len(chosen) < MAX_PROMPTS:
+        gain = (heard & ~covered[:, None]).sum(axis=0)
+        best = int(np.argmax(gain))
+        if gain[best] == 0:
+            break
+        chosen.append(best)
+        covered |= heard[:, best]
+    if not chosen:  # no prompt hears any first window: take the one that rises most over the bursts' windows
+        rise = (scores[holds] - base).max(axis=0)
+        rise[q] = -np.inf
+        chosen = [int(np.argmax(rise))]
+    detections = {
+        f"p{k}": {
+            "prompts": [CANDIDATE_PROMPTS[k]],
+            "threshold_on": float(base[k] + tau),
+            "threshold_off": float(base[k] + tau / 2),
+            "smoothing_windows": 1,
+        }
+        for k in chosen
+    }
+    return detections, int(covered.sum())
+
+
+def expected_events(plan: Plan, scores: np.ndarray, detections: dict[str, dict]) -> dict[int, int]:
+    """Onset -> end sample of the window whose start event the daemon must publish first, by the daemon's own
+    event tracker fed the offline scores [windows, candidates]."""
+    from clapd.daemon.config import DetectionConfig
+    from clapd.daemon.events import EventTracker, StreamClock
+    from clapd.daemon.records import Scores
+
+    configs = {name: DetectionConfig(**d) for name, d in detections.items()}
+    clock = StreamClock(datetime(2026, 1, 1, tzinfo=timezone.utc), RATE)
+    tracker = EventTracker(configs, {"s": clock}, plan.hop)
+    ends: dict[int, int] = {}
+    for i, row in enumerate(scores):
+        start = i * plan.hop
+        values = {name: float(row[int(name[1:])]) for name in configs}
+        for event in tracker.feed(Scores("s", start, start + plan.window, values)):
+            onset = onset_of(plan, event.start_sample + plan.hop // 2)
+            if event.kind == "start" and onset is not None:
+                ends.setdefault(onset, event.start_sample + plan.hop // 2)
+    return ends
+
+
+def expect(bundle: Path, state_dir: Path, precision: str, plan: Plan) -> Expected:
+    """Offline, on the audio the daemon will get: the background prompt and detections that catch the most onsets
+    on their first window, and the events the daemon must then publish."""
+    embeddings = offline_embeddings(bundle, precision, plan)
+    scores = candidate_scores(bundle, state_dir, embeddings)
+    options = [(*choose_detections(plan, scores[q], q), q) for q in range(len(CANDIDATE_PROMPTS))]
+    detections, caught, q = max(options, key=lambda o: (o[1], -len(o[0])))
+    ends = expected_events(plan, scores[q], detections)
+    first = sum(1 for onset, end in ends.items() if end - onset <= plan.hop)
+    return Expected(detections, [CANDIDATE_PROMPTS[q]], ends, first)
+
+
+def onset_of(plan: Plan, window_end: int) -> int | None:
+    """The planted onset a window ending at `window_end` can have heard first (None: a false start)."""
+    for onset in plan.onsets:
+        if onset < window_end <= onset + plan.spacing:
+            return onset
+    return None
+
+
+# --- broker, subscriber, process memory ---
+
+
+class TimedSubscriber:
+    """Records (arrival wall time, topic, payload) of everything on `topic_filter`."""
+
+    def __init__(self, port: int, topic_filter: str) -> None:
+        from paho.mqtt.client import Client
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        self.messages: list[tuple[float, str, bytes]] = []
+        self._lock = threading.Lock()
+        self._subscribed = threading.Event()
+        self._client = Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=f"bench-{os.getpid()}")
+        self._client.on_connect = lambda client, *_: client.subscribe(topic_filter, qos=1)
+        self._client.on_subscribe = lambda *_: self._subscribed.set()
+        self._client.on_message = self._on_message
+        self._client.connect("127.0.0.1", port, keepalive=30)
+        self._client.loop_start()
+        if not self._subscribed.wait(10):
+            raise RuntimeError(f"could not subscribe to {topic_filter!r} on port {port}")
+
+    def _on_message(self, client: object, userdata: object, message: object) -> None:
+        now = time.time()
+        with self._lock:
+            self.messages.append((now, message.topic, bytes(message.payload)))  # type: ignore[attr-defined]
+
+    def wait_for(self, payload: bytes, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if any(m[2] == payload for m in self.messages):
+                    return True
+            time.sleep(0.05)
+        return False
+
+    def close(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+
+
+def start_broker(directory: Path) -> object:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from mqtt_broker import MosquittoBroker
+
+    directory.mkdir(parents=True, exist_ok=True)
+    broker = MosquittoBroker(directory, persistence=False)
+    broker.start()
+    return broker
+
+
+def memory_mib(pid: int | str = "self") -> dict[str, float]:
+    """VmRSS and VmHWM of a process, in MiB."""
+    values = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            values[key] = int(rest.split()[0]) / 1024  # kB -> MiB
+    return values
+
+
+# --- 1. latency ---
+
+
+@dataclass(frozen=True, slots=True)
+class Latency:
+    window_s: float
+    hop_s: float
+    precision: str
+    onsets: int
+    detected: int
+    as_offline: int  # detected on exactly the window the offline run predicts
+    first_window: int  # offline: onsets caught by the first window that holds them
+    false_starts: int
+    latency_s: list[float]  # the onset written -> the start event at the subscriber
+    wait_s: list[float]  # the onset written -> the last chunk of the detecting window written
+    to_model_s: list[float]  # that chunk written -> the model call on its window begins
+    model_s: list[float]  # the model call (the batch holding the window), from the daemon's debug log
+    to_subscriber_s: list[float]  # the model call done -> the event at the subscriber
+    prompts: int
+    startup_s: float  # `clapd run` started -> "online" at the broker (hashes, both models, warm-up)
+    memory_start: dict[str, float]
+    memory_end: dict[str, float]
+    errors: list[str] = field(default_factory=list)
+
+
+# `clapd run` with the runner's per-batch debug line ("N windows in M ms") on, which dates each model call.
+CLAPD_RUN_DEBUG = (
+    "import logging, sys; from clapd.cli import main; "
+    "logging.getLogger('clapd.daemon.runner').setLevel(logging.DEBUG); sys.exit(main())"
+)
+BATCH_LINE = re.compile(r"^(\S+ \S+) DEBUG clapd\.daemon\.runner: (\d+) windows in (\d+) ms")
+
+
+def latency_config(plan: Plan, files: dict[str, Path], precision: str, expected: Expected, port: int) -> dict:
+    onsets = ",".join(map(str, plan.onsets))
+    loop_from = 2 * (plan.audio.size - plan.hop)  # keep writing the last hop: background
+    command = [sys.executable, "-c", WRITER, str(files["raw"]), str(LATENCY_CHUNK), str(loop_from)]
+    command += [str(files["side"]), onsets]
+    return {
+        "model": {"bundle": str(files["bundle"]), "providers": ["cpu"], "precision": precision, "threads": 2},
+        "windows": {"window_seconds": plan.window_s, "hop_seconds": plan.hop_s},
+        "streams": {"s": {"type": "pipe", "command": command, "sample_rate": RATE, "sample_format": "s16le"}},
+        "detections": expected.detections,
+        "background_prompts": expected.background,
+        "outputs": {"mqtt": {"host": "127.0.0.1", "port": port, "topic_prefix": TOPIC_PREFIX, "qos": 1}},
+        "state_dir": str(files["state"]),
+    }
+
+
+def read_side(side: Path) -> tuple[dict[int, float], float | None]:
+    """The writer's log: onset sample -> wall time written, and when the planned audio was all written."""
+    onsets, done = {}, None
+    if side.exists():
+        for line in side.read_text().splitlines():
+            record = json.loads(line)
+            if "onset" in record:
+                onsets[record["onset"]] = record["t"]
+            else:
+                done = record["t"]
+    return onsets, done
+
+
+def model_calls(log: Path) -> list[tuple[float, float]]:
+    """Per window, in order (one stream, none skipped): (wall time its model call was done, that call's seconds)."""
+    calls = []
+    for line in log.read_text().splitlines():
+        if match := BATCH_LINE.match(line):
+            done = datetime.strptime(match[1], "%Y-%m-%d %H:%M:%S,%f").timestamp()  # local time, as logged
+            calls += [(done, int(match[3]) / 1000)] * int(match[2])
+    return calls
+
+
+def run_latency(plan: Plan, precision: str, expected: Expected, bundle: Path, port: int, work_dir: Path) -> Latency:
+    name = f"latency-{plan.window_s:g}s-{precision}"
+    files = {"raw": work_dir / f"latency-{plan.window_s:g}s.s16le", "side": work_dir / f"{name}.jsonl"}
+    files |= {"state": work_dir / "state", "bundle": bundle, "config": work_dir / f"{name}.yaml"}
+    write_raw(files["raw"], plan.audio)
+    files["side"].unlink(missing_ok=True)
+    for stale in files["state"].glob("event-queue.sqlite3*"):
+        stale.unlink()  # unsent messages of an earlier run would be replayed
+    files["config"].write_text(yaml.safe_dump(latency_config(plan, files, precision, expected, port)))
+    subscriber = TimedSubscriber(port, f"{TOPIC_PREFIX}/#")
+    print(f"latency: {name}, {len(plan.onsets)} onsets, {plan.audio.size / RATE:.0f} s ...", file=sys.stderr)
+    log = work_dir / f"{name}.log"
+    try:
+        watched = watch_daemon(files, subscriber, log, plan.audio.size / RATE + 60)
+    finally:
+        subscriber.close()
+    watched["errors"] += [line for line in log.read_text().splitlines() if " WARNING " in line][:5]
+    measured = measure_latency(plan, expected, subscriber.messages, read_side(files["side"])[0], model_calls(log))
+    return Latency(window_s=plan.window_s, hop_s=plan.hop_s, precision=precision, **measured, **watched)
+
+
+def watch_daemon(files: dict[str, Path], subscriber: TimedSubscriber, log: Path, timeout: float) -> dict:
+    """Run `clapd run` until its writer has written all the planned audio: start-up time, memory, errors."""
+    errors: list[str] = []
+    with log.open("w") as stderr:
+        launched = time.monotonic()
+        command = [sys.executable, "-c", CLAPD_RUN_DEBUG, "-v", "run", "-c", str(files["config"])]
+        daemon = subprocess.Popen(command, stderr=stderr)
+        try:
+            if not subscriber.wait_for(b"online", 180):
+                errors.append("the daemon never said online")
+            startup = time.monotonic() - launched
+            memory_start = memory_mib(daemon.pid) if daemon.poll() is None else {}
+            deadline = time.monotonic() + timeout
+            while read_side(files["side"])[1] is None and time.monotonic() < deadline and daemon.poll() is None:
+                time.sleep(0.5)
+            time.sleep(2.0)  # the last window's event, if any, is long published by now
+            memory_end = memory_mib(daemon.pid) if daemon.poll() is None else {}
+        finally:
+            daemon.send_signal(signal.SIGTERM)
+            if daemon.wait(60) != 0:
+                errors.append(f"clapd run exited with {daemon.returncode}")
+    return {"startup_s": startup, "memory_start": memory_start, "memory_end": memory_end, "errors": errors}
+
+
+def measure_latency(
+    plan: Plan,
+    expected: Expected,
+    messages: list[tuple[float, str, bytes]],
+    written: dict[int, float],
+    calls: list[tuple[float, float]],
+) -> dict:
+    """The fields of `Latency` from the events received, the onsets' write times and the daemon's model calls."""
+    first: dict[int, tuple[float, int]] = {}  # onset -> (arrival, window end) of its earliest start event
+    false_starts = 0
+    for arrival, topic, payload in messages:
+        if not topic.endswith("/event") or (event := json.loads(payload))["kind"] != "start":
+            continue
+        end = round(event["start_offset_seconds"] * RATE) + plan.hop // 2  # smoothing 1: onset = end - hop/2
+        onset = onset_of(plan, end)
+        if onset is None:
+            false_starts += 1
+        elif onset not in first or arrival < first[onset][0]:
+            first[onset] = (arrival, end)
+    parts: dict[str, list[float]] = {k: [] for k in ("latency_s", "wait_s", "to_model_s", "model_s", "to_subscriber_s")}
+    for onset, (arrival, end) in sorted(first.items()):
+        index = (end - plan.window) // plan.hop
+        if onset not in written or index >= len(calls):
+            continue
+        chunk_end = (onset // LATENCY_CHUNK + 1) * LATENCY_CHUNK  # the onset was written with its chunk
+        window_written = written[onset] + (end - chunk_end) / RATE  # the writer is paced by the clock
+        done, seconds = calls[index]
+        parts["latency_s"].append(arrival - written[onset])
+        parts["wait_s"].append(window_written - written[onset])
+        parts["to_model_s"].append(done - seconds - window_written)
+        parts["model_s"].append(seconds)
+        parts["to_subscriber_s"].append(arrival - done)
+    return parts | {
+        "onsets": len(plan.onsets),
+        "detected": len(first),
+        "as_offline": sum(1 for onset, (_, end) in first.items() if expected.window_ends.get(onset) == end),
+        "first_window": expected.first_window,
+        "false_starts": false_starts,
+        "prompts": len(expected.detections),
+    }
+
+
+# --- 2 and 3. capacity and memory (the daemon in a worker process) ---
+
+
+@dataclass(frozen=True, slots=True)
+class Capacity:
+    window_s: float
+    hop_s: float
+    streams: int
+    seconds: float
+    produced: int
+    skipped: int
+    restarts: int
+    batch_sizes: list[int]
+    batch_ms: list[float]  # model call + matching, per batch
+    lag_s: list[float]  # per batch: audio written after the oldest window of the batch ended, once it was done
+    cpu_s: float  # the daemon process, all threads
+    writers_cpu_s: float
+    startup_s: float  # load (hashes, both models, prompts, warm-up) and start
+    memory_start: dict[str, float]
+    memory_end: dict[str, float]
+    rss_trimmed: float  # VmRSS after the run and glibc's malloc_trim(0), MiB
+
+    @property
+    def real_time(self) -> bool:
+        return self.skipped == 0 and self.restarts == 0 and self.produced > 0
+
+
+def capacity_config(args: argparse.Namespace, raw: Path) -> dict:
+    command = [sys.executable, "-c", WRITER, str(raw), str(CAPACITY_CHUNK), "0", "-", ""]
+    stream = {"type": "pipe", "command": command, "sample_rate": RATE, "sample_format": "s16le"}
+    return {
+        "model": {"bundle": str(args.bundle), "providers": ["cpu"], "precision": "int8", "threads": 2},
+        "windows": {"window_seconds": args.window, "hop_seconds": args.hop},
+        "streams": {f"s{i}": stream for i in range(args.capacity_worker)},
+        "detections": {"bark": {"prompts": ["a dog barking"]}},
+        "background_prompts": BACKGROUND_PROMPTS,
+        "outputs": {"mqtt": {"host": "127.0.0.1", "port": args.broker_port, "topic_prefix": TOPIC_PREFIX}},
+        "state_dir": str(args.work_dir / "state"),
+    }
+
+
+def run_capacity_worker(args: argparse.Namespace) -> None:
+    """In this process: load, start N streams, run `--seconds`, report counts, batch times and memory as JSON."""
+    from clapd.daemon.config import parse_config
+    from clapd.daemon.runner import Daemon
+    from clapd.daemon.service import build_publishers
+
+    config = parse_config(capacity_config(args, args.work_dir / "capacity.s16le"))
+    launched = time.monotonic()
+    daemon = Daemon(config, args.bundle, build_publishers(config))
+    daemon.load()
+    daemon.start()
+    startup = time.monotonic() - launched
+    memory_start = memory_mib()
+    window = round(args.window * RATE)
+    rings = {s.name: s.ring for s in daemon._streams}
+    sizes, ms, lag = [], [], []
+    infer = daemon._infer
+
+    def timed(windows: list) -> None:
+        started = time.perf_counter()
+        infer(windows)
+        ms.append(1000 * (time.perf_counter() - started))
+        sizes.append(len(windows))
+        lag.append(max(rings[w.stream].total_written - w.start_sample - window for w in windows) / RATE)
+
+    daemon._infer = timed  # type: ignore[method-assign]
+    stop = threading.Event()
+    cpu0 = resource.getrusage(resource.RUSAGE_SELF)
+    threading.Timer(args.seconds, stop.set).start()
+    daemon.run(stop)
+    cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+    memory_end = memory_mib()
+    counts = [s.windows.counts() for s in daemon._streams]
+    restarts = sum(s.source.status().restarts for s in daemon._streams)
+    daemon.shutdown()
+    ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim(0)  # what of VmRSS is heap freed but kept by glibc
+    rss_trimmed = memory_mib()["VmRSS"]
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    result = Capacity(
+        args.window,
+        args.hop,
+        args.capacity_worker,
+        args.seconds,
+        sum(c.produced for c in counts),
+        sum(c.skipped for c in counts),
+        restarts,
+        sizes,
+        ms,
+        lag,
+        cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime,
+        children.ru_utime + children.ru_stime,
+        startup,
+        memory_start,
+        memory_end,
+        rss_trimmed,
+    )
+    print(json.dumps(asdict(result)))
+
+
+def spawn_capacity(
+    n: int, window_s: float, hop_s: float, seconds: float, bundle: Path, port: int, work: Path
+) -> Capacity:
+    command = [sys.executable, str(Path(__file__).resolve()), "--capacity-worker", str(n), "--window", str(window_s)]
+    command += ["--hop", str(hop_s), "--seconds", str(seconds), "--bundle", str(bundle)]
+    command += ["--broker-port", str(port), "--work-dir", str(work)]
+    print(f"capacity: {n} streams, window {window_s:g} s, hop {hop_s:g} s, {seconds:g} s ...", file=sys.stderr)
+    done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=seconds + 300)
+    if done.returncode != 0:
+        raise RuntimeError(f"capacity worker ({n} streams) failed:\n{done.stderr[-4000:]}")
+    result = Capacity(**json.loads(done.stdout.strip().splitlines()[-1]))
+    print(f"  -> skipped {result.skipped}, median batch {median(result.batch_ms):.0f} ms", file=sys.stderr)
+    return result
+
+
+def search_capacity(start: int, run: Callable[[int], Capacity], refine: int, limit: int) -> list[Capacity]:
+    """Doubling up from `start` while in real time, at most to `limit` (halving down while not), then `refine`
+    bisection steps between the largest count in real time and the smallest not."""
+    results: dict[int, Capacity] = {}
+
+    def ok(n: int) -> bool:
+        if n not in results:
+            results[n] = run(n)
+        return results[n].real_time
+
+    n = start
+    if ok(n):
+        while n < limit and ok(min(2 * n, limit)):
+            n = min(2 * n, limit)
+        good, bad = n, min(2 * n, limit) if n < limit else None
+    else:
+        while n > 1 and not ok(n // 2):
+            n //= 2
+        good, bad = (n // 2 if n > 1 else 0), n
+    for _ in range(refine):
+        if bad is None or bad - good <= 1:
+            break
+        middle = (good + bad) // 2
+        good, bad = (middle, bad) if ok(middle) else (good, middle)
+    return [results[k] for k in sorted(results)]
+
+
+def make_capacity_audio(seconds: int = 10, seed: int = 11) -> np.ndarray:
+    """Hiss with a few tones and bursts, looped by every capacity writer."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(seconds * RATE) / RATE
+    audio = 0.01 * rng.standard_normal(t.size)
+    audio += np.where((t % 5) < 1, 0.3 * np.sin(2 * np.pi * 1000 * t), 0.0)
+    audio += np.where(((t + 2) % 5) < 0.5, 0.3 * rng.standard_normal(t.size), 0.0)
+    return to_s16(audio)
+
+
+# --- the machine ---
+
+
+def wait_until_idle(max_minutes: float, poll_s: float = 30.0) -> tuple[float, float, bool]:
+    """Until nothing matches BUSY_PATTERN and the 1-min load is below IDLE_LOAD: (waited s, load, idle?)."""
+    started = time.monotonic()
+    while True:
+        busy = subprocess.run(["pgrep", "-f", BUSY_PATTERN], capture_output=True, check=False).returncode == 0
+        load = os.getloadavg()[0]
+        waited = time.monotonic() - started
+        if not busy and load < IDLE_LOAD:
+            return waited, load, True
+        if waited >= 60 * max_minutes:
+            return waited, load, False
+        print(f"waiting for an idle machine: {BUSY_PATTERN} running: {busy}, load {load:.2f}", file=sys.stderr)
+        time.sleep(poll_s)
+
+
+def busy_now() -> bool:
+    return subprocess.run(["pgrep", "-f", BUSY_PATTERN], capture_output=True, check=False).returncode == 0
+
+
+def machine_line() -> str:
+    cpu = "unknown CPU"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    memory = int(Path("/proc/meminfo").read_text().split()[1]) / 1024**2  # kB -> GiB
+    return f"{cpu}, {os.cpu_count()} cores, {memory:.0f} GiB, {platform.machine()}, Linux {platform.release()}"
+
+
+def versions_line() -> str:
+    names = ("onnxruntime", "numpy", "paho-mqtt", "pydantic")
+    packages = ", ".join(f"{name} {version(name)}" for name in names)
+    mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    try:
+        banner = subprocess.run([mosquitto, "-h"], capture_output=True, text=True, timeout=5).stdout.splitlines()[0]
+    except (OSError, IndexError, subprocess.SubprocessError):
+        banner = "mosquitto ?"
+    return f"Python {platform.python_version()}, {packages}, {banner.strip()}"
+
+
+# --- the report ---
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else math.nan
+
+
+def quantile(values: list[float], q: float) -> float:
+    return float(np.quantile(values, q)) if values else math.nan
+
+
+def latency_table(results: list[Latency]) -> str:
+    rows = [
+        "| window / hop | precision | onsets | detected (as offline) | false starts | latency p50 | p95 | max "
+        "| wait for the window p50 / max | then to the model call p50 | model call p50 | then to the subscriber p50 "
+        "| p95 |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        rows.append(
+            f"| {r.window_s:g} s / {r.hop_s:g} s | {r.precision} | {r.onsets} | {r.detected} ({r.as_offline}) "
+            f"| {r.false_starts} | {median(r.latency_s):.3f} s | {quantile(r.latency_s, 0.95):.3f} s "
+            f"| {max(r.latency_s, default=math.nan):.3f} s | {median(r.wait_s):.3f} / "
+            f"{max(r.wait_s, default=math.nan):.3f} s | {1000 * median(r.to_model_s):.0f} ms "
+            f"| {1000 * median(r.model_s):.0f} ms | {1000 * median(r.to_subscriber_s):.0f} ms "
+            f"| {1000 * quantile(r.to_subscriber_s, 0.95):.0f} ms |"
+        )
+    return "\n".join(rows)
+
+
+def capacity_table(results: list[Capacity]) -> str:
+    rows = [
+        "| window / hop | streams | windows run | skipped | batch size p50 | batch ms p50 / p95 | ms per window "
+        "| result lag p50 / max | daemon CPU | writers CPU | real time |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in results:
+        per_window = sum(r.batch_ms) / max(1, sum(r.batch_sizes))
+        rows.append(
+            f"| {r.window_s:g} s / {r.hop_s:g} s | {r.streams} | {r.produced} | {r.skipped} "
+            f"| {median(r.batch_sizes):g} | {median(r.batch_ms):.0f} / {quantile(r.batch_ms, 0.95):.0f} "
+            f"| {per_window:.0f} | {median(r.lag_s):.2f} / {max(r.lag_s, default=math.nan):.2f} s "
+            f"| {r.cpu_s / r.seconds:.2f} cores | {r.writers_cpu_s / r.seconds:.2f} cores "
+            f"| {'yes' if r.real_time else 'no'} |"
+        )
+    return "\n".join(rows)
+
+
+def memory_table(latency: list[Latency], capacity: list[Capacity]) -> str:
+    rows = [
+        "| process | start-up | VmRSS after warm-up | VmHWM after warm-up | VmRSS after the run | VmHWM after the run "
+        "| VmRSS after malloc_trim |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+
+    def mib(d: dict[str, float], key: str) -> str:
+        return f"{d[key]:.0f} MiB" if key in d else "-"
+
+    def row(label: str, startup: float, start: dict[str, float], end: dict[str, float], trimmed: str) -> str:
+        cells = (mib(start, "VmRSS"), mib(start, "VmHWM"), mib(end, "VmRSS"), mib(end, "VmHWM"), trimmed)
+        return f"| {label} | {startup:.1f} s | " + " | ".join(cells) + " |"
+
+    for r in latency:
+        label = f"`clapd run`, 1 stream, {r.window_s:g} s window, {r.precision}"
+        rows.append(row(label, r.startup_s, r.memory_start, r.memory_end, "-"))
+    for r in capacity:
+        if r.streams in (1, best_streams(capacity).get(r.window_s)):
+            label = f"daemon (worker), {r.streams} stream(s), {r.window_s:g} s window, int8"
+            rows.append(row(label, r.startup_s, r.memory_start, r.memory_end, f"{r.rss_trimmed:.0f} MiB"))
+    return "\n".join(rows)
+
+
+def best_streams(capacity: list[Capacity]) -> dict[float, int]:
+    """Window seconds -> the most streams run with no window skipped."""
+    best: dict[float, int] = {}
+    for r in capacity:
+        if r.real_time:
+            best[r.window_s] = max(best.get(r.window_s, 0), r.streams)
+    return best
+
+
+def summary(latency: list[Latency], capacity: list[Capacity]) -> list[str]:
+    """What the numbers mean, with the figures of this run."""
+    lines = []
+    for r in latency:
+        lines.append(
+            f"- {r.window_s:g} s / {r.hop_s:g} s, {r.precision}: median {median(r.latency_s):.2f} s = "
+            f"{median(r.wait_s):.2f} s waiting for the window that holds the onset to be complete (uniform over "
+            f"one hop, {r.hop_s:g} s, where the first such window fires: offline {r.first_window}/{r.onsets} did) "
+            f"+ {1000 * median(r.to_model_s):.0f} ms until its model call starts (pipe read, the idle poll, a call "
+            f"still running) + {1000 * median(r.model_s):.0f} ms model call + {1000 * median(r.to_subscriber_s):.0f}"
+            " ms to the subscriber (matching, event tracking with `smoothing_windows: 1`, the disk queue's fsyncs, "
+            "MQTT QoS 1 on loopback)."
+        )
+    for window_s, n in sorted(best_streams(capacity).items()):
+        runs = [r for r in capacity if r.window_s == window_s and r.streams == n]
+        per_window = sum(runs[0].batch_ms) / max(1, sum(runs[0].batch_sizes))
+        lines.append(
+            f"- {window_s:g} s window at a 1 s hop: {n} streams in real time; a window costs {per_window:.0f} ms "
+            f"there, so the model alone would allow about {1000 / per_window:.0f}. The window length changes "
+            "nothing: every window is repeat-padded to the model's 10 s input."
+        )
+    trimmed = [r for r in capacity if r.memory_start]
+    if trimmed:
+        r = trimmed[0]
+        lines.append(
+            f"- memory: VmHWM {r.memory_start['VmHWM']:.0f} MiB is reached at start-up, loading the 500 MB text "
+            f"model (loaded even when every prompt is in the cache); it is freed, but glibc keeps the heap: "
+            f"VmRSS {r.memory_end['VmRSS']:.0f} MiB after the run, {r.rss_trimmed:.0f} MiB after malloc_trim(0). "
+            "More streams add little (a 30 s ring is 5.5 MiB each)."
+        )
+    return lines
+
+
+def section(latency: list[Latency], capacity: list[Capacity], notes: list[str], seconds: float) -> str:
+    best = best_streams(capacity)
+    capacity_line = ", ".join(f"{w:g} s window: {n} streams" for w, n in sorted(best.items())) or "none"
+    problems = [f"- {r.window_s:g} s {r.precision}: {e}" for r in latency for e in r.errors]
+    lines = [
+        START,
+        "## The whole daemon on the CPU: event latency, streams in real time, memory",
+        "",
+        "Written by `benchmarks/bench_daemon.py`: random-weight full-size reference model, CPUExecutionProvider, "
+        "2 threads per model call; every stream a `pipe` source whose writer paces s16le at 48 kHz by the clock "
+        f"({LATENCY_CHUNK // 48} ms writes for latency, {CAPACITY_CHUNK // 48} ms for capacity); mosquitto on "
+        "loopback, QoS 1 (the daemon's disk queue, `synchronous=FULL`, in between).",
+        "",
+        f"- date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}; whole run {seconds / 60:.0f} min",
+        f"- machine: {machine_line()}",
+        f"- versions: {versions_line()}",
+        *[f"- {note}" for note in notes],
+        "",
+        "### 1. Latency: a planted onset to the start event at a subscriber (`clapd run`, one stream)",
+        "",
+        f"Noise bursts ({BURST} amplitude) planted over hiss that repeats with the hop as period, each onset at a "
+        "random phase against the hop grid. The writer logs when it wrote each onset; the daemon's debug log dates "
+        "each model call. Every window without a burst is bit-identical, so it scores exactly the same; the "
+        "detections (at most 4 prompts) and the single background prompt are chosen offline, from the same audio's "
+        "scores, so that a score rises in the first window that holds a burst, thresholds just above the "
+        "background's score, `smoothing_windows: 1`: a window fires once it holds any of the burst, and with random "
+        "weights the figure is the daemon's, not a model's sensitivity. *As offline*: fired on exactly the window "
+        "that the offline scores predict. *Wait for the window*: from the onset written to the last chunk of the "
+        "detecting window written.",
+        "",
+        latency_table(latency),
+        "",
+        "### 2. Streams kept in real time at a 1 s hop (int8, one daemon)",
+        "",
+        "N pipe streams in one daemon process for the given seconds; N doubles until windows are skipped "
+        '(`StreamWindows.counts().skipped`, i.e. the daemon logged "inference is behind"), then one bisection '
+        "step. *Result lag*: audio written after a batch's oldest window ended, by the time the batch was done. "
+        "*Writers CPU*: the N writer processes, which share the same 2 cores.",
+        "",
+        capacity_table(capacity),
+        "",
+        f"Largest N with no skipped window: {capacity_line}.",
+        "",
+        "### 3. Resident memory of the daemon's process",
+        "",
+        memory_table(latency, capacity),
+        "",
+        "### What the numbers mean",
+        "",
+        *summary(latency, capacity),
+        "",
+        *(["Warnings logged by the daemon:", "", *problems, ""] if problems else []),
+        END,
+    ]
+    return "\n".join(lines)
+
+
+def write_section(path: Path, text: str) -> None:
+    """Replace this script's section (or append it), keeping the rest of the file."""
+    doc = path.read_text() if path.exists() else DOC_HEADER
+    start, end = doc.find(START), doc.find(END)
+    if start != -1 and end > start:
+        doc = doc[:start] + text + doc[end + len(END) :]
+    else:
+        doc = doc.rstrip("\n") + "\n\n" + text + "\n"
+    path.write_text(doc)
+
+
+# --- the parent ---
+
+
+def parse_windows(text: str) -> list[tuple[float, float]]:
+    return [(float(w), float(h)) for w, h in (part.split(":") for part in text.split(",") if part)]
+
+
+def run_latency_all(args: argparse.Namespace, bundle: Path, port: int) -> list[Latency]:
+    results = []
+    for window_s, hop_s in parse_windows(args.latency_windows):
+        n = args.onsets or (16 if window_s <= 2 else 10)
+        plan = make_plan(window_s, hop_s, n)
+        for precision in args.precisions.split(","):
+            print(f"offline scores: {window_s:g} s window, {precision} ...", file=sys.stderr)
+            expected = expect(bundle, args.work_dir / "state", precision, plan)
+            gc.collect()
+            results.append(run_latency(plan, precision, expected, bundle, port, args.work_dir))
+            r = results[-1]
+            print(f"  -> detected {r.detected}/{r.onsets}, p50 {median(r.latency_s):.3f} s", file=sys.stderr)
+    return results
+
+
+def run_capacity_all(args: argparse.Namespace, bundle: Path, port: int) -> list[Capacity]:
+    write_raw(args.work_dir / "capacity.s16le", make_capacity_audio())
+    results: list[Capacity] = []
+    start, limit, refine = 1, args.max_streams, args.refine
+    for i, (window_s, hop_s) in enumerate(parse_windows(args.capacity_windows)):
+
+        def run(n: int, window_s: float = window_s, hop_s: float = hop_s) -> Capacity:
+            return spawn_capacity(n, window_s, hop_s, args.seconds, bundle, port, args.work_dir)
+
+        if args.capacity_streams:
+            found = [run(int(n)) for n in args.capacity_streams.split(",")]
+        else:
+            found = search_capacity(start, run, refine, limit)
+        results += found
+        if i == 0:
+            # The model input is 10 s whatever the window: later window sizes check the first one's answer and the
+            # smallest count it could not keep, no more.
+            start = max([r.streams for r in found if r.real_time], default=1)
+            limit = min([r.streams for r in found if not r.real_time], default=args.max_streams)
+            refine = 0
+    return results
+
+
+def run_parent(args: argparse.Namespace) -> None:
+    began = time.monotonic()
+    args.work_dir.mkdir(parents=True, exist_ok=True)
+    bundle = ensure_bundle(args.work_dir, args.bundle)
+    waited, load, idle = wait_until_idle(args.wait_minutes) if args.wait_minutes > 0 else (0.0, 0.0, True)
+    notes = [
+        f"bundle: `{bundle}`; load before the run: {load:.2f} after waiting {waited / 60:.0f} min"
+        + ("" if idle else f" (**not idle**: {BUSY_PATTERN} running or load >= {IDLE_LOAD}; figures are suspect)")
+    ]
+    broker = start_broker(args.work_dir / "broker")
+    try:
+        latency = [] if args.skip_latency else run_latency_all(args, bundle, broker.port)
+        busy_mid = busy_now()
+        capacity = [] if args.skip_capacity else run_capacity_all(args, bundle, broker.port)
+    finally:
+        broker.stop()
+    if busy_mid or busy_now():
+        notes.append(f"**{BUSY_PATTERN} was running during part of the run; figures are suspect**")
+    notes.append(f"1-min load average at the end: {os.getloadavg()[0]:.2f} (this benchmark's own load included)")
+    text = section(latency, capacity, notes, time.monotonic() - began)
+    print(text)
+    if args.write:
+        write_section(args.write, text)
+        print(f"wrote {args.write}", file=sys.stderr)
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
+    parser.add_argument("--work-dir", type=Path, default=Path("/tmp/clapd-bench-daemon"), help="cache and logs")
+    parser.add_argument("--bundle", type=Path, help="a bundle with fp32 and int8 (default: reuse or build one)")
+    parser.add_argument("--latency-windows", default="2:0.5,10:1", help="window:hop seconds, comma-separated")
+    parser.add_argument("--precisions", default="int8,fp32", help="for the latency runs")
+    parser.add_argument("--onsets", type=int, help="planted onsets per latency run (default 16 at 2 s, 10 at 10 s)")
+    parser.add_argument("--capacity-windows", default="10:1,2:1", help="window:hop seconds, comma-separated")
+    parser.add_argument("--capacity-streams", help="comma-separated stream counts instead of the search")
+    parser.add_argument("--seconds", type=float, default=60.0, help="length of each capacity run")
+    parser.add_argument("--refine", type=int, default=1, help="bisection steps after doubling")
+    parser.add_argument("--max-streams", type=int, default=32)
+    parser.add_argument("--wait-minutes", type=float, default=40.0, help="at most this long for an idle machine")
+    parser.add_argument("--skip-latency", action="store_true")
+    parser.add_argument("--skip-capacity", action="store_true")
+    parser.add_argument("--write", type=Path, help="markdown file whose bench_daemon section to update")
+    parser.add_argument("--capacity-worker", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--window", type=float, help=argparse.SUPPRESS)
+    parser.add_argument("--hop", type=float, help=argparse.SUPPRESS)
+    parser.add_argument("--broker-port", type=int, help=argparse.SUPPRESS)
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    if args.capacity_worker:
+        run_capacity_worker(args)
+    else:
+        run_parent(args)
+
+
+if __name__ == "__main__":
+    main()
