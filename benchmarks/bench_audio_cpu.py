@@ -24,6 +24,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
+from doc_sections import write_section
 
 SAMPLE_RATE = 48_000  # Hz
 WINDOW_SAMPLES = 480_000  # the model's fixed input: 10 s
@@ -34,11 +35,6 @@ NAMES = {"hf-eager": "HF eager", "onnx-fp32": "ONNX fp32", "onnx-int8": "ONNX in
 LABELS = {**NAMES, "hf-eager": "HF eager (extractor + `get_audio_features`)"}
 ONNX_FILES = {"onnx-fp32": "audio_fp32.onnx", "onnx-int8": "audio_int8.onnx"}
 START, END = "<!-- bench_audio_cpu:start -->", "<!-- bench_audio_cpu:end -->"
-DOC_HEADER = (
-    "# clapd benchmarks\n\n"
-    "Figures are measured by the scripts in `benchmarks/`; each section names the script that wrote it "
-    "(`bench_audio_cpu.py`: audio model on the CPU).\n"
-)
 
 Embedder = Callable[[np.ndarray], np.ndarray]
 
@@ -243,18 +239,6 @@ def section(timings: list[Timing], load: float) -> str:
     return "\n".join(lines)
 
 
-def write_section(path: Path, text: str) -> None:
-    """Replace this script's section (or append it), keeping the rest of the file."""
-    doc = path.read_text() if path.exists() else DOC_HEADER
-    start, end = doc.find(START), doc.find(END)
-    if start != -1 and end > start:
-        doc = doc[:start] + text + doc[end + len(END) :]
-    else:
-        doc = doc.rstrip("\n") + "\n\n" + text + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(doc)
-
-
 def run_parent(args: argparse.Namespace) -> None:
     load = os.getloadavg()[0]
     ensure_assets(args.work_dir, args.rebuild)
@@ -265,7 +249,7 @@ def run_parent(args: argparse.Namespace) -> None:
     text = section(timings, load)
     print(text)
     if args.write:
-        write_section(args.write, text)
+        write_section(args.write, START, END, text)
         print(f"wrote {args.write}", file=sys.stderr)
 
 

@@ -45,6 +45,7 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+from doc_sections import write_section
 
 RATE = 48_000  # Hz: the model's rate, and the writers' (no resampling in the daemon)
 S16_SCALE = np.float32(1.0 / 32768.0)  # the pipe source's s16le -> float scale
@@ -78,7 +79,6 @@ TOPIC_PREFIX = "bench/clapd"
 IDLE_LOAD = 1.0  # 1-min load average below which the machine counts as idle
 BUSY_PATTERN = "build_demo_model"  # another engineer's training run: timings taken meanwhile are worthless
 START, END = "<!-- bench_daemon:start -->", "<!-- bench_daemon:end -->"
-DOC_HEADER = "# clapd benchmarks\n\nFigures are measured by the scripts in `benchmarks/`.\n"
 FALLBACK_BUNDLE = Path("/tmp/clapd-bench/bundle")  # bench_audio_cpu.py's: the same model, reused when it loads
 
 # Paces a raw s16le file by the clock and loops from byte `loop_from` when it ends. A chunk is written once the
@@ -906,17 +906,6 @@ def section(latency: list[Latency], capacity: list[Capacity], notes: list[str], 
     return "\n".join(lines)
 
 
-def write_section(path: Path, text: str) -> None:
-    """Replace this script's section (or append it), keeping the rest of the file."""
-    doc = path.read_text() if path.exists() else DOC_HEADER
-    start, end = doc.find(START), doc.find(END)
-    if start != -1 and end > start:
-        doc = doc[:start] + text + doc[end + len(END) :]
-    else:
-        doc = doc.rstrip("\n") + "\n\n" + text + "\n"
-    path.write_text(doc)
-
-
 # --- the parent ---
 
 
@@ -984,7 +973,7 @@ def run_parent(args: argparse.Namespace) -> None:
     text = section(latency, capacity, notes, time.monotonic() - began)
     print(text)
     if args.write:
-        write_section(args.write, text)
+        write_section(args.write, START, END, text)
         print(f"wrote {args.write}", file=sys.stderr)
 
 

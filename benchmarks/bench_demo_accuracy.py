@@ -28,6 +28,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
+from doc_sections import write_section
 
 from clapd.daemon.config import ClapdConfig, ModelConfig
 from clapd.daemon.inference import AudioModel, TextModel, open_bundle
@@ -43,7 +44,6 @@ WINDOW_SECONDS = 10.0  # s: the daemon's default window
 SNR_DB = (5.0, 30.0)  # dB: level and length sets, a clearly present sound
 THREADS = 2
 START, END = "<!-- bench_demo_accuracy:start -->", "<!-- bench_demo_accuracy:end -->"
-DOC_HEADER = "# clapd benchmarks\n\nFigures are measured by the scripts in `benchmarks/`.\n"
 WANT_ZERO_SHOT, WANT_RECALL = 0.95, 0.90
 BACKGROUND_PROMPTS: list[str] = ClapdConfig.model_fields["background_prompts"].get_default(call_default_factory=True)
 
@@ -278,17 +278,6 @@ def section(report: Report, bundle: Path) -> str:
     return "\n".join(lines)
 
 
-def write_section(path: Path, text: str) -> None:
-    """Replace this script's section (or append it), keeping the rest of the file."""
-    doc = path.read_text() if path.exists() else DOC_HEADER
-    start, end = doc.find(START), doc.find(END)
-    if start != -1 and end > start:
-        doc = doc[:start] + text + doc[end + len(END) :]
-    else:
-        doc = doc.rstrip("\n") + "\n\n" + text + "\n"
-    path.write_text(doc)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", type=Path, default=BUNDLE)
@@ -300,7 +289,7 @@ def main() -> int:
     text = section(report, args.bundle)
     print(text)
     if args.write:
-        write_section(args.write, text)
+        write_section(args.write, START, END, text)
         print(f"wrote {args.write}", file=sys.stderr)
     main_result = report.results[0]
     return 0 if main_result.zero_shot >= WANT_ZERO_SHOT and main_result.recall_at_1 >= WANT_RECALL else 1

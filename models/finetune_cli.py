@@ -47,7 +47,9 @@ def add_finetune_parser(commands: argparse._SubParsersAction) -> None:
     start.add_argument("--from", dest="source", metavar="SOURCE", help="any checkpoint `clapd export` accepts")
     start.add_argument("--from-scratch", choices=SCRATCH_CONFIGS, help="a new small model with a BPE tokenizer")
     parser.add_argument("-o", "--output", type=Path, required=True, help="model directory to write")
-    parser.add_argument("--resume", action="store_true", help="continue the run saved in --output")
+    parser.add_argument(
+        "--resume", action="store_true", help="continue the run in --output (give the same data and --epochs)"
+    )
     parser.add_argument("--train", choices=TRAIN_PARTS, default="all", help="what to train (default: all)")
     parser.add_argument("--epochs", type=_positive_int, default=10)
     parser.add_argument("--batch-size", type=_positive_int, default=32)
