@@ -53,7 +53,7 @@ LATENCY_CHUNK = 480  # samples per write in the latency runs: 10 ms, a whole fra
 CAPACITY_CHUNK = 960  # samples per write in the capacity runs: 20 ms, a typical capture block
 HISS = 0.003  # background amplitude (about -50 dBFS)
 BURST = 0.5  # planted noise burst amplitude
-MARGIN_S = 1.0  # background after the last window that holds a burst, so every event ends
+MARGIN_S = 1.0  # background after the last window that holds a burst (and two hops), so every event ends
 TAU_MIN = 1e-6  # smallest score step above the background score that counts as "heard"
 MAX_PROMPTS = 4  # detections used to catch the bursts
 CANDIDATE_PROMPTS = (
@@ -162,7 +162,7 @@ class Plan:
     window_s: float
     hop_s: float
     burst_s: float
-    spacing: int  # samples between onsets' hops: the burst, a window and MARGIN_S, rounded to whole hops
+    spacing: int  # samples between onsets' hops: the burst, a window, two hops and MARGIN_S, in whole hops
     onsets: list[int]
     audio: np.ndarray  # int16 [samples]
 
@@ -180,7 +180,7 @@ def make_plan(window_s: float, hop_s: float, n_onsets: int, seed: int = 7) -> Pl
     rng = np.random.default_rng(seed)
     hop, window = round(hop_s * RATE), round(window_s * RATE)
     burst_s = min(1.0, window_s / 4)
-    spacing = round((burst_s + window_s + MARGIN_S) * RATE)
+    spacing = round((burst_s + window_s + MARGIN_S) * RATE) + 2 * hop  # the phases shift onsets by < 1 hop
     spacing -= spacing % hop  # onsets on the same phase grid as the windows, plus their own random phase
     total = window + n_onsets * spacing + hop
     period = HISS * rng.standard_normal(hop)
@@ -313,9 +313,10 @@ def expect(bundle: Path, state_dir: Path, precision: str, plan: Plan) -> Expecte
 
 
 def onset_of(plan: Plan, window_end: int) -> int | None:
-    """The planted onset a window ending at `window_end` can have heard first (None: a false start)."""
+    """The planted onset whose burst a window ending at `window_end` holds (None: a false start)."""
+    burst = round(plan.burst_s * RATE)
     for onset in plan.onsets:
-        if onset < window_end <= onset + plan.spacing:
+        if onset < window_end < onset + burst + plan.window:
             return onset
     return None
 
