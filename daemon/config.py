@@ -117,6 +117,21 @@ class TlsConfig(Section):
     insecure: bool = Field(False, description="skip hostname verification (testing only)")
 
 
+class HomeAssistantConfig(Section):
+    enabled: bool = Field(False, description="publish MQTT discovery so Home Assistant creates the entities")
+    discovery_prefix: str = Field("homeassistant", pattern=TOPIC_PREFIX_PATTERN)
+    status_topic: str = Field(
+        "homeassistant/status", pattern=TOPIC_PREFIX_PATTERN, description="re-announce when it says 'online'"
+    )
+    node_id: Name | None = Field(None, description="the device's id in Home Assistant; default: the MQTT client id")
+
+
+class ControlConfig(Section):
+    enabled: bool = Field(
+        False, description="accept detection changes on {prefix}/control/set (needs an authenticated broker)"
+    )
+
+
 class MqttConfig(Section):
     host: str = Field(min_length=1)
     port: int = Field(1883, ge=1, le=65535)
@@ -130,17 +145,35 @@ class MqttConfig(Section):
     tls: TlsConfig | None = None
     keepalive_seconds: int = Field(60, ge=5, le=3600)
     queue_max_events: int = Field(10000, ge=1, description="events kept on disk while the broker is away")
+    level_interval_seconds: float = Field(
+        5.0, ge=0.0, description="publish each stream's input level (dBFS) this often; 0: never"
+    )
+    home_assistant: HomeAssistantConfig = Field(default_factory=HomeAssistantConfig)
+    control: ControlConfig = Field(default_factory=ControlConfig)
 
     @model_validator(mode="after")
     def _one_password_source(self) -> MqttConfig:
         if self.password_file is not None and self.password_env is not None:
             raise ValueError("give password_file or password_env, not both")
+        if self.control.enabled and (self.username is None or (self.password_file or self.password_env) is None):
+            raise ValueError("control.enabled needs an authenticated broker: set username and a password source")
         return self
 
 
 class OutputsConfig(Section):
     mqtt: MqttConfig | None = None
     stdout: bool | None = Field(None, description="JSON lines on stdout; default: on when no broker is configured")
+
+
+class MetricsConfig(Section):
+    enabled: bool = Field(False, description="serve Prometheus metrics over HTTP")
+    host: str = Field("127.0.0.1", min_length=1, description="address to listen on; 0.0.0.0 for every interface")
+    port: int = Field(9847, ge=1, le=65535)
+
+
+class LoggingConfig(Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["text", "json"] = Field("text", description="json: one object per line, for log collectors")
 
 
 class ClapdConfig(Section):
@@ -154,6 +187,8 @@ class ClapdConfig(Section):
     )
     outputs: OutputsConfig = Field(default_factory=OutputsConfig)
     state_dir: Path = Field(Path("/var/lib/clapd"), description="event queue and prompt cache")
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
 
     @field_validator("streams", "detections", mode="before")
     @classmethod
