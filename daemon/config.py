@@ -168,7 +168,7 @@ class OutputsConfig(Section):
 class MetricsConfig(Section):
     enabled: bool = Field(False, description="serve Prometheus metrics over HTTP")
     host: str = Field("127.0.0.1", min_length=1, description="address to listen on; 0.0.0.0 for every interface")
-    port: int = Field(9847, ge=1, le=65535)
+    port: int = Field(9847, ge=0, le=65535, description="0: any free port (logged)")
 
 
 class LoggingConfig(Section):

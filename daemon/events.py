@@ -129,12 +129,37 @@ class EventTracker:
     """Every (stream, detection) pair's tracker; `Scores` in, events out, in time order per stream."""
 
     def __init__(self, detections: dict[str, DetectionConfig], clocks: dict[str, StreamClock], hop: int) -> None:
-        self._trackers = {
-            (stream, name): DetectionTracker(stream, name, config, clock, hop)
-            for stream, clock in clocks.items()
+        self._clocks = clocks
+        self._hop = hop
+        self._configs: dict[tuple[str, str], DetectionConfig] = {}
+        self._trackers: dict[tuple[str, str], DetectionTracker] = {}
+        self.update(detections, {})
+
+    @property
+    def pairs(self) -> list[tuple[str, str]]:
+        """The (stream, detection) pairs being tracked."""
+        return list(self._trackers)
+
+    def update(self, detections: dict[str, DetectionConfig], end_samples: dict[str, int]) -> list[DetectionEvent]:
+        """Swap in new detections: unchanged ones keep their state; removed or changed ones end where their
+        stream's audio has got to (`end_samples`), changed and new ones start afresh."""
+        wanted = {
+            (stream, name): config
+            for stream in self._clocks
             for name, config in detections.items()
             if config.streams is None or stream in config.streams
         }
+        ended = []
+        for key, tracker in list(self._trackers.items()):
+            if wanted.get(key) != self._configs[key]:
+                ended.extend(tracker.close(end_samples.get(key[0], 0)))
+                del self._trackers[key], self._configs[key]
+        for key, config in wanted.items():
+            if key not in self._trackers:
+                stream, name = key
+                self._trackers[key] = DetectionTracker(stream, name, config, self._clocks[stream], self._hop)
+                self._configs[key] = config
+        return ended
 
     def feed(self, scores: Scores) -> list[DetectionEvent]:
         events = []

@@ -118,6 +118,23 @@ class TextModel:
         return self._session.run(None, feed)[0]
 
 
+class LazyTextModel:
+    """The text model, loaded only when a prompt is missing from the cache and released after the batch of
+    prompts: the full-size model takes about 500 MB that a running daemon has no use for."""
+
+    def __init__(self, bundle_dir: Path, manifest: Manifest, config: ModelConfig) -> None:
+        self._args = (bundle_dir, manifest, config)
+        self._model: TextModel | None = None
+
+    def embed(self, prompts: list[str]) -> np.ndarray:
+        if self._model is None:
+            self._model = TextModel(*self._args)
+        return self._model.embed(prompts)
+
+    def release(self) -> None:
+        self._model = None
+
+
 def _load(path: Path, providers: list, threads: int) -> ort.InferenceSession:
     try:
         return ort.InferenceSession(str(path), session_options(threads), providers=providers)

@@ -8,10 +8,14 @@ import signal
 import socket
 import sys
 import threading
+import time
 from pathlib import Path
 
-from clapd.daemon.config import ClapdConfig, ConfigError, load_config
+from clapd.daemon.config import ClapdConfig, ConfigError, DetectionConfig, load_config
+from clapd.daemon.logs import configure_logging
 from clapd.daemon.manifest import BundleError
+from clapd.daemon.metrics import MetricsServer
+from clapd.daemon.notify import Notifier
 from clapd.daemon.runner import Daemon, Publisher
 from clapd.daemon.sources import SourceError
 
@@ -19,6 +23,10 @@ logger = logging.getLogger(__name__)
 
 EXIT_CONFIG = 2  # bad configuration: nothing was started
 EXIT_STARTUP = 1  # bundle, device or model problems at start-up
+STOP_SECONDS = 2.0  # SIGTERM to exit: systemd's TimeoutStopSec is longer, this is our own promise
+INFERENCE_JOIN_SHARE = 0.4  # of the stop time given to a model call in progress
+CONTROL_POLL_SECONDS = 0.1  # the main thread's reaction time to signals and control requests
+RESTART_KEYS = ("model", "windows", "streams", "outputs", "state_dir", "metrics", "logging")  # not reloadable
 
 
 def build_publishers(config: ClapdConfig) -> list[Publisher]:
@@ -109,37 +117,167 @@ def _demo_stream(state_dir: Path) -> Path:
     return path
 
 
-def run(config_path: Path | None) -> int:
+def run(config_path: Path | None, *, verbose: bool = False) -> int:
     if config_path is None:
-        return run_config(default_config(default_state_dir()))
-    try:
-        config = load_config(config_path)
-    except ConfigError as e:
-        print(f"{e.source}: {len(e.problems)} problem(s); nothing started", file=sys.stderr)
-        for problem in e.problems:
-            print(f"  {problem}", file=sys.stderr)
-        return EXIT_CONFIG
-    return run_config(config)
+        config = default_config(default_state_dir())
+    else:
+        try:
+            config = load_config(config_path)
+        except ConfigError as e:
+            _print_problems(e)
+            return EXIT_CONFIG
+    configure_logging(config.logging, verbose=verbose)
+    return run_config(config, config_path)
 
 
-def run_config(config: ClapdConfig) -> int:
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
-    daemon: Daemon | None = None
+def _print_problems(error: ConfigError) -> None:
+    print(f"{error.source}: {len(error.problems)} problem(s); nothing started", file=sys.stderr)
+    for problem in error.problems:
+        print(f"  {problem}", file=sys.stderr)
+
+
+def run_config(config: ClapdConfig, config_path: Path | None = None) -> int:
+    """Start everything, serve until SIGTERM/SIGINT (or until every file source has ended), stop within 2 s."""
+    notifier = Notifier.from_environment()
+    signals = _Signals()
+    notifier.status("loading the model")
     try:
-        config.state_dir.mkdir(parents=True, exist_ok=True)
-        daemon = Daemon(config, resolve_bundle(config), build_publishers(config))
-        daemon.load()
-        daemon.start()
+        service = Service.start(config, config_path, notifier)
     except (BundleError, SourceError, OSError, ValueError) as e:
         print(f"clapd run: {e}", file=sys.stderr)
-        if daemon is not None:
-            daemon.shutdown()
+        notifier.stopping(f"start-up failed: {e}")
         return EXIT_STARTUP
-    logger.info("running: %d streams, %d detections", len(config.streams), len(config.detections))
     try:
-        daemon.run(stop)
+        service.serve(signals)
     finally:
-        daemon.shutdown()
+        service.stop()
     return 0
+
+
+class _Signals:
+    """SIGTERM/SIGINT and SIGHUP as flags: a handler only sets a flag, the main loop acts on it."""
+
+    def __init__(self) -> None:
+        self.terminate = False
+        self.reload = False
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._on_terminate)
+        signal.signal(signal.SIGHUP, self._on_reload)
+
+    def _on_terminate(self, signum: int, frame: object) -> None:
+        self.terminate = True
+
+    def _on_reload(self, signum: int, frame: object) -> None:
+        self.reload = True
+
+
+class Service:
+    """The main thread's side of a running daemon: the inference thread, reloads, metrics, systemd messages."""
+
+    def __init__(
+        self,
+        config: ClapdConfig,
+        config_path: Path | None,
+        daemon: Daemon,
+        publishers: list[Publisher],
+        notifier: Notifier,
+    ) -> None:
+        self._config = config
+        self._config_path = config_path
+        self._daemon = daemon
+        self._publishers = publishers
+        self._notifier = notifier
+        self._stop = threading.Event()
+        self._metrics: MetricsServer | None = None
+        self._inference = threading.Thread(target=self._run_inference, name="inference", daemon=True)
+
+    @classmethod
+    def start(cls, config: ClapdConfig, config_path: Path | None, notifier: Notifier) -> Service:
+        config.state_dir.mkdir(parents=True, exist_ok=True)
+        publishers = build_publishers(config)
+        daemon = Daemon(config, resolve_bundle(config), publishers)
+        service = cls(config, config_path, daemon, publishers, notifier)
+        try:
+            daemon.load()
+            if config.metrics.enabled:
+                service._metrics = MetricsServer(config.metrics, daemon, publishers)
+            daemon.start()
+        except BaseException:
+            service.stop()
+            raise
+        service._announce()
+        service._inference.start()
+        notifier.ready(service._status_line())
+        logger.info("running: %d streams, %d detections", len(config.streams), len(config.detections))
+        return service
+
+    def serve(self, signals: _Signals) -> None:
+        """Until a stop signal or the end of every (finite) source; reloads on SIGHUP."""
+        while self._inference.is_alive() and not signals.terminate:
+            if signals.reload:
+                signals.reload = False
+                self.reload()
+            time.sleep(CONTROL_POLL_SECONDS)  # a signal cuts the sleep short only for its handler: poll briefly
+
+    def stop(self, timeout: float = STOP_SECONDS) -> None:
+        """Stop capture, end open events, flush or persist what is queued, say "offline"; within `timeout` s."""
+        deadline = time.monotonic() + timeout
+        self._notifier.stopping("stopping")
+        self._stop.set()
+        if self._inference.is_alive():
+            self._inference.join(INFERENCE_JOIN_SHARE * timeout)  # a model call in progress finishes first
+        self._daemon.shutdown(max(0.1, deadline - time.monotonic()), close_events=not self._inference.is_alive())
+        if self._metrics is not None:
+            self._metrics.close()
+        self._notifier.close()
+
+    def reload(self) -> None:
+        """Re-read the config file: new detections and prompts go live between two model calls, audio keeps
+        flowing; an invalid file is reported and the running config stays."""
+        if self._config_path is None:
+            logger.warning("SIGHUP: running on the embedded default, no config file to reload")
+            return
+        self._notifier.reloading("reloading the config")
+        try:
+            new = load_config(self._config_path)
+            self._check_restart_needed(new)
+            self._apply(dict(new.detections), list(new.background_prompts))
+        except ConfigError as e:
+            logger.error(
+                "reload: %s has %d problem(s); the running config stays: %s",
+                e.source,
+                len(e.problems),
+                "; ".join(e.problems),
+            )
+        except Exception:
+            logger.exception("reload failed; the running config stays")
+        self._notifier.ready(self._status_line())
+
+    def _apply(self, detections: dict[str, DetectionConfig], background: list[str]) -> None:
+        prepared = self._daemon.prepare(detections, background)  # embeds new prompts while audio flows
+        self._daemon.swap(prepared)
+        self._config = self._config.model_copy(update={"detections": detections, "background_prompts": background})
+        self._announce()
+        logger.info("reloaded: %d detections", len(detections))
+
+    def _check_restart_needed(self, new: ClapdConfig) -> None:
+        changed = [key for key in RESTART_KEYS if getattr(new, key) != getattr(self._config, key)]
+        if changed:
+            logger.warning("reload: %s changed; that takes effect after a restart", ", ".join(changed))
+
+    def _announce(self) -> None:
+        """Tell publishers which (stream, detection) pairs exist (Home Assistant discovery)."""
+        for publisher in self._publishers:
+            if hasattr(publisher, "announce"):
+                publisher.announce(list(self._config.streams), self._daemon.detections)
+
+    def _run_inference(self) -> None:
+        try:
+            self._daemon.run(self._stop, self._notifier.watchdog)
+        except Exception:
+            logger.exception("the inference loop failed; stopping")  # systemd restarts us (Restart=on-failure)
+            raise
+
+    def _status_line(self) -> str:
+        detections = self._daemon.detections
+        return f"listening: {len(self._config.streams)} streams, {len(detections)} detections"
