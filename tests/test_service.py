@@ -1,0 +1,270 @@
+"""`clapd run` as a service: systemd's notify socket, SIGTERM, SIGHUP reloads and the metrics endpoint.
+
+Each test runs the real console entry point in a subprocess on a small exported model, a looping file source
+paced in real time, and (where the test needs one) a real mosquitto broker.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import yaml
+from mqtt_broker import MosquittoBroker, Subscriber, broker_fixture, brokers_fixture, free_port, subscribers_fixture
+from prometheus_client.parser import text_string_to_metric_families
+
+__all__ = ["broker_fixture", "brokers_fixture", "subscribers_fixture"]
+
+RATE = 48_000
+START_TIMEOUT = 90.0  # model load and warm-up on a busy 2-core machine
+STOP_LIMIT = 2.0  # the promise: SIGTERM to exit
+STOP_SLACK = 1.5  # the interpreter's own exit after the daemon has stopped (imports' atexit hooks, thread joins)
+WATCHDOG_USEC = 1_000_000  # pings are due every half of this
+# Scored against its own prompt as the only background prompt, this detection scores exactly 0.5 in every window.
+ALWAYS = {"prompts": ["anything at all"], "threshold_on": 0.4, "threshold_off": 0.3, "smoothing_windows": 1}
+
+
+class NotifySocket:
+    """A real AF_UNIX datagram socket standing in for systemd's, recording each message as a dict."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._socket.bind(str(path))
+        self._socket.settimeout(0.2)
+        self.messages: list[tuple[float, dict[str, str]]] = []
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._receive, daemon=True)
+        self._thread.start()
+
+    def _receive(self) -> None:
+        while not self._closed.is_set():
+            try:
+                data = self._socket.recv(4096)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            fields = dict(line.split("=", 1) for line in data.decode().splitlines())
+            with self._lock:
+                self.messages.append((time.monotonic(), fields))
+
+    def with_key(self, key: str) -> list[tuple[float, dict[str, str]]]:
+        with self._lock:
+            return [(t, m) for t, m in self.messages if key in m]
+
+    def wait_for(self, key: str, timeout: float) -> dict[str, str]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if found := self.with_key(key):
+                return found[0][1]
+            time.sleep(0.02)
+        raise AssertionError(f"no {key} within {timeout} s; got {self.messages}")
+
+    def close(self) -> None:
+        self._closed.set()
+        self._thread.join(2)
+        self._socket.close()
+
+
+@pytest.fixture
+def noise_wav(tmp_path: Path) -> Path:
+    path = tmp_path / "noise.wav"
+    rng = np.random.default_rng(3)
+    sf.write(path, (0.05 * rng.standard_normal(3 * RATE)).astype(np.float32), RATE)
+    return path
+
+
+def _config(tmp_path: Path, bundle: Path, wav: Path, **sections: object) -> dict:
+    config = {
+        "model": {"bundle": str(bundle), "providers": ["cpu"], "threads": 1},
+        "windows": {"window_seconds": 1, "hop_seconds": 0.5},
+        "streams": {"room": {"type": "file", "path": str(wav), "realtime": True, "loop": True}},
+        "detections": {"alarm": {"prompts": ["a loud alarm"]}},
+        "outputs": {"stdout": True},
+        "state_dir": str(tmp_path / "state"),
+    }
+    config.update(sections)
+    return config
+
+
+def _write(path: Path, config: dict) -> Path:
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _start(config_path: Path, **env: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "clapd", "run", "-c", str(config_path)],
+        env=dict(os.environ, **env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _stop(daemon: subprocess.Popen[str]) -> tuple[float, str]:
+    """SIGTERM; the seconds until the process exited, and its stderr."""
+    sent = time.monotonic()
+    daemon.send_signal(signal.SIGTERM)
+    try:
+        _, stderr = daemon.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        daemon.kill()
+        _, stderr = daemon.communicate(timeout=10)
+        raise AssertionError(f"no exit 30 s after SIGTERM: {stderr[-3000:]}") from None
+    return time.monotonic() - sent, stderr
+
+
+@pytest.fixture
+def running() -> Iterator[list[subprocess.Popen[str]]]:
+    """Daemons a test started; killed at teardown if the test did not stop them."""
+    started: list[subprocess.Popen[str]] = []
+    yield started
+    for daemon in started:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.communicate(timeout=10)
+
+
+def _metrics(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def _wait_for_metric(port: int, name: str, labels: dict[str, str], above: float, timeout: float) -> float:
+    key = (name, tuple(sorted(labels.items())))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = _metrics(port).get(key)
+        if value is not None and value > above:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"{name}{labels} not above {above} within {timeout} s: {_metrics(port)}")
+
+
+def test_notify_socket_metrics_and_sigterm(
+    tmp_path: Path, small_bundle_dir: Path, noise_wav: Path, running: list
+) -> None:
+    notify = NotifySocket(tmp_path / "notify.sock")
+    port = free_port()
+    metrics = {"enabled": True, "host": "127.0.0.1", "port": port}
+    path = _write(tmp_path / "clapd.yaml", _config(tmp_path, small_bundle_dir, noise_wav, metrics=metrics))
+    daemon = _start(path, NOTIFY_SOCKET=str(notify.path), WATCHDOG_USEC=str(WATCHDOG_USEC))
+    running.append(daemon)
+    try:
+        ready = notify.wait_for("READY", START_TIMEOUT)
+        assert ready["READY"] == "1" and "listening: 1 streams, 1 detections" in ready["STATUS"]
+        processed = _wait_for_metric(port, "clapd_windows_total", {"stream": "room", "outcome": "processed"}, 2, 30)
+        values = _metrics(port)
+        assert values[("clapd_windows_total", (("outcome", "skipped"), ("stream", "room")))] == 0
+        level = values[("clapd_input_level_dbfs", (("stream", "room"),))]
+        assert -30 < level < -22, level  # noise of RMS 0.05: -26 dBFS
+        assert values[("clapd_inference_seconds_count", ())] >= processed / 2  # at most 2 windows per call
+        assert values[("clapd_source_state", (("state", "running"), ("stream", "room")))] == 1
+        time.sleep(2.5 * WATCHDOG_USEC / 1e6)
+        elapsed, stderr = _stop(daemon)
+    finally:
+        notify.close()
+    assert daemon.returncode == 0, stderr[-3000:]
+    assert elapsed < STOP_LIMIT + STOP_SLACK, f"SIGTERM took {elapsed:.2f} s"
+    pings = [t for t, _ in notify.with_key("WATCHDOG")]
+    assert len(pings) >= 3, notify.messages
+    gaps = np.diff(pings)
+    assert gaps.min() >= 0.45 * WATCHDOG_USEC / 1e6, gaps  # rate-limited to half the interval, not per loop turn
+    stopping = notify.with_key("STOPPING")
+    assert stopping and stopping[0][0] > notify.with_key("READY")[0][0]
+
+
+def test_sigterm_publishes_offline_and_ends_open_events(
+    tmp_path: Path, small_bundle_dir: Path, noise_wav: Path, broker: MosquittoBroker, subscribers, running: list
+) -> None:
+    """A detection that is ON when SIGTERM comes: its end event and OFF state reach the broker before "offline",
+    all within the stop time. (Its only rival is its own prompt as background: every window scores 0.5.)"""
+    config = _config(
+        tmp_path,
+        small_bundle_dir,
+        noise_wav,
+        detections={"always": ALWAYS},
+        background_prompts=[ALWAYS["prompts"][0]],
+        outputs={"mqtt": {"host": "127.0.0.1", "port": broker.port, "qos": 1}},
+    )
+    subscriber: Subscriber = subscribers(broker.port, "clapd/#")
+    daemon = _start(_write(tmp_path / "clapd.yaml", config))
+    running.append(daemon)
+    subscriber.wait_for(lambda got: _events(got, "start"), START_TIMEOUT, "a start event")
+    elapsed, stderr = _stop(daemon)
+    assert daemon.returncode == 0, stderr[-3000:]
+    assert elapsed < STOP_LIMIT + STOP_SLACK, f"SIGTERM took {elapsed:.2f} s"
+    got = subscriber.wait_for(lambda got: got[-1].payload == b"offline", 5, "offline after the end")
+    assert _events(got, "end"), got
+    states = [r.payload for r in got if r.topic == "clapd/room/always/state"]
+    assert states[-1] == b"OFF", states
+
+
+def _events(received: list, kind: str) -> list[dict]:
+    payloads = [json.loads(r.payload) for r in received if r.topic.endswith("/event")]
+    return [p for p in payloads if p["kind"] == kind]
+
+
+def test_sighup_swaps_detections_without_dropping_audio_and_keeps_a_bad_config_out(
+    tmp_path: Path, small_bundle_dir: Path, noise_wav: Path, broker: MosquittoBroker, subscribers, running: list
+) -> None:
+    port = free_port()
+    config = _config(
+        tmp_path,
+        small_bundle_dir,
+        noise_wav,
+        metrics={"enabled": True, "port": port},
+        outputs={"mqtt": {"host": "127.0.0.1", "port": broker.port}},
+    )
+    path = _write(tmp_path / "clapd.yaml", config)
+    subscriber: Subscriber = subscribers(broker.port, "clapd/#")
+    daemon = _start(path)
+    running.append(daemon)
+    subscriber.wait_for(lambda got: _topics(got) >= {"clapd/room/alarm/state"}, START_TIMEOUT, "the first state")
+    _wait_for_metric(port, "clapd_windows_total", {"stream": "room", "outcome": "processed"}, 2, 30)
+
+    config["detections"] = {"alarm": {"prompts": ["a fire alarm"]}, "always": ALWAYS}
+    config["background_prompts"] = [ALWAYS["prompts"][0]]
+    _write(path, config)
+    daemon.send_signal(signal.SIGHUP)
+    got = subscriber.wait_for(lambda got: _events(got, "start"), 60, "an event of the new detection")
+    assert "always" in {e["detection"] for e in _events(got, "start")}
+    assert "clapd/room/always/state" in _topics(got)
+
+    path.write_text("detections: {broken: {prompts: []}}\nstreams: 7\n")
+    daemon.send_signal(signal.SIGHUP)
+    before = _metrics(port)
+    processed_key = ("clapd_windows_total", (("outcome", "processed"), ("stream", "room")))
+    _wait_for_metric(port, "clapd_windows_total", {"stream": "room", "outcome": "processed"}, before[processed_key], 30)
+    assert daemon.poll() is None, "an invalid config must not stop the daemon"
+    after = _metrics(port)
+    assert after[("clapd_windows_total", (("outcome", "skipped"), ("stream", "room")))] == 0
+    assert after[("clapd_source_outages_total", (("stream", "room"),))] == 0
+    _, stderr = _stop(daemon)
+    assert daemon.returncode == 0
+    assert "reload:" in stderr and "the running config stays" in stderr and "streams" in stderr, stderr[-3000:]
+    assert "reloaded: 2 detections" in stderr
+
+
+def _topics(received: list) -> set[str]:
+    return {r.topic for r in received}
