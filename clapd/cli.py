@@ -259,14 +259,17 @@ def _unit_text(template: str, executable: str) -> str:
 
 
 def _write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """World-readable: the service's dynamic user reads the config (secrets go in credentials, not here)."""
+    if not path.parent.exists():
+        path.parent.mkdir(parents=True)
+        path.parent.chmod(0o755)  # whatever root's umask is, the service must be able to enter it
     path.write_text(text)
-    path.chmod(0o644)  # the service's dynamic user reads the config; secrets go in credentials, not here
+    path.chmod(0o644)
 
 
 def _daemon_reload() -> bool:
     try:
-        result = subprocess.run(["systemctl", "daemon-reload"], capture_output=True, text=True, timeout=60)
+        result = subprocess.run(["systemctl", "daemon-reload"], capture_output=True, text=True, timeout=60, check=False)
     except (OSError, subprocess.TimeoutExpired) as e:
         print(f"clapd install-service: systemctl daemon-reload: {e}", file=sys.stderr)
         return False
@@ -279,8 +282,8 @@ def _print_next_steps(config_path: Path) -> None:
     print(
         "next:\n"
         f"  edit {config_path} (model.bundle, streams, outputs.mqtt), then: clapd check-config {config_path}\n"
-        "  put the MQTT password in /etc/clapd/mqtt-password (chmod 600), or run `systemctl edit clapd` and add\n"
-        "    [Service] / LoadCredential= to start without one\n"
+        "  put the MQTT password in /etc/clapd/mqtt-password (mode 600); without one the service does not start\n"
+        "    unless a drop-in clears it (`systemctl edit clapd`: [Service] then LoadCredential=)\n"
         "  systemctl enable --now clapd && journalctl -u clapd -f"
     )
 

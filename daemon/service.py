@@ -23,6 +23,7 @@ logger = logging.getLogger(__name__)
 
 EXIT_CONFIG = 2  # bad configuration: nothing was started
 EXIT_STARTUP = 1  # bundle, device or model problems at start-up
+EXIT_CRASHED = 3  # the inference loop died: non-zero so that systemd's Restart=on-failure restarts us
 STOP_SECONDS = 2.0  # SIGTERM to exit: systemd's TimeoutStopSec is longer, this is our own promise
 INFERENCE_JOIN_SHARE = 0.4  # of the stop time given to a model call in progress
 CONTROL_POLL_SECONDS = 0.1  # the main thread's reaction time to signals and control requests
@@ -151,7 +152,7 @@ def run_config(config: ClapdConfig, config_path: Path | None = None) -> int:
         service.serve(signals)
     finally:
         service.stop()
-    return 0
+    return EXIT_CRASHED if service.crashed else 0
 
 
 class _Signals:
@@ -189,6 +190,7 @@ class Service:
         self._notifier = notifier
         self._stop = threading.Event()
         self._metrics: MetricsServer | None = None
+        self.crashed = False
         self._inference = threading.Thread(target=self._run_inference, name="inference", daemon=True)
 
     @classmethod
@@ -276,7 +278,7 @@ class Service:
             self._daemon.run(self._stop, self._notifier.watchdog)
         except Exception:
             logger.exception("the inference loop failed; stopping")  # systemd restarts us (Restart=on-failure)
-            raise
+            self.crashed = True
 
     def _status_line(self) -> str:
         detections = self._daemon.detections

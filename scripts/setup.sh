@@ -6,8 +6,9 @@ cd "$(dirname "$0")/.."
 extras="${1:-export,dev}"
 
 # libportaudio2: PortAudio for sounddevice; libsndfile1: soundfile's codecs; mosquitto: the broker the tests run;
-# alsa-utils: ALSA's tools for the virtual capture device the tests use; espeak-ng: speech for the synthetic sounds.
-system_packages=(libportaudio2 libsndfile1 mosquitto alsa-utils espeak-ng)
+# alsa-utils: ALSA's tools for the virtual capture device the tests use; espeak-ng: speech for the synthetic sounds;
+# systemd, procps: systemd-analyze and /bin/kill, which the tests need to verify and rate systemd/clapd.service.
+system_packages=(libportaudio2 libsndfile1 mosquitto alsa-utils espeak-ng systemd procps)
 missing=()
 for pkg in "${system_packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
