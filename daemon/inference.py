@@ -51,10 +51,30 @@ def choose_providers(config: ModelConfig) -> list[str | tuple[str, dict[str, str
         if name not in available:
             logger.warning("%s execution provider is not available in this onnxruntime build; skipping it", key)
             continue
-        chosen.append((name, _tensorrt_options(config)) if key == "tensorrt" else name)
+        chosen.append(provider_entry(key, config))
     if PROVIDER_NAMES["cpu"] not in [c if isinstance(c, str) else c[0] for c in chosen]:
         chosen.append(PROVIDER_NAMES["cpu"])
     return chosen
+
+
+def provider_entry(key: str, config: ModelConfig) -> str | tuple[str, dict[str, str]]:
+    """A provider with the options clapd sets for it."""
+    if key == "tensorrt":
+        return PROVIDER_NAMES[key], _tensorrt_options(config)
+    if key == "cuda":
+        # The CUDA provider runs fp32 convolutions and matmuls in TF32 by default: on an H100 that put the fp32
+        # front end's output off by cosine 0.9991 (docs/benchmarks.md, bench_gpu), below the export's parity bars.
+        return PROVIDER_NAMES[key], {"use_tf32": "1" if config.cuda_tf32 else "0"}
+    return PROVIDER_NAMES[key]
+
+
+def report_fallback(requested: list[str | tuple[str, dict[str, str]]], used: list[str]) -> str | None:
+    """A warning when onnxruntime did not use the first provider asked for (it falls back silently, e.g. to
+    CUDA when TensorRT's libraries are missing); None when it did."""
+    first = requested[0] if isinstance(requested[0], str) else requested[0][0]
+    if used and used[0] == first:
+        return None
+    return f"{first} was requested but onnxruntime runs the model on {', '.join(used)} (its own log says why)"
 
 
 def _tensorrt_options(config: ModelConfig) -> dict[str, str]:
@@ -87,6 +107,8 @@ class AudioModel:
         self._session = _load(bundle_dir / self.entry.file, providers, config.threads)
         self._input = self._session.get_inputs()[0].name
         self.providers = self._session.get_providers()
+        if (fallback := report_fallback(providers, self.providers)) is not None:
+            logger.warning("audio model: %s", fallback)
         logger.info("audio model %s on %s", self.entry.file, ", ".join(self.providers))
 
     def embed(self, windows: np.ndarray) -> np.ndarray:

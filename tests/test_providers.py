@@ -1,0 +1,52 @@
+"""Execution providers: what clapd asks onnxruntime for, and what it says when onnxruntime falls back.
+
+This machine has no GPU; the CUDA and TensorRT paths themselves were measured on an H100 (benchmarks/bench_gpu.py).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import onnxruntime as ort
+import pytest
+
+from clapd.daemon.config import ModelConfig
+from clapd.daemon.inference import AudioModel, choose_providers, open_bundle, provider_entry, report_fallback
+
+
+def test_cuda_runs_fp32_without_tf32_unless_asked() -> None:
+    assert provider_entry("cuda", ModelConfig()) == ("CUDAExecutionProvider", {"use_tf32": "0"})
+    assert provider_entry("cuda", ModelConfig(cuda_tf32=True)) == ("CUDAExecutionProvider", {"use_tf32": "1"})
+
+
+def test_tensorrt_options_follow_the_config(tmp_path: Path) -> None:
+    config = ModelConfig.model_validate({"tensorrt": {"fp16": True, "engine_cache_dir": str(tmp_path)}})
+    name, options = provider_entry("tensorrt", config)
+    assert name == "TensorrtExecutionProvider"
+    assert options == {"trt_fp16_enable": "1", "trt_engine_cache_enable": "1", "trt_engine_cache_path": str(tmp_path)}
+
+
+def test_missing_gpu_providers_are_skipped_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime has CUDA: the skip path cannot be shown here")
+    with caplog.at_level(logging.WARNING):
+        chosen = choose_providers(ModelConfig(providers=["tensorrt", "cuda"]))
+    assert chosen == ["CPUExecutionProvider"]
+    assert "tensorrt execution provider is not available" in caplog.text
+    assert "cuda execution provider is not available" in caplog.text
+
+
+def test_a_fallback_is_reported() -> None:
+    requested = [("TensorrtExecutionProvider", {}), ("CUDAExecutionProvider", {}), "CPUExecutionProvider"]
+    assert report_fallback(requested, ["TensorrtExecutionProvider", "CPUExecutionProvider"]) is None
+    warning = report_fallback(requested, ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert warning is not None and warning.startswith("TensorrtExecutionProvider was requested")
+    assert "CUDAExecutionProvider, CPUExecutionProvider" in warning
+
+
+def test_the_provider_in_use_is_logged(small_bundle_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="clapd.daemon.inference"):
+        model = AudioModel(small_bundle_dir, open_bundle(small_bundle_dir), ModelConfig(providers=["cpu"]))
+    assert model.providers == ["CPUExecutionProvider"]
+    assert "on CPUExecutionProvider" in caplog.text and "requested but" not in caplog.text
