@@ -1,7 +1,8 @@
 """A real mosquitto broker on loopback, and a subscriber that records what it receives (no mocks).
 
-A test module imports the fixtures `broker` and `subscribers` by their function names (`broker_fixture`,
-`subscribers_fixture`), so the test arguments do not shadow an import.
+The broker can require passwords (mosquitto_passwd), apply an ACL and add a TLS listener with a throw-away CA made
+by the openssl command. A test module imports the fixtures `broker` and `subscribers` by their function names
+(`broker_fixture`, `subscribers_fixture`), so the test arguments do not shadow an import.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 from paho.mqtt.client import Client, ConnectFlags, MQTTMessage
@@ -30,6 +32,16 @@ MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd") or "mosquitto_passwd"
 START_TIMEOUT_SECONDS = 5.0
 STOP_TIMEOUT_SECONDS = 5.0
 POLL_SECONDS = 0.01
+TLS_VERSION = "tlsv1.2"  # the oldest TLS the test listener accepts (mosquitto's tls_version is a minimum)
+LOOPBACK_NAMES = ("IP:127.0.0.1", "DNS:localhost")  # subjectAltName entries of the default server certificate
+
+
+class TlsFiles(NamedTuple):
+    """PEM files of a throw-away CA and a server certificate it signed (unpacks as `ca, cert, key`)."""
+
+    ca: Path
+    cert: Path
+    key: Path
 
 
 def free_port() -> int:
@@ -50,7 +62,8 @@ class MosquittoBroker:
     """mosquitto on 127.0.0.1:`port`; stop() and start() again keep the port (and, with persistence, the state).
 
     Persistence keeps retained messages and the sessions of clients with clean_session off across a restart,
-    which lets a test's subscriber keep its subscription while the broker is away.
+    which lets a test's subscriber keep its subscription while the broker is away. Passwords and the ACL apply to
+    every listener; with `tls`, a second listener on `tls_port` speaks only TLS.
     """
 
     def __init__(
@@ -59,38 +72,71 @@ class MosquittoBroker:
         *,
         persistence: bool = True,
         users: dict[str, str] | None = None,
+        acl: str | None = None,
+        tls: TlsFiles | None = None,
         extra_config: str = "",
     ) -> None:
-        """`users`: name -> password; given, only they may connect. `extra_config`: e.g. a second listener."""
+        """`users`: name -> password; given, only they may connect. `acl`: the text of a mosquitto acl_file
+        ("user NAME" / "topic read|write|readwrite FILTER" lines). `extra_config`: e.g. another listener."""
         if MOSQUITTO is None:
             raise RuntimeError("mosquitto is not installed (apt-get install mosquitto)")
         self.directory = directory
         self.port = free_port()
+        self.tls_port = free_port() if tls is not None else None
         self.config_file = directory / "mosquitto.conf"
         self.log_file = directory / "mosquitto.log"
+        self.password_file = directory / "passwords"
+        if users:
+            self.set_users(users)
         lines = [
             f"listener {self.port} 127.0.0.1",
             f"allow_anonymous {'false' if users else 'true'}",
-            *self._password_lines(users or {}),
+            *([f"password_file {self.password_file}"] if users else []),
+            *self._acl_lines(acl),
             f"persistence {'true' if persistence else 'false'}",
             f"persistence_location {directory}/",
             # Started as root, mosquitto drops to the user "mosquitto", who cannot write to the test's directory.
             f"user {getpass.getuser()}",
+            *self._tls_lines(tls),
             extra_config,
         ]
         self.config_file.write_text("\n".join(lines) + "\n")
         self._process: subprocess.Popen[bytes] | None = None
 
-    def _password_lines(self, users: dict[str, str]) -> list[str]:
-        if not users:
-            return []
-        password_file = self.directory / "passwords"
+    def set_users(self, users: dict[str, str]) -> None:
+        """Write the password file anew (name -> password); a running broker reads it at `reload()`."""
         for n, (name, password) in enumerate(users.items()):
             create = ["-c"] if n == 0 else []
             subprocess.run(
-                [MOSQUITTO_PASSWD, *create, "-b", str(password_file), name, password], check=True, timeout=10
+                [MOSQUITTO_PASSWD, *create, "-b", str(self.password_file), name, password], check=True, timeout=10
             )
-        return [f"password_file {password_file}"]
+
+    def reload(self) -> None:
+        """SIGHUP: mosquitto reads its password and ACL files again; connected clients stay connected."""
+        assert self._process is not None
+        self._process.send_signal(signal.SIGHUP)
+
+    def log_lines(self, containing: str) -> list[str]:
+        """Lines of the broker's log (written as it goes) that contain `containing`."""
+        return [line for line in self.log_file.read_text().splitlines() if containing in line]
+
+    def _acl_lines(self, acl: str | None) -> list[str]:
+        if acl is None:
+            return []
+        acl_file = self.directory / "acl"
+        acl_file.write_text(acl)
+        return [f"acl_file {acl_file}"]
+
+    def _tls_lines(self, tls: TlsFiles | None) -> list[str]:
+        if tls is None:
+            return []
+        return [
+            f"listener {self.tls_port} 127.0.0.1",
+            f"cafile {tls.ca}",
+            f"certfile {tls.cert}",
+            f"keyfile {tls.key}",
+            f"tls_version {TLS_VERSION}",
+        ]
 
     @property
     def running(self) -> bool:
@@ -152,7 +198,18 @@ class Subscriber:
     messages while this client (or the broker) is away.
     """
 
-    def __init__(self, port: int, topic_filter: str, *, client_id: str, persistent: bool = False) -> None:
+    def __init__(
+        self,
+        port: int,
+        topic_filter: str,
+        *,
+        client_id: str,
+        persistent: bool = False,
+        username: str | None = None,
+        password: str | None = None,
+        ca_file: Path | None = None,
+    ) -> None:
+        """`username`/`password`: for a broker with users; `ca_file`: connect with TLS, trusting this CA."""
         self._port = port
         self._filter = topic_filter
         self._client = Client(
@@ -162,6 +219,10 @@ class Subscriber:
             clean_session=not persistent,
         )
         self._client.reconnect_delay_set(1, 1)
+        if username is not None:
+            self._client.username_pw_set(username, password)
+        if ca_file is not None:
+            self._client.tls_set(ca_certs=str(ca_file))
         self._client.on_connect = self._on_connect
         self._client.on_subscribe = self._on_subscribe
         self._client.on_message = self._on_message
@@ -206,26 +267,61 @@ class Subscriber:
             self._changed.notify_all()
 
 
-def make_tls_files(directory: Path) -> tuple[Path, Path, Path]:
-    """A throw-away CA and a server certificate for 127.0.0.1 and localhost: (ca.crt, server.crt, server.key)."""
+def connack(
+    port: int,
+    *,
+    username: str | None = None,
+    password: str | None = None,
+    ca_file: Path | None = None,
+    protocol: MQTTProtocolVersion = MQTTProtocolVersion.MQTTv5,
+    timeout: float = 5.0,
+) -> ReasonCode:
+    """One connection attempt by a plain paho client, no retries: the reason code of the broker's CONNACK."""
+    answers: list[ReasonCode] = []
+    answered = threading.Event()
+
+    def on_connect(client: Client, userdata: object, flags: ConnectFlags, reason: ReasonCode, *args: object) -> None:
+        answers.append(reason)
+        answered.set()
+
+    client = Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id="test-probe", protocol=protocol)
+    if username is not None:
+        client.username_pw_set(username, password)
+    if ca_file is not None:
+        client.tls_set(ca_certs=str(ca_file))
+    client.on_connect = on_connect
+    client.connect("127.0.0.1", port, keepalive=10)
+    client.loop_start()
+    try:
+        if not answered.wait(timeout):
+            raise AssertionError(f"no CONNACK from port {port} within {timeout} s")
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    return answers[0]
+
+
+def make_tls_files(directory: Path, *, names: tuple[str, ...] = LOOPBACK_NAMES) -> TlsFiles:
+    """A throw-away CA and a server certificate for `names` (subjectAltName entries) in `directory` (made)."""
+    directory.mkdir(parents=True, exist_ok=True)
     ca_key, ca, key, request, cert = (
         directory / n for n in ("ca.key", "ca.crt", "server.key", "server.csr", "server.crt")
     )
     extensions = directory / "server.ext"
     extensions.write_text(
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n"
+        f"subjectAltName={','.join(names)}\nbasicConstraints=CA:FALSE\n"
         "keyUsage=digitalSignature\nextendedKeyUsage=serverAuth\nauthorityKeyIdentifier=keyid\n"
     )
     ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
     commands = [
         ["req", "-x509", *ec, "-keyout", ca_key, "-out", ca, "-days", "1", "-subj", "/CN=clapd test CA"],
-        ["req", *ec, "-keyout", key, "-out", request, "-subj", "/CN=localhost"],
+        ["req", *ec, "-keyout", key, "-out", request, "-subj", "/CN=clapd test broker"],
         ["x509", "-req", "-in", request, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial", "-out", cert, "-days", "1"]
         + ["-extfile", extensions],
     ]
     for command in commands:
         subprocess.run(["openssl", *map(str, command)], check=True, capture_output=True, timeout=30)
-    return ca, cert, key
+    return TlsFiles(ca, cert, key)
 
 
 @pytest.fixture(name="brokers")
@@ -256,11 +352,28 @@ def broker_fixture(brokers: Callable[..., MosquittoBroker]) -> MosquittoBroker:
 
 @pytest.fixture(name="subscribers")
 def subscribers_fixture() -> Iterator[Callable[..., Subscriber]]:
-    """Connect subscribers (`subscribers(port, "clapd/#", persistent=True)`); closed at teardown."""
+    """Connect subscribers (`subscribers(port, "clapd/#", persistent=True)`, auth as `Subscriber`'s); closed at end."""
     made: list[Subscriber] = []
 
-    def make(port: int, topic_filter: str = "#", *, persistent: bool = False, timeout: float = 5.0) -> Subscriber:
-        subscriber = Subscriber(port, topic_filter, client_id=f"test-sub-{len(made)}", persistent=persistent)
+    def make(
+        port: int,
+        topic_filter: str = "#",
+        *,
+        persistent: bool = False,
+        timeout: float = 5.0,
+        username: str | None = None,
+        password: str | None = None,
+        ca_file: Path | None = None,
+    ) -> Subscriber:
+        subscriber = Subscriber(
+            port,
+            topic_filter,
+            client_id=f"test-sub-{len(made)}",
+            persistent=persistent,
+            username=username,
+            password=password,
+            ca_file=ca_file,
+        )
         made.append(subscriber)
         return subscriber.connect(timeout)
 
