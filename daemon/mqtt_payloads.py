@@ -1,15 +1,35 @@
-"""The MQTT topics and payloads clapd publishes: the documented schema users build on.
+"""The MQTT topics and payloads clapd publishes and accepts: the documented schema users build on.
 
 Topics, under the configured prefix (default `clapd`):
 
 - `{prefix}/status`: "online" / "offline", retained; "offline" is also the last will, so it appears when the
   daemon dies without saying goodbye.
-- `{prefix}/{stream}/{detection}/event`: one `EventPayload` as JSON per start and per end, not retained.
+- `{prefix}/{stream}/{detection}/event`: one `EventPayload` as JSON per start and per end, not retained. It
+  carries `event_type` (the same value as `kind`) because Home Assistant's MQTT event entity requires that key.
 - `{prefix}/{stream}/{detection}/state`: "ON" / "OFF", retained, for dashboards that show the current state.
+- `{prefix}/{stream}/level`: the stream's input level in dBFS as a decimal number (e.g. `-31.5`, never below
+  `LEVEL_FLOOR_DBFS`), every `mqtt.level_interval_seconds`; QoS 0, not retained, not queued while the broker is
+  away (a stale level is worthless).
+- `{prefix}/control/set` (only with `mqtt.control.enabled`, which needs an authenticated broker; restrict who
+  may publish here with the broker's ACL): one JSON `ControlRequest` (`clapd.daemon.control`) per message, not
+  retained (a retained request the broker replays on (re)subscription is refused, never applied again), at most
+  `MAX_CONTROL_PAYLOAD_BYTES`:
+  `{"request_id": "r1", "action": "set", "detection": "smoke", "config": {"prompts": ["a smoke alarm"]}}`
+  (add, or replace with a whole detection as written in the config file),
+  `{"action": "update", "detection": "smoke", "config": {"threshold_on": 0.6}}` (change the fields given),
+  `{"action": "remove", "detection": "smoke"}`. Changes are validated like the config file and survive restarts.
+- `{prefix}/control/result`: one JSON `ControlResult` per request, QoS 1, not retained:
+  `{"request_id": "r1", "ok": false, "action": "set", "detection": "smoke",
+  "errors": ["config.threshold_on = 1.5: Input should be less than 1"]}`; every error names its key path, value
+  and reason, as the config file's errors do.
+
+Home Assistant (with `mqtt.home_assistant.enabled`): retained discovery configs under
+`{discovery_prefix}/{component}/{node_id}/{object_id}/config`, described in `clapd.daemon.ha_discovery`.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -24,6 +44,8 @@ STATUS_ONLINE: StatusPayload = "online"
 STATUS_OFFLINE: StatusPayload = "offline"
 STATE_ON: StatePayload = "ON"
 STATE_OFF: StatePayload = "OFF"
+LEVEL_FLOOR_DBFS = -120.0  # digital silence is -inf dBFS; published as this floor instead
+MAX_CONTROL_PAYLOAD_BYTES = 65_536  # larger control requests are refused unparsed
 
 _FORBIDDEN_IN_LEVEL = ("+", "#", "/", "\0")
 
@@ -35,6 +57,9 @@ class EventPayload(BaseModel):
 
     event_id: str = Field(description="the same id on a detection's start and end")
     kind: Literal["start", "end"] = Field(description="start: the detection began; end: it stopped")
+    event_type: Literal["start", "end"] = Field(
+        description="the same as `kind`: the key Home Assistant's MQTT event entity reads the event's type from"
+    )
     stream: str = Field(description="the audio stream's name from the config")
     detection: str = Field(description="the detection's name from the config")
     start_utc: str = Field(description="ISO 8601 time of the event's first window")
@@ -51,6 +76,7 @@ class EventPayload(BaseModel):
         return cls(
             event_id=event.event_id,
             kind=event.kind,
+            event_type=event.kind,
             stream=event.stream,
             detection=event.detection,
             start_utc=event.start_utc,
@@ -106,3 +132,21 @@ class Topics:
 
     def state(self, stream: str, detection: str) -> str:
         return build_topic(self.prefix, stream, detection, "state")
+
+    def level(self, stream: str) -> str:
+        return build_topic(self.prefix, stream, "level")
+
+    @property
+    def control_set(self) -> str:
+        return build_topic(self.prefix, "control", "set")
+
+    @property
+    def control_result(self) -> str:
+        return build_topic(self.prefix, "control", "result")
+
+
+def level_payload(dbfs: float) -> bytes | None:
+    """The level as published: one decimal, at least `LEVEL_FLOOR_DBFS`; None for NaN (nothing to say)."""
+    if math.isnan(dbfs):
+        return None
+    return f"{max(dbfs, LEVEL_FLOOR_DBFS):.1f}".encode()

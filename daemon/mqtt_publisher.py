@@ -6,6 +6,12 @@ sender thread hands queued messages to paho in order, at most `MAX_IN_FLIGHT` un
 from disk once the broker has acknowledged it. A message is on disk from before it is sent until after the broker
 has it, so QoS 1 keeps its promise (at least once: duplicates possible, loss not) across reconnects and restarts;
 paho re-sends its unacknowledged messages itself after a reconnect.
+
+Home Assistant discovery, control results and input levels bypass the disk queue and go to paho directly:
+discovery is rebuilt from the current detections and re-sent on every connect (what must outlive a restart, the
+entities to remove, is kept in `Announcements`' file); a control result answers a live request and must not wait
+behind a backlog of queued events; a level is worthless once stale. Control requests are parsed in paho's thread
+and handed to the daemon's handler, which only enqueues them.
 """
 
 from __future__ import annotations
@@ -17,17 +23,28 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from paho.mqtt.client import Client, ConnectFlags, DisconnectFlags, MQTTMessageInfo
+from paho.mqtt.client import Client, ConnectFlags, DisconnectFlags, MQTTMessage, MQTTMessageInfo
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from clapd.daemon.config import MqttConfig, TlsConfig
+from clapd.daemon.config import DetectionConfig, MqttConfig, TlsConfig
+from clapd.daemon.control import ControlRequest, ControlResult, take_request
 from clapd.daemon.event_queue import DiskQueue, OutgoingMessage, QueuedMessage
-from clapd.daemon.mqtt_payloads import STATE_OFF, STATE_ON, STATUS_OFFLINE, STATUS_ONLINE, EventPayload, Topics
+from clapd.daemon.ha_discovery import ANNOUNCED_FILE, Announcements, DiscoverySettings, discovery_messages
+from clapd.daemon.mqtt_payloads import (
+    STATE_OFF,
+    STATE_ON,
+    STATUS_OFFLINE,
+    STATUS_ONLINE,
+    EventPayload,
+    Topics,
+    level_payload,
+)
 from clapd.daemon.records import DetectionEvent
 
 logger = logging.getLogger(__name__)
@@ -83,12 +100,17 @@ class MqttPublisher:
         self._cursor = 0  # queue id of the last message handed to paho
         self._counts_lock = threading.Lock()
         self._sent = self._rejected = self._connects = self._disconnects = self._auth_failures = 0
+        self._discovery = DiscoverySettings.from_config(config, self._client_id)
+        self._announcements = Announcements(queue_path.parent / ANNOUNCED_FILE)
+        self._control_handler: Callable[[ControlRequest], None] | None = None
 
     def start(self) -> None:
         """Connect in the background; a broker that is down now is retried with back-off, never raised."""
         if self._client is not None or self._closing:
             raise RuntimeError("an MqttPublisher starts once; make a new one (on the same queue) to start again")
         self._client = self._make_client()
+        if self._config.control.enabled and self._config.tls is None:
+            logger.warning("MQTT control is on without TLS: requests and the password cross the network in clear")
         self._sender = threading.Thread(target=self._run_sender, name="mqtt-sender", daemon=True)
         self._sender.start()
         self._client.connect_async(self._config.host, self._config.port, self._config.keepalive_seconds)
@@ -110,6 +132,44 @@ class MqttPublisher:
     def publish_state(self, stream: str, detection: str, on: bool) -> None:
         payload = (STATE_ON if on else STATE_OFF).encode()
         self._enqueue(OutgoingMessage(self._topics.state(stream, detection), payload, self._config.qos, retain=True))
+
+    def announce(self, streams: Iterable[str], detections: Mapping[str, DetectionConfig]) -> None:
+        """Make the Home Assistant entities those of these streams and detections (none while discovery is off).
+
+        Published now when connected, and again on every connect and whenever Home Assistant says "online";
+        entities announced before (by this run or an earlier one) and not now are removed.
+        """
+        enabled = self._config.home_assistant.enabled
+        messages = discovery_messages(self._discovery, streams, detections) if enabled else {}
+        self._announcements.update(messages)
+        if self._connected and not self._closing:
+            self._publish_discovery()
+
+    def set_control_handler(self, handler: Callable[[ControlRequest], None]) -> None:
+        """Take valid control requests (with `mqtt.control.enabled`); `handler` runs in paho's thread: only enqueue.
+
+        Invalid requests are answered with a `ControlResult` without reaching it.
+        """
+        self._control_handler = handler
+        client = self._client
+        if self._config.control.enabled and client is not None and self._connected:
+            client.subscribe(self._topics.control_set, qos=1)
+
+    def publish_control_result(self, result: ControlResult) -> None:
+        """QoS 1, not retained, straight to paho (kept in memory, not on disk, while the broker is away)."""
+        client = self._client
+        if client is None or self._closing:
+            logger.warning("MQTT: not running, dropped the control result for %r", result.request_id)
+            return
+        client.publish(self._topics.control_result, result.to_json(), qos=1, retain=False)
+
+    def publish_level(self, stream: str, dbfs: float) -> None:
+        """The stream's input level: QoS 0, not retained, dropped while disconnected."""
+        topic = self._topics.level(stream)
+        payload = level_payload(dbfs)
+        client = self._client
+        if payload is not None and client is not None and self._connected and not self._closing:
+            client.publish(topic, payload, qos=0, retain=False)
 
     def stop(self, timeout: float = 2.0) -> None:
         """Say "offline", wait at most `timeout` s for acks, disconnect; what is still queued stays on disk.
@@ -134,6 +194,7 @@ class MqttPublisher:
             sender.join(max(deadline - time.monotonic(), SENDER_IDLE_SECONDS))
             if not sender.is_alive():
                 self._take_acks()
+            self._announcements.confirm()
         self._connected = False
         logger.info("MQTT: stopped, %d messages stay queued for the next start", len(self._queue))
         self._queue.close()
@@ -180,6 +241,10 @@ class MqttPublisher:
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
+        if self._config.home_assistant.enabled:
+            client.message_callback_add(self._config.home_assistant.status_topic, self._on_home_assistant_status)
+        if self._config.control.enabled:
+            client.message_callback_add(self._topics.control_set, self._on_control_request)
         return client
 
     # --- paho's network thread ---
@@ -206,6 +271,11 @@ class MqttPublisher:
             "MQTT: connected to %s:%d, %d messages queued", self._config.host, self._config.port, len(self._queue)
         )
         self._wake.set()
+        try:
+            self._subscribe(client)
+            self._publish_discovery()
+        except Exception:  # raised out of a callback, it would end paho's network thread
+            logger.exception("MQTT: subscribing or announcing to Home Assistant failed")
 
     def _on_connect_fail(self, client: Client, userdata: object) -> None:
         error = sys.exc_info()[1]  # paho calls this from its `except OSError:`, so the error says why
@@ -233,6 +303,30 @@ class MqttPublisher:
         self._acks.append((mid, reason))
         self._wake.set()
 
+    def _subscribe(self, client: Client) -> None:
+        if self._config.home_assistant.enabled:
+            client.subscribe(self._config.home_assistant.status_topic, qos=1)
+        if self._config.control.enabled and self._control_handler is not None:
+            client.subscribe(self._topics.control_set, qos=1)
+
+    def _on_home_assistant_status(self, client: Client, userdata: object, message: MQTTMessage) -> None:
+        # A retained "online" is Home Assistant's past birth, not a restart: on_connect has just announced.
+        if message.retain or message.payload != STATUS_ONLINE.encode():
+            return
+        logger.info("MQTT: Home Assistant is online; announcing the entities again")
+        try:
+            self._publish_discovery()
+        except Exception:
+            logger.exception("MQTT: announcing to Home Assistant failed")
+
+    def _on_control_request(self, client: Client, userdata: object, message: MQTTMessage) -> None:
+        try:
+            take_request(
+                bytes(message.payload), bool(message.retain), self._control_handler, self.publish_control_result
+            )
+        except Exception:  # raised out of a callback, it would end paho's network thread
+            logger.exception("MQTT control: handling a request failed")
+
     def _report_problem(self, problem: str) -> None:
         if problem != self._problem:
             logger.error(
@@ -243,6 +337,13 @@ class MqttPublisher:
                 self._reconnect_delays[1],
             )
             self._problem = problem
+
+    # --- Home Assistant discovery (the caller's thread, or paho's) ---
+
+    def _publish_discovery(self) -> None:
+        client = self._client
+        if client is not None:
+            self._announcements.publish(lambda topic, payload: client.publish(topic, payload, qos=1, retain=True))
 
     # --- the sender thread ---
 
@@ -256,6 +357,7 @@ class MqttPublisher:
             self._wake.clear()
             try:
                 self._take_acks()
+                self._announcements.confirm()
                 if self._connected and not self._closing:
                     self._send_queued()
             except Exception:

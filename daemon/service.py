@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import signal
 import socket
 import sys
@@ -12,6 +13,7 @@ import time
 from pathlib import Path
 
 from clapd.daemon.config import ClapdConfig, ConfigError, DetectionConfig, load_config
+from clapd.daemon.control import CONTROL_FILE, ControlError, ControlRequest, ControlResult, ControlStore, apply_request
 from clapd.daemon.logs import configure_logging
 from clapd.daemon.manifest import BundleError
 from clapd.daemon.metrics import MetricsServer
@@ -182,6 +184,8 @@ class Service:
         daemon: Daemon,
         publishers: list[Publisher],
         notifier: Notifier,
+        control: ControlStore | None = None,
+        file_detections: dict[str, DetectionConfig] | None = None,
     ) -> None:
         self._config = config
         self._config_path = config_path
@@ -190,15 +194,23 @@ class Service:
         self._notifier = notifier
         self._stop = threading.Event()
         self._metrics: MetricsServer | None = None
+        # The config file's detections, before the changes made over MQTT (`control`) are laid over them.
+        self._file_detections = dict(file_detections if file_detections is not None else config.detections)
+        self._control = control
+        self._requests: queue.Queue[ControlRequest] = queue.Queue()  # from paho's thread to this one
         self.crashed = False
         self._inference = threading.Thread(target=self._run_inference, name="inference", daemon=True)
 
     @classmethod
     def start(cls, config: ClapdConfig, config_path: Path | None, notifier: Notifier) -> Service:
         config.state_dir.mkdir(parents=True, exist_ok=True)
+        file_detections = dict(config.detections)
+        store = _control_store(config)
+        if store is not None:
+            config = config.model_copy(update={"detections": _merged(store, file_detections, config)})
         publishers = build_publishers(config)
         daemon = Daemon(config, resolve_bundle(config), publishers)
-        service = cls(config, config_path, daemon, publishers, notifier)
+        service = cls(config, config_path, daemon, publishers, notifier, store, file_detections)
         try:
             daemon.load()
             if config.metrics.enabled:
@@ -208,6 +220,10 @@ class Service:
             service.stop()
             raise
         service._announce()
+        if service._control is not None:
+            for publisher in publishers:
+                if hasattr(publisher, "set_control_handler"):
+                    publisher.set_control_handler(service._requests.put)
         service._inference.start()
         notifier.ready(service._status_line())
         logger.info("running: %d streams, %d detections", len(config.streams), len(config.detections))
@@ -219,6 +235,7 @@ class Service:
             if signals.reload:
                 signals.reload = False
                 self.reload()
+            self._serve_control_requests()
             time.sleep(CONTROL_POLL_SECONDS)  # a signal cuts the sleep short only for its handler: poll briefly
 
     def stop(self, timeout: float = STOP_SECONDS) -> None:
@@ -243,8 +260,12 @@ class Service:
         try:
             new = load_config(self._config_path)
             self._check_restart_needed(new)
-            self._apply(dict(new.detections), list(new.background_prompts))
-        except ConfigError as e:
+            detections = dict(new.detections)
+            if self._control is not None:
+                detections = _merged(self._control, detections, new)
+            self._apply(detections, list(new.background_prompts))
+            self._file_detections = dict(new.detections)
+        except (ConfigError, ControlError) as e:
             logger.error(
                 "reload: %s has %d problem(s); the running config stays: %s",
                 e.source,
@@ -254,6 +275,38 @@ class Service:
         except Exception:
             logger.exception("reload failed; the running config stays")
         self._notifier.ready(self._status_line())
+
+    def _serve_control_requests(self) -> None:
+        while True:
+            try:
+                request = self._requests.get_nowait()
+            except queue.Empty:
+                return
+            self._publish_result(self._control_request(request))
+
+    def _control_request(self, request: ControlRequest) -> ControlResult:
+        """Apply one change made over MQTT: validated as the config is, live from the next model call, saved."""
+        assert self._control is not None
+        try:
+            detections = apply_request(self._daemon.detections, request, list(self._config.streams))
+            self._apply(detections, list(self._config.background_prompts))
+            self._control.save(detections, self._file_detections)
+        except ControlError as e:
+            logger.warning("control: refused %s of %r: %s", request.action, request.detection, "; ".join(e.problems))
+            return ControlResult.failure(request, e.problems)
+        except OSError as e:  # applied, but not saved: say so, the change is lost at the next restart
+            logger.error("control: %s of %r applied but not saved: %s", request.action, request.detection, e)
+            return ControlResult.failure(request, [f"applied, but not saved in {self._control.path}: {e}"])
+        except Exception as e:
+            logger.exception("control: %s of %r failed", request.action, request.detection)
+            return ControlResult.failure(request, [f"failed: {e}"])
+        logger.info("control: %s of %r applied", request.action, request.detection)
+        return ControlResult.success(request)
+
+    def _publish_result(self, result: ControlResult) -> None:
+        for publisher in self._publishers:
+            if hasattr(publisher, "publish_control_result"):
+                publisher.publish_control_result(result)
 
     def _apply(self, detections: dict[str, DetectionConfig], background: list[str]) -> None:
         prepared = self._daemon.prepare(detections, background)  # embeds new prompts while audio flows
@@ -283,3 +336,19 @@ class Service:
     def _status_line(self) -> str:
         detections = self._daemon.detections
         return f"listening: {len(self._config.streams)} streams, {len(detections)} detections"
+
+
+def _control_store(config: ClapdConfig) -> ControlStore | None:
+    """The saved MQTT changes, when control is on; with it off they are ignored (and say so)."""
+    store = ControlStore(config.state_dir / CONTROL_FILE)
+    mqtt = config.outputs.mqtt
+    if mqtt is not None and mqtt.control.enabled:
+        return store
+    if store.path.exists():
+        logger.warning("%s holds detection changes made over MQTT; ignored while mqtt.control is off", store.path)
+    return None
+
+
+def _merged(store: ControlStore, detections: dict[str, DetectionConfig], config: ClapdConfig) -> dict:
+    """The config file's detections with the changes saved from MQTT laid over them."""
+    return store.merge(detections, list(config.streams))

@@ -112,6 +112,7 @@ def test_event_payload_schema() -> None:
     assert payload == {
         "event_id": "e3",
         "kind": "end",
+        "event_type": "end",
         "stream": "kitchen",
         "detection": "clap",
         "start_utc": "2025-01-01T00:00:03+00:00",

@@ -1,0 +1,286 @@
+"""Changing detections at run time over MQTT: request and result payloads, validation, and persistence.
+
+A request arrives on `{prefix}/control/set` (see `clapd.daemon.mqtt_payloads` for the topics and examples).
+`parse_request` runs in paho's thread: it checks the payload's shape and the given detection fields, and answers
+anything malformed with a `ControlResult` at once. `apply_request` runs where the detections live (the daemon's
+main thread): it checks the request against the current detections and streams, as the config file is checked,
+and returns the new detections. `ControlStore` keeps the changes so that they survive restarts.
+
+Every problem is worded as the config file's are: key path, value, reason.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Collection, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic.fields import FieldInfo
+
+from clapd.daemon.config import NAME_PATTERN, DetectionConfig, Name, _describe
+from clapd.daemon.mqtt_payloads import MAX_CONTROL_PAYLOAD_BYTES
+from clapd.daemon.state_files import read_json, write_json_atomically
+
+logger = logging.getLogger(__name__)
+
+Action = Literal["set", "update", "remove"]
+CONTROL_FILE = "control.json"  # in the state directory
+MAX_ECHO_CHARS = 200  # a request's own strings are echoed in its result at most this long
+MAX_PROBLEM_CHARS = 400  # one problem line in a result, at most
+
+
+class ControlError(ValueError):
+    """A request that cannot be applied, or a bad saved-changes file; shaped like `ConfigError`: `source` says
+    what was read, `problems` holds one line per problem: key path, value, reason."""
+
+    def __init__(self, problems: list[str], source: str = "control request") -> None:
+        super().__init__(f"{source}: " + "; ".join(problems))
+        self.source = source
+        self.problems = problems
+
+
+class ControlRequest(BaseModel):
+    """One request from `{prefix}/control/set`. From `parse_request`, `config` has been checked for its action."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    request_id: str | None = Field(None, max_length=MAX_ECHO_CHARS, description="echoed in the result")
+    action: Action = Field(
+        description="set: add the detection, or replace it, with `config`; update: change the fields in `config`; "
+        "remove: delete the detection"
+    )
+    detection: str = Field(pattern=NAME_PATTERN, description="the detection's name, as in the config file")
+    config: dict[str, Any] | None = Field(
+        None, description="set: a whole detection as in the config file; update: the fields to change; remove: none"
+    )
+
+
+class ControlResult(BaseModel):
+    """The answer on `{prefix}/control/result` to one request."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    request_id: str | None = Field(description="the request's, when it had a usable one")
+    ok: bool = Field(description="true: applied (and persisted); false: nothing changed")
+    action: str | None = Field(description="the request's action, when it had a usable one")
+    detection: str | None = Field(description="the request's detection, when it had a usable one")
+    errors: list[str] = Field(description="one line per problem: key path, value and reason; empty when ok")
+
+    @classmethod
+    def success(cls, request: ControlRequest) -> ControlResult:
+        return cls(
+            request_id=request.request_id, ok=True, action=request.action, detection=request.detection, errors=[]
+        )
+
+    @classmethod
+    def failure(cls, request: ControlRequest, problems: list[str]) -> ControlResult:
+        errors = [_shorten(p, MAX_PROBLEM_CHARS) for p in problems] or ["refused (no reason given)"]
+        return cls(
+            request_id=request.request_id, ok=False, action=request.action, detection=request.detection, errors=errors
+        )
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json().encode()
+
+
+# The fields of a detection, each optional: an update names only those it changes (read with `exclude_unset`).
+DetectionChanges = create_model(
+    "DetectionChanges",
+    __config__=ConfigDict(extra="forbid", frozen=True),
+    **{
+        name: (info.annotation, FieldInfo.merge_field_infos(info, default=None, default_factory=None))
+        for name, info in DetectionConfig.model_fields.items()
+    },
+)
+
+
+def parse_request(payload: bytes, *, retained: bool = False) -> ControlRequest | ControlResult:
+    """The request in an MQTT payload, or a refusal listing every problem; never raises.
+
+    `retained`: the broker replayed a retained message on (re)subscription; refused, so it is never applied twice.
+    """
+    if len(payload) > MAX_CONTROL_PAYLOAD_BYTES:
+        return _refusal(None, [f"(payload): {len(payload)} bytes, more than {MAX_CONTROL_PAYLOAD_BYTES}"])
+    try:
+        data = json.loads(payload)
+    except (ValueError, RecursionError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        return _refusal(None, [f"(payload): not a JSON document: {_shorten(str(e), MAX_ECHO_CHARS)}"])
+    if not isinstance(data, dict):
+        return _refusal(None, [f"(payload): must be a JSON object, not {type(data).__name__}"])
+    if retained:
+        return _refusal(data, ["(message): a retained request is refused when replayed; publish with retain off"])
+    try:
+        request = ControlRequest.model_validate(data)
+    except ValidationError as e:
+        return _refusal(data, [_describe(error) for error in e.errors()])
+    problems = _config_problems(request)
+    return ControlResult.failure(request, problems) if problems else request
+
+
+def take_request(
+    payload: bytes,
+    retained: bool,
+    handler: Callable[[ControlRequest], None] | None,
+    answer: Callable[[ControlResult], None],
+) -> None:
+    """Hand a valid request to `handler`; `answer` anything else at once, and a request the handler refuses."""
+    outcome = parse_request(payload, retained=retained)
+    if isinstance(outcome, ControlRequest) and handler is not None:
+        logger.info("MQTT control: %s %s (request %r)", outcome.action, outcome.detection, outcome.request_id)
+        try:
+            handler(outcome)
+            return
+        except Exception as e:
+            logger.exception("MQTT control: the daemon did not take the request")
+            outcome = ControlResult.failure(outcome, [f"(daemon): cannot take the request: {e}"])
+    if isinstance(outcome, ControlRequest):
+        outcome = ControlResult.failure(outcome, ["(daemon): not accepting control requests yet"])
+    logger.warning("MQTT control: refused a request: %s", "; ".join(outcome.errors))
+    answer(outcome)
+
+
+def _config_problems(request: ControlRequest) -> list[str]:
+    """The problems of `config` for the request's action, each under the key path `config.…`."""
+    if request.action == "remove":
+        return [] if request.config is None else ["config: remove takes no config"]
+    if request.config is None:
+        return [f"config: {request.action} needs a config (the detection's fields)"]
+    if request.action == "update" and not request.config:
+        return ["config = {}: update needs at least one field to change"]
+    model = DetectionConfig if request.action == "set" else DetectionChanges
+    try:
+        model.model_validate(request.config)
+    except ValidationError as e:
+        return [_describe_under("config", error) for error in e.errors()]
+    return []
+
+
+def apply_request(
+    detections: Mapping[str, DetectionConfig], request: ControlRequest, stream_names: Collection[str]
+) -> dict[str, DetectionConfig]:
+    """The detections after `request`, validated as the config file's are; raises `ControlError` with every problem.
+
+    `detections` is not changed. Removing an unknown detection, or the last one, is refused; so is an update of a
+    detection that does not exist (use set to add one).
+    """
+    name = request.detection
+    if request.action == "remove":
+        if name not in detections:
+            raise ControlError([f"detection = {name!r}: no such detection (there are: {_names(detections)})"])
+        if len(detections) == 1:
+            raise ControlError([f"detection = {name!r}: the last detection cannot be removed"])
+        return {n: d for n, d in detections.items() if n != name}
+    if request.action == "update" and name not in detections:
+        raise ControlError(
+            [f"detection = {name!r}: no such detection to update (there are: {_names(detections)}); use set to add"]
+        )
+    changed = _validated_detection(detections.get(name), request)
+    unknown = sorted(set(changed.streams or []) - set(stream_names))
+    if unknown:
+        raise ControlError(
+            [f"config.streams = {changed.streams!r}: detection {name!r} watches unknown streams {unknown}"]
+        )
+    return {**detections, name: changed}
+
+
+def _validated_detection(current: DetectionConfig | None, request: ControlRequest) -> DetectionConfig:
+    fields = dict(request.config or {})
+    try:
+        if request.action == "update" and current is not None:
+            given = DetectionChanges.model_validate(fields).model_dump(exclude_unset=True)
+            fields = {**current.model_dump(), **given}
+        return DetectionConfig.model_validate(fields)
+    except ValidationError as e:
+        raise ControlError([_describe_under("config", error) for error in e.errors()]) from e
+
+
+class ControlStore:
+    """The detection changes made over MQTT, kept in the state directory (`CONTROL_FILE`) across restarts.
+
+    It holds the difference from the config file: detections added or replaced (whole), and names removed. At
+    start-up `merge` lays it over the config file's detections; a detection changed over MQTT therefore keeps its
+    MQTT version even if the config file's entry is edited later (remove the file to go back to the config file).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def save(self, detections: Mapping[str, DetectionConfig], base: Mapping[str, DetectionConfig]) -> None:
+        """Remember how `detections` (now live) differ from `base` (the config file's); raises OSError."""
+        changed = {n: d.model_dump(mode="json") for n, d in detections.items() if base.get(n) != d}
+        removed = sorted(set(base) - set(detections))
+        write_json_atomically(self.path, {"version": 1, "detections": changed, "removed": removed})
+
+    def merge(
+        self, config_detections: Mapping[str, DetectionConfig], stream_names: Collection[str] | None = None
+    ) -> dict[str, DetectionConfig]:
+        """The config file's detections with the saved changes laid over them; raises `ControlError` for a bad file.
+
+        With `stream_names`, a saved detection watching a stream no longer configured is skipped (and logged); a
+        removal that would leave no detection at all is ignored (and logged).
+        """
+        changed, removed = self._load()
+        merged = {n: d for n, d in config_detections.items() if n not in removed}
+        for name, detection in changed.items():
+            unknown = [] if stream_names is None else sorted(set(detection.streams or []) - set(stream_names))
+            if unknown:
+                logger.warning("%s: %s watches streams no longer configured %s; skipped", self.path, name, unknown)
+                continue
+            merged[name] = detection
+        if not merged:
+            logger.warning("%s removes every detection; keeping the config file's", self.path)
+            return dict(config_detections)
+        return merged
+
+    def _load(self) -> tuple[dict[str, DetectionConfig], set[str]]:
+        try:
+            value = read_json(self.path)
+        except (OSError, ValueError) as e:
+            raise ControlError([f"cannot read the saved MQTT changes ({e}); fix or remove it"], str(self.path)) from e
+        if value is None:
+            return {}, set()
+        try:
+            saved = _SavedChanges.model_validate(value)
+        except ValidationError as e:
+            problems = [_describe(error) for error in e.errors()]
+            raise ControlError([*problems, "fix or remove the file of saved MQTT changes"], str(self.path)) from e
+        return saved.detections, set(saved.removed)
+
+
+class _SavedChanges(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    version: Literal[1]
+    detections: dict[Name, DetectionConfig]
+    removed: list[Name]
+
+
+def _refusal(data: dict | None, problems: list[str]) -> ControlResult:
+    """A refusal of a request too malformed to be a `ControlRequest`; echoes what it can of the request."""
+    data = data or {}
+    return ControlResult(
+        request_id=_echo(data.get("request_id")),
+        ok=False,
+        action=_echo(data.get("action")),
+        detection=_echo(data.get("detection")),
+        errors=[_shorten(p, MAX_PROBLEM_CHARS) for p in problems],
+    )
+
+
+def _describe_under(prefix: str, error: Any) -> str:
+    return _describe({**error, "loc": (prefix, *error["loc"])})
+
+
+def _echo(value: object) -> str | None:
+    return _shorten(value, MAX_ECHO_CHARS) if isinstance(value, str) else None
+
+
+def _shorten(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _names(detections: Mapping[str, object]) -> str:
+    return ", ".join(sorted(detections)) or "none"

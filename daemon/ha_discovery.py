@@ -1,0 +1,247 @@
+"""Home Assistant MQTT discovery: the entities clapd announces, and the record of what it announced.
+
+One device per daemon. Per (stream, detection) pair, a detection watching the stream:
+- an `event` entity with event types `start` and `end`, fed by `{prefix}/{stream}/{detection}/event` (its JSON
+  carries `event_type`);
+- a `binary_sensor` with device class `sound`, fed by the retained `{prefix}/{stream}/{detection}/state` (ON/OFF).
+Per stream, when levels are published, a diagnostic `sensor` for `{prefix}/{stream}/level` (dBFS). Every entity is
+available while `{prefix}/status` says "online".
+
+The payloads follow Home Assistant's documented schema (https://www.home-assistant.io/integrations/mqtt/ for the
+discovery topic, payload, `device` and `origin`; /integrations/event.mqtt/, /integrations/binary_sensor.mqtt/ and
+/integrations/sensor.mqtt/ for each platform): full key names, no abbreviations. Configs go to
+`{discovery_prefix}/{component}/{node_id}/{object_id}/config`, retained; an empty retained payload removes an entity.
+Names are `[A-Za-z0-9][A-Za-z0-9_-]*`, the very characters Home Assistant allows in an object id, so joining a stream
+and a detection could be ambiguous (`a_b` + `c` and `a` + `b_c`): a short hash of the pair keeps object ids apart.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import re
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from clapd import __version__
+from clapd.daemon.config import DetectionConfig, MqttConfig
+from clapd.daemon.mqtt_payloads import STATE_OFF, STATE_ON, STATUS_OFFLINE, STATUS_ONLINE, Topics, build_topic
+from clapd.daemon.state_files import read_json, write_json_atomically
+
+logger = logging.getLogger(__name__)
+
+EVENT_TYPES = ("start", "end")  # EventPayload.event_type
+LEVEL_EXPIRY_INTERVALS = 3  # a level sensor turns unavailable after this many missed level messages
+ANNOUNCED_FILE = "ha-discovery.json"  # next to the event queue
+_NOT_IN_OBJECT_ID = re.compile(r"[^A-Za-z0-9_-]")  # Home Assistant's object id / node id character class
+
+
+@dataclass(frozen=True, slots=True)
+class DiscoverySettings:
+    """What the discovery payloads depend on besides the streams and detections."""
+
+    discovery_prefix: str
+    node_id: str  # [A-Za-z0-9_-]+: the device's id, and the topic level under each component
+    topics: Topics  # the daemon's own topics
+    qos: int  # the QoS Home Assistant subscribes with
+    level_interval_seconds: float  # 0: no level sensors
+
+    @classmethod
+    def from_config(cls, config: MqttConfig, client_id: str) -> DiscoverySettings:
+        ha = config.home_assistant
+        return cls(
+            discovery_prefix=ha.discovery_prefix,
+            node_id=ha.node_id or node_id_from(client_id),
+            topics=Topics(config.topic_prefix),
+            qos=config.qos,
+            level_interval_seconds=config.level_interval_seconds,
+        )
+
+
+def node_id_from(client_id: str) -> str:
+    """A client id made fit for a topic level Home Assistant accepts (a hostname may hold dots)."""
+    return _NOT_IN_OBJECT_ID.sub("_", client_id)[:64] or "clapd"
+
+
+def discovery_messages(
+    settings: DiscoverySettings, streams: Iterable[str], detections: Mapping[str, DetectionConfig]
+) -> dict[str, bytes]:
+    """Config topic -> JSON payload for every entity of these streams and detections."""
+    messages: dict[str, bytes] = {}
+    for stream in streams:
+        for name, detection in detections.items():
+            if detection.streams is None or stream in detection.streams:
+                messages.update(_pair_entities(settings, stream, name))
+        if settings.level_interval_seconds > 0:
+            messages[_config_topic(settings, "sensor", f"{stream}_level")] = _json(_level_sensor(settings, stream))
+    return messages
+
+
+def _pair_entities(settings: DiscoverySettings, stream: str, detection: str) -> dict[str, bytes]:
+    object_id = pair_object_id(stream, detection)
+    common = {
+        "name": f"{stream} {detection}",
+        "qos": settings.qos,
+        "availability": _availability(settings),
+        "device": _device(settings),
+        "origin": _origin(),
+    }
+    event = {
+        **common,
+        "unique_id": f"clapd:{settings.node_id}:{stream}:{detection}:event",
+        "state_topic": settings.topics.event(stream, detection),
+        "event_types": list(EVENT_TYPES),
+    }
+    sound = {
+        **common,
+        "unique_id": f"clapd:{settings.node_id}:{stream}:{detection}:sound",
+        "state_topic": settings.topics.state(stream, detection),
+        "device_class": "sound",
+        "payload_on": STATE_ON,
+        "payload_off": STATE_OFF,
+    }
+    return {
+        _config_topic(settings, "event", object_id): _json(event),
+        _config_topic(settings, "binary_sensor", object_id): _json(sound),
+    }
+
+
+def _level_sensor(settings: DiscoverySettings, stream: str) -> dict[str, object]:
+    return {
+        "name": f"{stream} level",
+        "unique_id": f"clapd:{settings.node_id}:{stream}:level",
+        "state_topic": settings.topics.level(stream),
+        "unit_of_measurement": "dBFS",
+        "state_class": "measurement",
+        "suggested_display_precision": 1,
+        "entity_category": "diagnostic",
+        "expire_after": math.ceil(LEVEL_EXPIRY_INTERVALS * settings.level_interval_seconds),
+        "qos": 0,  # published at QoS 0
+        "availability": _availability(settings),
+        "device": _device(settings),
+        "origin": _origin(),
+    }
+
+
+def pair_object_id(stream: str, detection: str) -> str:
+    digest = hashlib.sha256(f"{stream}/{detection}".encode()).hexdigest()[:8]
+    return f"{stream}_{detection}_{digest}"
+
+
+def _config_topic(settings: DiscoverySettings, component: str, object_id: str) -> str:
+    return build_topic(settings.discovery_prefix, component, settings.node_id, object_id, "config")
+
+
+def _availability(settings: DiscoverySettings) -> list[dict[str, str]]:
+    return [
+        {
+            "topic": settings.topics.status,
+            "payload_available": STATUS_ONLINE,
+            "payload_not_available": STATUS_OFFLINE,
+        }
+    ]
+
+
+def _device(settings: DiscoverySettings) -> dict[str, object]:
+    return {
+        "identifiers": [f"clapd_{settings.node_id}"],
+        "name": f"clapd {settings.node_id}",
+        "manufacturer": "clapd",
+        "model": "clapd sound detection daemon",
+        "sw_version": __version__,
+    }
+
+
+def _origin() -> dict[str, str]:
+    return {"name": "clapd", "sw_version": __version__}
+
+
+def _json(payload: Mapping[str, object]) -> bytes:
+    return json.dumps(payload, sort_keys=True).encode()
+
+
+class Delivery(Protocol):
+    """What publishing returns (paho's `MQTTMessageInfo`): it raises for a message that was never sent."""
+
+    def is_published(self) -> bool: ...
+
+
+class Announcements:
+    """The discovery configs announced now, and the config topics still to be emptied on the broker; thread-safe.
+
+    Persisted (as the union of both) in a JSON file, so entities announced by an earlier run, and removals not yet
+    acknowledged when the daemon stopped, are removed by the next run.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()  # also held while publishing, so rounds never interleave
+        self._current: dict[str, bytes] = {}
+        self._stale: set[str] = set()
+        self._removals: dict[str, Delivery] = {}  # stale topic -> its removal, sent and not yet acknowledged
+        self._saved = self._load()
+
+    def update(self, messages: Mapping[str, bytes]) -> None:
+        """Announce exactly these configs from now on; whatever was announced before and is not here goes stale."""
+        with self._lock:
+            self._stale = (self._stale | set(self._current) | self._saved) - set(messages)
+            self._current = dict(messages)
+            self._save()
+
+    def publish(self, send: Callable[[str, bytes], Delivery]) -> None:
+        """Send (retained) the removals (empty payloads) first, then the configs; remember the removals' deliveries."""
+        with self._lock:
+            for topic in sorted(self._stale):
+                self._removals[topic] = send(topic, b"")
+            for topic, payload in sorted(self._current.items()):
+                send(topic, payload)
+                self._removals.pop(topic, None)  # announced again since: an older removal's ack means nothing now
+
+    def confirm(self) -> None:
+        """Forget the removals the broker has acknowledged; one that paho never sent is sent again next round."""
+        with self._lock:
+            states = {topic: _acknowledged(delivery) for topic, delivery in self._removals.items()}
+            self._removals = {topic: self._removals[topic] for topic, state in states.items() if state is None}
+            self._stale -= {topic for topic, state in states.items() if state}
+            self._save()
+
+    def _load(self) -> set[str]:
+        try:
+            value = read_json(self.path)
+        except (OSError, ValueError) as e:
+            logger.warning("cannot read %s (%s): Home Assistant entities of earlier runs may be left", self.path, e)
+            return set()
+        topics = value.get("topics") if isinstance(value, dict) else None
+        # Only plain topics: a wildcard read back from a damaged file would make paho refuse every round.
+        if value is not None and not (isinstance(topics, list) and all(map(_plain_topic, topics))):
+            logger.warning("%s does not hold a list of plain topics; ignoring it", self.path)
+            return set()
+        return set(topics or [])
+
+    def _save(self) -> None:
+        topics = set(self._current) | self._stale
+        if topics == self._saved:
+            return
+        try:
+            write_json_atomically(self.path, {"topics": sorted(topics)})
+        except OSError as e:
+            logger.error("cannot write %s (%s): a restart may leave stale Home Assistant entities", self.path, e)
+            return
+        self._saved = topics
+
+
+def _plain_topic(topic: object) -> bool:
+    return isinstance(topic, str) and bool(topic) and not set(topic) & {"+", "#", "\0"} and len(topic) < 65_536
+
+
+def _acknowledged(delivery: Delivery) -> bool | None:
+    """True: the broker has it; False: never sent (paho was offline then); None: not yet."""
+    try:
+        return True if delivery.is_published() else None
+    except (RuntimeError, ValueError):  # paho's answer for a message it did not send (offline, queue full)
+        return False

@@ -1,0 +1,403 @@
+"""Home Assistant MQTT discovery: payloads checked against Home Assistant's documented schema, then announced,
+re-announced, and removed on a real mosquitto."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Literal
+
+import paho.mqtt.publish
+import pytest
+from mqtt_broker import (  # the fixtures broker and subscribers under their function names
+    MosquittoBroker,
+    Received,
+    broker_fixture,  # noqa: F401
+    brokers_fixture,  # noqa: F401
+    subscribers_fixture,  # noqa: F401
+    wait_until,
+)
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from clapd import __version__
+from clapd.daemon.config import DetectionConfig, MqttConfig, parse_config
+from clapd.daemon.ha_discovery import (
+    ANNOUNCED_FILE,
+    Announcements,
+    DiscoverySettings,
+    discovery_messages,
+    node_id_from,
+    pair_object_id,
+)
+from clapd.daemon.mqtt_payloads import EventPayload
+from clapd.daemon.mqtt_publisher import MqttPublisher
+from clapd.daemon.records import DetectionEvent
+
+TIMEOUT = 5.0  # seconds, for every wait on the broker
+
+# --- Home Assistant's schema, written down from its documentation ---
+# Discovery topic, payload, `device` and `origin`: https://www.home-assistant.io/integrations/mqtt/ ("MQTT
+# Discovery"); the platforms: https://www.home-assistant.io/integrations/event.mqtt/,
+# https://www.home-assistant.io/integrations/binary_sensor.mqtt/, https://www.home-assistant.io/integrations/sensor.mqtt/
+# (each page's "Configuration Variables"). Home Assistant ignores unknown keys; these models forbid them, so a typo
+# in a key fails here instead of being silently dropped there.
+
+# From the discovery docs: <discovery_prefix>/<component>/[<node_id>/]<object_id>/config, ids in [a-zA-Z0-9_-].
+TOPIC_MATCHER = re.compile(r"(?P<component>\w+)/(?:(?P<node_id>[a-zA-Z0-9_-]+)/)?(?P<object_id>[a-zA-Z0-9_-]+)/config")
+BINARY_SENSOR_DEVICE_CLASSES = (
+    "battery battery_charging carbon_monoxide cold connectivity door garage_door gas heat light lock moisture motion "
+    "moving occupancy opening plug power presence problem running safety smoke sound tamper update vibration window"
+).split()
+
+
+class HaModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class HaDevice(HaModel):
+    identifiers: list[str] | str | None = None
+    connections: list[list[str]] | None = None
+    configuration_url: str | None = None
+    hw_version: str | None = None
+    manufacturer: str | None = None
+    model: str | None = None
+    model_id: str | None = None
+    name: str | None = None
+    serial_number: str | None = None
+    suggested_area: str | None = None
+    sw_version: str | None = None
+    via_device: str | None = None
+
+    @model_validator(mode="after")
+    def _identified(self) -> HaDevice:
+        # "At least one of identifiers or connections must be present to identify the device."
+        assert self.identifiers or self.connections, "a device needs identifiers or connections"
+        return self
+
+
+class HaOrigin(HaModel):
+    name: str  # required
+    sw_version: str | None = None
+    support_url: str | None = None
+
+
+class HaAvailability(HaModel):
+    topic: str  # required
+    payload_available: str = "online"
+    payload_not_available: str = "offline"
+    value_template: str | None = None
+
+
+class HaEntity(HaModel):
+    """The options every MQTT entity platform shares, plus those of a read-only (state_topic) platform."""
+
+    availability: list[HaAvailability] | None = None
+    availability_mode: Literal["all", "any", "latest"] | None = None
+    availability_template: str | None = None
+    availability_topic: str | None = None
+    default_entity_id: str | None = None
+    device: HaDevice | None = None
+    enabled_by_default: bool | None = None
+    encoding: str | None = None
+    entity_category: Literal["config", "diagnostic"] | None = None
+    entity_picture: str | None = None
+    icon: str | None = None
+    json_attributes_template: str | None = None
+    json_attributes_topic: str | None = None
+    name: str | None = None
+    origin: HaOrigin | None = None
+    payload_available: str | None = None
+    payload_not_available: str | None = None
+    qos: Literal[0, 1, 2] = 0
+    state_topic: str  # required for event, binary_sensor and sensor
+    unique_id: str | None = None
+    value_template: str | None = None
+
+    @model_validator(mode="after")
+    def _valid(self) -> HaEntity:
+        assert not (self.availability and self.availability_topic), "availability and availability_topic exclude"
+        assert self.device is None or self.unique_id, "device only works when unique_id is set"
+        for topic in [self.state_topic, *(a.topic for a in self.availability or [])]:
+            assert topic and "\0" not in topic and not {"+", "#"} & set(topic), f"not a plain topic: {topic!r}"
+        return self
+
+
+class HaEvent(HaEntity):
+    device_class: Literal["button", "doorbell", "motion"] | None = None
+    event_types: list[str] = Field(min_length=1)  # required: the valid `event_type` strings
+
+
+class HaBinarySensor(HaEntity):
+    device_class: Literal[tuple(BINARY_SENSOR_DEVICE_CLASSES)] | None = None  # type: ignore[valid-type]
+    expire_after: int | None = Field(None, gt=0)
+    force_update: bool | None = None
+    off_delay: int | None = Field(None, gt=0)
+    payload_off: str = "OFF"
+    payload_on: str = "ON"
+
+
+class HaSensor(HaEntity):
+    device_class: str | None = None
+    expire_after: int | None = Field(None, gt=0)
+    force_update: bool | None = None
+    last_reset_value_template: str | None = None
+    options: list[str] | None = None
+    state_class: Literal["measurement", "measurement_angle", "total", "total_increasing"] | None = None
+    suggested_display_precision: int | None = Field(None, ge=0)
+    unit_of_measurement: str | None = None
+
+
+HA_PLATFORMS: dict[str, type[HaEntity]] = {"event": HaEvent, "binary_sensor": HaBinarySensor, "sensor": HaSensor}
+
+
+def check_against_home_assistant(prefix: str, messages: dict[str, bytes]) -> dict[str, HaEntity]:
+    """Each config as Home Assistant reads it (topic -> entity); fails on anything its docs do not allow."""
+    entities: dict[str, HaEntity] = {}
+    for topic, payload in messages.items():
+        assert topic.startswith(prefix + "/")
+        match = TOPIC_MATCHER.fullmatch(topic[len(prefix) + 1 :])
+        assert match, f"not a discovery topic: {topic}"
+        entities[topic] = HA_PLATFORMS[match["component"]].model_validate(json.loads(payload))
+    unique_ids = [(topic.split("/")[1], e.unique_id) for topic, e in entities.items()]
+    assert len(set(unique_ids)) == len(unique_ids), "unique ids repeat within a platform"
+    return entities
+
+
+# --- the payloads ---
+
+CONFIG = {
+    "streams": {"kitchen": {"type": "mic"}, "hall": {"type": "mic"}},
+    "detections": {
+        "smoke_alarm": {"prompts": ["a smoke alarm beeping"]},
+        "doorbell": {"prompts": ["a doorbell"], "streams": ["hall"]},
+    },
+    "outputs": {"mqtt": {"host": "127.0.0.1", "home_assistant": {"enabled": True}}},
+}
+
+
+def settings(**mqtt: object) -> DiscoverySettings:
+    config = MqttConfig.model_validate({"host": "127.0.0.1", "home_assistant": {"enabled": True}, **mqtt})
+    return DiscoverySettings.from_config(config, "clapd-test")
+
+
+def test_payloads_follow_home_assistants_schema() -> None:
+    config = parse_config(CONFIG)
+    messages = discovery_messages(settings(), config.streams, config.detections)
+    entities = check_against_home_assistant("homeassistant", messages)
+    kinds = sorted((topic.split("/")[1], e.state_topic) for topic, e in entities.items())
+    assert kinds == [
+        ("binary_sensor", "clapd/hall/doorbell/state"),
+        ("binary_sensor", "clapd/hall/smoke_alarm/state"),
+        ("binary_sensor", "clapd/kitchen/smoke_alarm/state"),
+        ("event", "clapd/hall/doorbell/event"),
+        ("event", "clapd/hall/smoke_alarm/event"),
+        ("event", "clapd/kitchen/smoke_alarm/event"),
+        ("sensor", "clapd/hall/level"),
+        ("sensor", "clapd/kitchen/level"),
+    ]
+    for topic, entity in entities.items():
+        assert topic.split("/")[2] == "clapd-test"  # the node id
+        assert entity.availability == [HaAvailability(topic="clapd/status")]
+        assert entity.origin == HaOrigin(name="clapd", sw_version=__version__)
+        assert entity.device is not None and entity.device.identifiers == ["clapd_clapd-test"]
+        assert entity.device.sw_version == __version__ and entity.device.name and entity.device.model
+    sound = entities[f"homeassistant/binary_sensor/clapd-test/{pair_object_id('hall', 'doorbell')}/config"]
+    assert isinstance(sound, HaBinarySensor) and sound.device_class == "sound"
+    assert (sound.payload_on, sound.payload_off) == ("ON", "OFF")  # what publish_state sends
+    assert sound.unique_id == "clapd:clapd-test:hall:doorbell:sound"
+
+
+def test_event_payloads_are_what_the_event_entity_accepts() -> None:
+    config = parse_config(CONFIG)
+    messages = discovery_messages(settings(), ["kitchen"], config.detections)
+    (event,) = [e for e in check_against_home_assistant("homeassistant", messages).values() if isinstance(e, HaEvent)]
+    for kind in ("start", "end"):
+        sent = json.loads(EventPayload.from_event(make_event(kind)).to_json())
+        # Home Assistant's MQTT event entity: the JSON's `event_type` must be one of `event_types`; the rest of
+        # the object becomes the event's attributes.
+        assert sent.pop("event_type") == kind and kind in event.event_types
+        assert sent["kind"] == kind
+
+
+def test_object_ids_never_collide_and_ids_are_topic_safe() -> None:
+    assert pair_object_id("a_b", "c") != pair_object_id("a", "b_c")
+    assert pair_object_id("kitchen", "smoke") == pair_object_id("kitchen", "smoke")  # stable across runs
+    assert node_id_from("clapd-host.example.org") == "clapd-host_example_org"
+    detections = {"c": DetectionConfig(prompts=["x"]), "b_c": DetectionConfig(prompts=["y"])}
+    messages = discovery_messages(settings(), ["a_b", "a"], detections)
+    assert len(messages) == 2 * 4 + 2
+    check_against_home_assistant("homeassistant", messages)
+
+
+def test_options_change_the_topics() -> None:
+    custom = settings(
+        topic_prefix="home/clapd",
+        qos=2,
+        level_interval_seconds=0,
+        home_assistant={"enabled": True, "discovery_prefix": "ha/disc", "node_id": "attic"},
+    )
+    messages = discovery_messages(custom, ["kitchen"], {"clap": DetectionConfig(prompts=["a clap"])})
+    entities = check_against_home_assistant("ha/disc", messages)
+    assert len(entities) == 2  # no level sensor when levels are not published
+    for topic, entity in entities.items():
+        assert topic.startswith(("ha/disc/event/attic/", "ha/disc/binary_sensor/attic/"))
+        assert entity.state_topic.startswith("home/clapd/kitchen/clap/") and entity.qos == 2
+        assert entity.availability == [HaAvailability(topic="home/clapd/status")]
+
+
+def make_event(kind: str) -> DetectionEvent:
+    return DetectionEvent(
+        event_id="e1",
+        kind=kind,  # type: ignore[arg-type]
+        stream="kitchen",
+        detection="smoke_alarm",
+        start_sample=0,
+        end_sample=48_000 if kind == "end" else None,
+        start_utc="2025-01-01T00:00:00+00:00",
+        end_utc="2025-01-01T00:00:01+00:00" if kind == "end" else None,
+        peak_score=0.8,
+        mean_score=0.7,
+        sample_rate=48_000,
+    )
+
+
+@pytest.mark.parametrize("content", ["{broken", '{"topics": "a"}', '{"topics": ["homeassistant/+/x/config"]}', "[]"])
+def test_a_damaged_record_is_ignored(tmp_path: Path, content: str) -> None:
+    (tmp_path / ANNOUNCED_FILE).write_text(content)
+    announcements = Announcements(tmp_path / ANNOUNCED_FILE)
+    announcements.update({"homeassistant/event/n/o/config": b"{}"})
+    sent: list[str] = []
+    announcements.publish(lambda topic, payload: sent.append(topic))  # type: ignore[arg-type,func-returns-value]
+    assert sent == ["homeassistant/event/n/o/config"]
+    assert announced_file(tmp_path) == set(sent)
+
+
+# --- on the broker ---
+
+DETECTIONS = {name: DetectionConfig(prompts=[name]) for name in ("smoke", "glass", "dog")}
+
+
+@pytest.fixture
+def publishers(tmp_path: Path) -> Iterator[Callable[..., MqttPublisher]]:
+    """`publishers(port, **mqtt fields)`: Home Assistant discovery on, the queue in tmp_path; stopped at teardown."""
+    made: list[MqttPublisher] = []
+
+    def make(port: int, **fields: object) -> MqttPublisher:
+        fields.setdefault("home_assistant", {"enabled": True})
+        config = MqttConfig.model_validate({"host": "127.0.0.1", "port": port, "level_interval_seconds": 0, **fields})
+        publisher = MqttPublisher(config, tmp_path / "queue.db", client_id_default="clapd-test")
+        made.append(publisher)
+        return publisher
+
+    yield make
+    for publisher in made:
+        publisher.stop(timeout=0.5)
+
+
+def configs(got: list[Received]) -> dict[str, bytes]:
+    """The last payload per discovery config topic."""
+    return {m.topic: m.payload for m in got if m.topic.endswith("/config")}
+
+
+def topics_of(detections: dict[str, DetectionConfig], streams: tuple[str, ...] = ("kitchen",)) -> set[str]:
+    return set(discovery_messages(settings(level_interval_seconds=0), streams, detections))
+
+
+def announced_file(tmp_path: Path) -> set[str]:
+    return set(json.loads((tmp_path / ANNOUNCED_FILE).read_text())["topics"])
+
+
+def test_announced_retained_and_again_when_home_assistant_comes_online(
+    broker: MosquittoBroker, publishers, subscribers
+) -> None:
+    live = subscribers(broker.port, "homeassistant/#")
+    publisher = publishers(broker.port)
+    publisher.announce(["kitchen"], DETECTIONS)  # before the connection: sent once connected
+    publisher.start()
+    got = live.wait_for(lambda got: len(configs(got)) == 6, TIMEOUT, "six configs")
+    check_against_home_assistant("homeassistant", configs(got))
+    late = subscribers(broker.port, "homeassistant/#")
+    retained = late.wait_for(lambda got: len(got) == 6, TIMEOUT, "six retained configs")
+    assert all(m.retain for m in retained) and configs(retained) == configs(got)
+
+    count = len(live.received())
+    paho.mqtt.publish.single("homeassistant/status", "offline", hostname="127.0.0.1", port=broker.port)
+    paho.mqtt.publish.single("homeassistant/status", "online", hostname="127.0.0.1", port=broker.port)
+    again = live.wait_for(lambda got: len(got) >= count + 2 + 6, TIMEOUT, "the configs again")
+    assert configs(again[count:]) == configs(got)
+
+
+def retained_configs(port: int, subscribers) -> dict[str, bytes]:
+    """What a newcomer gets: the retained discovery configs."""
+    late = subscribers(port, "homeassistant/#")
+    time.sleep(0.3)  # retained messages arrive right after the subscription
+    got = late.received()
+    assert all(m.retain for m in got)
+    return configs(got)
+
+
+def test_a_dropped_detection_loses_its_entities(
+    broker: MosquittoBroker, publishers, subscribers, tmp_path: Path
+) -> None:
+    live = subscribers(broker.port, "homeassistant/#")
+    publisher = publishers(broker.port)
+    publisher.start()
+    wait_until(lambda: publisher.stats().connected, TIMEOUT, "the connection")
+    publisher.announce(["kitchen"], DETECTIONS)
+    live.wait_for(lambda got: len(configs(got)) == 6, TIMEOUT, "six configs")
+    kept = {n: d for n, d in DETECTIONS.items() if n != "glass"}
+    publisher.announce(["kitchen"], kept)
+    gone = topics_of(DETECTIONS) - topics_of(kept)
+    assert len(gone) == 2
+    live.wait_for(lambda got: all(configs(got).get(t) == b"" for t in gone), TIMEOUT, "empty configs")
+    assert set(retained_configs(broker.port, subscribers)) == topics_of(kept)
+    wait_until(lambda: announced_file(tmp_path) == topics_of(kept), TIMEOUT, "the file to forget the removed")
+
+
+def test_entities_of_an_earlier_run_are_removed(
+    broker: MosquittoBroker, publishers, subscribers, tmp_path: Path
+) -> None:
+    first = publishers(broker.port)
+    first.announce(["kitchen", "hall"], DETECTIONS)
+    first.start()
+    subscribers(broker.port, "homeassistant/#").wait_for(lambda got: len(got) == 12, TIMEOUT, "twelve configs")
+    first.stop()
+    assert announced_file(tmp_path) == topics_of(DETECTIONS, ("kitchen", "hall"))
+
+    second = publishers(broker.port)  # the same state directory: a restart with the hall stream and dog gone
+    kept = {n: d for n, d in DETECTIONS.items() if n != "dog"}
+    second.announce(["kitchen"], kept)
+    second.start()
+    wait_until(lambda: announced_file(tmp_path) == topics_of(kept), TIMEOUT, "the removals to be acknowledged")
+    assert set(retained_configs(broker.port, subscribers)) == topics_of(kept)
+
+
+def test_turning_discovery_off_removes_what_was_announced(
+    broker: MosquittoBroker, publishers, subscribers, tmp_path: Path
+) -> None:
+    first = publishers(broker.port)
+    first.announce(["kitchen"], DETECTIONS)
+    first.start()
+    subscribers(broker.port, "homeassistant/#").wait_for(lambda got: len(got) == 6, TIMEOUT, "six configs")
+    first.stop()
+
+    second = publishers(broker.port, home_assistant={"enabled": False})
+    second.announce(["kitchen"], DETECTIONS)
+    second.start()
+    wait_until(lambda: announced_file(tmp_path) == set(), TIMEOUT, "every removal to be acknowledged")
+    assert retained_configs(broker.port, subscribers) == {}
+
+
+def test_no_discovery_when_off(broker: MosquittoBroker, publishers, subscribers, tmp_path: Path) -> None:
+    live = subscribers(broker.port, "#")
+    publisher = publishers(broker.port, home_assistant={"enabled": False})
+    publisher.announce(["kitchen"], DETECTIONS)
+    publisher.start()
+    live.wait_for(lambda got: any(m.topic == "clapd/status" for m in got), TIMEOUT, "online")
+    paho.mqtt.publish.single("homeassistant/status", "online", hostname="127.0.0.1", port=broker.port)
+    time.sleep(0.3)
+    assert [m.topic for m in live.received()] == ["clapd/status", "homeassistant/status"]
+    assert not (tmp_path / ANNOUNCED_FILE).exists()
