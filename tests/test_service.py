@@ -23,6 +23,7 @@ import pytest
 import soundfile as sf
 import yaml
 from mqtt_broker import MosquittoBroker, Subscriber, broker_fixture, brokers_fixture, free_port, subscribers_fixture
+from paho.mqtt import publish
 from prometheus_client.parser import text_string_to_metric_families
 
 __all__ = ["broker_fixture", "brokers_fixture", "subscribers_fixture"]
@@ -268,3 +269,68 @@ def test_sighup_swaps_detections_without_dropping_audio_and_keeps_a_bad_config_o
 
 def _topics(received: list) -> set[str]:
     return {r.topic for r in received}
+
+
+def test_control_over_mqtt_changes_detections_live_and_they_survive_a_restart(
+    tmp_path: Path, small_bundle_dir: Path, noise_wav: Path, brokers, subscribers, running: list
+) -> None:
+    broker: MosquittoBroker = brokers(users={"clapd": "s3cret", "admin": "adm1n"})
+    (tmp_path / "password").write_text("s3cret\n")
+    mqtt = {
+        "host": "127.0.0.1",
+        "port": broker.port,
+        "username": "clapd",
+        "password_file": str(tmp_path / "password"),
+        "control": {"enabled": True},
+    }
+    config = _config(tmp_path, small_bundle_dir, noise_wav, outputs={"mqtt": mqtt})
+    config["background_prompts"] = [ALWAYS["prompts"][0]]
+    path = _write(tmp_path / "clapd.yaml", config)
+    watcher: Subscriber = subscribers(broker.port, "clapd/#", username="admin", password="adm1n")
+    daemon = _start(path)
+    running.append(daemon)
+    watcher.wait_for(lambda got: b"online" in [r.payload for r in got], START_TIMEOUT, "online")
+
+    request = {"request_id": "r1", "action": "set", "detection": "always", "config": ALWAYS}
+    _publish(broker.port, "clapd/control/set", request)
+    got = watcher.wait_for(lambda got: _results(got), 60, "the result of r1")
+    assert _results(got)[0] == {**_results(got)[0], "request_id": "r1", "ok": True}, _results(got)
+    watcher.wait_for(lambda got: _events(got, "start"), 30, "an event of the detection added over MQTT")
+
+    _publish(
+        broker.port,
+        "clapd/control/set",
+        {"request_id": "r2", "action": "update", "detection": "always", "config": {"threshold_on": 2}},
+    )
+    got = watcher.wait_for(lambda got: len(_results(got)) == 2, 30, "the result of r2")
+    refused = _results(got)[1]
+    assert refused["ok"] is False and refused["errors"][0].startswith("config.threshold_on = 2"), refused
+
+    _, stderr = _stop(daemon)
+    assert daemon.returncode == 0, stderr[-3000:]
+    saved = json.loads((tmp_path / "state" / "control.json").read_text())
+    assert "always" in saved["detections"], saved
+    starts = len(_events(watcher.received(), "start"))
+    restarted = _start(path)
+    running.append(restarted)
+    watcher.wait_for(
+        lambda got: len(_events(got, "start")) > starts, START_TIMEOUT, "the saved detection after a restart"
+    )
+    _, stderr = _stop(restarted)
+    assert restarted.returncode == 0, stderr[-3000:]
+
+
+def _publish(port: int, topic: str, payload: dict) -> None:
+    """One QoS 1 message as an authenticated admin would send it."""
+    publish.single(
+        topic,
+        json.dumps(payload),
+        qos=1,
+        hostname="127.0.0.1",
+        port=port,
+        auth={"username": "admin", "password": "adm1n"},
+    )
+
+
+def _results(received: list) -> list[dict]:
+    return [json.loads(r.payload) for r in received if r.topic == "clapd/control/result"]
