@@ -38,6 +38,13 @@ class TensorRTConfig(Section):
         "can overflow fp16; the bundle's fp16 model already runs its encoder in fp16 with an fp32 front end",
     )
     engine_cache_dir: Path | None = Field(None, description="where built engines are kept (minutes to build)")
+    max_batch: int = Field(
+        16,
+        ge=1,
+        le=256,
+        description="largest batch the engine is built for (one profile, 1..max_batch windows): "
+        "larger batches are split, so TensorRT never rebuilds its engine while the daemon runs",
+    )
 
 
 class ModelConfig(Section):

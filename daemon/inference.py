@@ -12,7 +12,7 @@ import numpy as np
 import onnxruntime as ort
 
 from clapd.daemon.config import ModelConfig
-from clapd.daemon.manifest import BundleError, Manifest, ModelFile, Precision
+from clapd.daemon.manifest import BundleError, Manifest, ModelFile, Precision, TensorSpec
 from clapd.daemon.text import PromptTokenizer
 
 logger = logging.getLogger(__name__)
@@ -42,8 +42,12 @@ def session_options(threads: int) -> ort.SessionOptions:
     return options
 
 
-def choose_providers(config: ModelConfig) -> list[str | tuple[str, dict[str, str]]]:
-    """The configured providers this onnxruntime build has, with their options; CPU is always last resort."""
+def choose_providers(
+    config: ModelConfig, audio_input: TensorSpec | None = None
+) -> list[str | tuple[str, dict[str, str]]]:
+    """The configured providers this onnxruntime build has, with their options; CPU is always last resort.
+
+    `audio_input`: the audio model's input, for TensorRT's shape profile."""
     available = set(ort.get_available_providers())
     chosen: list[str | tuple[str, dict[str, str]]] = []
     for key in config.providers:
@@ -51,16 +55,18 @@ def choose_providers(config: ModelConfig) -> list[str | tuple[str, dict[str, str
         if name not in available:
             logger.warning("%s execution provider is not available in this onnxruntime build; skipping it", key)
             continue
-        chosen.append(provider_entry(key, config))
+        chosen.append(provider_entry(key, config, audio_input))
     if PROVIDER_NAMES["cpu"] not in [c if isinstance(c, str) else c[0] for c in chosen]:
         chosen.append(PROVIDER_NAMES["cpu"])
     return chosen
 
 
-def provider_entry(key: str, config: ModelConfig) -> str | tuple[str, dict[str, str]]:
+def provider_entry(
+    key: str, config: ModelConfig, audio_input: TensorSpec | None = None
+) -> str | tuple[str, dict[str, str]]:
     """A provider with the options clapd sets for it."""
     if key == "tensorrt":
-        return PROVIDER_NAMES[key], _tensorrt_options(config)
+        return PROVIDER_NAMES[key], _tensorrt_options(config, audio_input)
     if key == "cuda":
         # The CUDA provider runs fp32 convolutions and matmuls in TF32 by default: on an H100 that put the fp32
         # front end's output off by cosine 0.9991 (docs/benchmarks.md, bench_gpu), below the export's parity bars.
@@ -77,11 +83,19 @@ def report_fallback(requested: list[str | tuple[str, dict[str, str]]], used: lis
     return f"{first} was requested but onnxruntime runs the model on {', '.join(used)} (its own log says why)"
 
 
-def _tensorrt_options(config: ModelConfig) -> dict[str, str]:
+def _tensorrt_options(config: ModelConfig, audio_input: TensorSpec | None) -> dict[str, str]:
     trt = config.tensorrt
     options = {"trt_fp16_enable": "1" if trt.fp16 else "0"}
     if trt.engine_cache_dir is not None:
-        options |= {"trt_engine_cache_enable": "1", "trt_engine_cache_path": str(trt.engine_cache_dir)}
+        cache = str(trt.engine_cache_dir)
+        options |= {"trt_engine_cache_enable": "1", "trt_engine_cache_path": cache}
+        options |= {"trt_timing_cache_enable": "1", "trt_timing_cache_path": cache}
+    if audio_input is not None:
+        # One profile for every batch the daemon sends: without it TensorRT builds a new engine for each new batch
+        # size it meets (minutes on a Jetson), stalling the inference loop past the systemd watchdog.
+        name, samples = audio_input.name, audio_input.shape[-1]
+        for which, batch in (("min", 1), ("opt", min(4, trt.max_batch)), ("max", trt.max_batch)):
+            options[f"trt_profile_{which}_shapes"] = f"{name}:{batch}x{samples}"
     return options
 
 
@@ -99,7 +113,7 @@ class AudioModel:
     """Waveform windows [n, window_samples] -> embeddings [n, dim], in one call where the model allows it."""
 
     def __init__(self, bundle_dir: Path, manifest: Manifest, config: ModelConfig) -> None:
-        providers = choose_providers(config)
+        providers = choose_providers(config, _first_audio_input(manifest))
         on_gpu = any((p if isinstance(p, str) else p[0]) in GPU_PROVIDERS for p in providers)
         self.precision = choose_precision(config, manifest, on_gpu)
         self.entry: ModelFile = manifest.audio[self.precision]
@@ -110,8 +124,13 @@ class AudioModel:
         if (fallback := report_fallback(providers, self.providers)) is not None:
             logger.warning("audio model: %s", fallback)
         logger.info("audio model %s on %s", self.entry.file, ", ".join(self.providers))
+        on_tensorrt = self.providers[0] == PROVIDER_NAMES["tensorrt"]
+        self.max_batch = config.tensorrt.max_batch if on_tensorrt else None  # the engine's profile's limit
 
     def embed(self, windows: np.ndarray) -> np.ndarray:
+        if self.max_batch is not None and len(windows) > self.max_batch:
+            chunks = range(0, len(windows), self.max_batch)
+            return np.concatenate([self.embed(windows[i : i + self.max_batch]) for i in chunks])
         if self.entry.batch_invariant:
             return self._session.run(None, {self._input: windows})[0]
         # Dynamic int8 scales span the batch: one window per call keeps each stream's score its own.
@@ -119,6 +138,12 @@ class AudioModel:
 
     def warm_up(self) -> None:
         self.embed(np.zeros((1, self.window_samples), dtype=np.float32))
+
+
+def _first_audio_input(manifest: Manifest) -> TensorSpec | None:
+    """The audio models' input (every precision has the same): its name and samples per window."""
+    entries = list(manifest.audio.values())
+    return entries[0].inputs[0] if entries and entries[0].inputs else None
 
 
 class TextModel:

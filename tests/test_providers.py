@@ -8,11 +8,13 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
 import onnxruntime as ort
 import pytest
 
 from clapd.daemon.config import ModelConfig
 from clapd.daemon.inference import AudioModel, choose_providers, open_bundle, provider_entry, report_fallback
+from clapd.daemon.manifest import TensorSpec
 
 
 def test_cuda_runs_fp32_without_tf32_unless_asked() -> None:
@@ -21,10 +23,22 @@ def test_cuda_runs_fp32_without_tf32_unless_asked() -> None:
 
 
 def test_tensorrt_options_follow_the_config(tmp_path: Path) -> None:
-    config = ModelConfig.model_validate({"tensorrt": {"fp16": True, "engine_cache_dir": str(tmp_path)}})
-    name, options = provider_entry("tensorrt", config)
+    config = ModelConfig.model_validate({"tensorrt": {"fp16": True, "engine_cache_dir": str(tmp_path), "max_batch": 8}})
+    audio_input = TensorSpec(name="waveform", dtype="float32", shape=["batch", 480000])
+    name, options = provider_entry("tensorrt", config, audio_input)
     assert name == "TensorrtExecutionProvider"
-    assert options == {"trt_fp16_enable": "1", "trt_engine_cache_enable": "1", "trt_engine_cache_path": str(tmp_path)}
+    cache = str(tmp_path)
+    assert options == {
+        "trt_fp16_enable": "1",
+        "trt_engine_cache_enable": "1",
+        "trt_engine_cache_path": cache,
+        "trt_timing_cache_enable": "1",
+        "trt_timing_cache_path": cache,
+        "trt_profile_min_shapes": "waveform:1x480000",
+        "trt_profile_opt_shapes": "waveform:4x480000",
+        "trt_profile_max_shapes": "waveform:8x480000",
+    }
+    assert provider_entry("tensorrt", ModelConfig())[1] == {"trt_fp16_enable": "0"}
 
 
 def test_missing_gpu_providers_are_skipped_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
@@ -50,3 +64,11 @@ def test_the_provider_in_use_is_logged(small_bundle_dir: Path, caplog: pytest.Lo
         model = AudioModel(small_bundle_dir, open_bundle(small_bundle_dir), ModelConfig(providers=["cpu"]))
     assert model.providers == ["CPUExecutionProvider"]
     assert "on CPUExecutionProvider" in caplog.text and "requested but" not in caplog.text
+
+
+def test_batches_beyond_the_engine_profile_are_split(small_bundle_dir: Path) -> None:
+    model = AudioModel(small_bundle_dir, open_bundle(small_bundle_dir), ModelConfig(providers=["cpu"]))
+    windows = np.random.default_rng(0).standard_normal((5, model.window_samples)).astype(np.float32) * 0.1
+    whole = model.embed(windows)
+    model.max_batch = 2  # as on TensorRT with tensorrt.max_batch: 2
+    np.testing.assert_allclose(model.embed(windows), whole, atol=1e-5)
