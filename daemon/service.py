@@ -154,7 +154,22 @@ def run_config(config: ClapdConfig, config_path: Path | None = None) -> int:
         service.serve(signals)
     finally:
         service.stop()
-    return EXIT_CRASHED if service.crashed else 0
+    code = EXIT_CRASHED if service.crashed else 0
+    _exit_now_if_audio_hangs(code)
+    return code
+
+
+def _exit_now_if_audio_hangs(code: int) -> None:
+    """A stalled microphone's stream may still be closing in the background; PortAudio's exit handler would wait for
+    it, possibly for ever. Everything of ours has stopped by now: exit without running the exit handlers."""
+    mic = sys.modules.get("clapd.daemon.sources.mic")
+    if mic is None or mic.open_stream_count() == 0:
+        return
+    logger.warning("a stalled audio device is still closing; exiting without waiting for PortAudio")
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 class _Signals:
