@@ -178,8 +178,10 @@ class LazyTextModel:
             self._model = TextModel(*self._args)
         return self._model.embed(prompts)
 
-    def release(self) -> None:
-        self._model = None
+    def release(self) -> bool:
+        """Drop the model; True if it was loaded."""
+        loaded, self._model = self._model is not None, None
+        return loaded
 
 
 def _load(path: Path, providers: list, threads: int) -> ort.InferenceSession:
