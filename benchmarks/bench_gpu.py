@@ -222,8 +222,14 @@ def daemon_worker(args: argparse.Namespace, variant: str, notes: list[str]) -> t
     start = time.perf_counter()
     model = AudioModel(bundle, open_bundle(bundle), config)
     load_s = time.perf_counter() - start
-    notes.append(f"config: providers {config.providers}, precision {config.precision!r} -> {model.precision}")
+    notes.append(
+        f"config: providers {config.providers}, precision {config.precision!r} -> {model.precision}, "
+        f"cuda_tf32 {config.cuda_tf32}"
+    )
     notes.append(f"available providers: {', '.join(ort.get_available_providers())}")
+    applied = model._session.get_provider_options().get("CUDAExecutionProvider")  # what onnxruntime applied
+    if applied is not None:
+        notes.append(f"CUDAExecutionProvider options in use (set by the daemon): use_tf32={applied.get('use_tf32')}")
     return model.embed, model.providers, model.precision, load_s
 
 

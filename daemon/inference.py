@@ -83,6 +83,14 @@ def report_fallback(requested: list[str | tuple[str, dict[str, str]]], used: lis
     return f"{first} was requested but onnxruntime runs the model on {', '.join(used)} (its own log says why)"
 
 
+def providers_from(
+    requested: list[str | tuple[str, dict[str, str]]], name: str
+) -> list[str | tuple[str, dict[str, str]]]:
+    """The requested providers from `name` on, with their options; empty if `name` was not requested."""
+    names = [p if isinstance(p, str) else p[0] for p in requested]
+    return requested[names.index(name) :] if name in names else []
+
+
 def _tensorrt_options(config: ModelConfig, audio_input: TensorSpec | None) -> dict[str, str]:
     trt = config.tensorrt
     options = {"trt_fp16_enable": "1" if trt.fp16 else "0"}
@@ -118,11 +126,17 @@ class AudioModel:
         self.precision = choose_precision(config, manifest, on_gpu)
         self.entry: ModelFile = manifest.audio[self.precision]
         self.window_samples = manifest.window_samples
-        self._session = _load(bundle_dir / self.entry.file, providers, config.threads)
-        self._input = self._session.get_inputs()[0].name
+        path = bundle_dir / self.entry.file
+        self._session = _load(path, providers, config.threads)
         self.providers = self._session.get_providers()
         if (fallback := report_fallback(providers, self.providers)) is not None:
             logger.warning("audio model: %s", fallback)
+            # onnxruntime's own fallback retries without any provider options (use_tf32=0 among them, measured on
+            # an H100): load again from the provider it fell back to, with clapd's options.
+            if rest := providers_from(providers, self.providers[0]):
+                self._session = _load(path, rest, config.threads)
+                self.providers = self._session.get_providers()
+        self._input = self._session.get_inputs()[0].name
         logger.info("audio model %s on %s", self.entry.file, ", ".join(self.providers))
         on_tensorrt = self.providers[0] == PROVIDER_NAMES["tensorrt"]
         self.max_batch = config.tensorrt.max_batch if on_tensorrt else None  # the engine's profile's limit

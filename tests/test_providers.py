@@ -13,7 +13,14 @@ import onnxruntime as ort
 import pytest
 
 from clapd.daemon.config import ModelConfig
-from clapd.daemon.inference import AudioModel, choose_providers, open_bundle, provider_entry, report_fallback
+from clapd.daemon.inference import (
+    AudioModel,
+    choose_providers,
+    open_bundle,
+    provider_entry,
+    providers_from,
+    report_fallback,
+)
 from clapd.daemon.manifest import TensorSpec
 
 
@@ -57,6 +64,14 @@ def test_a_fallback_is_reported() -> None:
     warning = report_fallback(requested, ["CUDAExecutionProvider", "CPUExecutionProvider"])
     assert warning is not None and warning.startswith("TensorrtExecutionProvider was requested")
     assert "CUDAExecutionProvider, CPUExecutionProvider" in warning
+
+
+def test_after_a_fallback_the_providers_are_asked_again_with_their_options() -> None:
+    cuda = ("CUDAExecutionProvider", {"use_tf32": "0"})
+    requested = [("TensorrtExecutionProvider", {"trt_fp16_enable": "0"}), cuda, "CPUExecutionProvider"]
+    assert providers_from(requested, "CUDAExecutionProvider") == [cuda, "CPUExecutionProvider"]
+    assert providers_from(requested, "CPUExecutionProvider") == ["CPUExecutionProvider"]
+    assert providers_from(requested, "ROCMExecutionProvider") == []
 
 
 def test_the_provider_in_use_is_logged(small_bundle_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
