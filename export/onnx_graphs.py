@@ -20,14 +20,19 @@ TEXT_INPUTS, TEXT_OUTPUT = ("input_ids", "attention_mask"), "embedding"
 FRONT_END_PREFIX = "front_end/"
 
 
-def _export(module: torch.nn.Module, args: tuple[torch.Tensor, ...], path: Path, **names: object) -> None:
+def _export(
+    module: torch.nn.Module, args: tuple[torch.Tensor, ...], path: Path, *, fold: bool = True, **names: object
+) -> None:
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer warnings about shape-derived Python ints, which are constant
-        torch.onnx.export(module, args, str(path), opset_version=OPSET, dynamo=False, **names)
+        torch.onnx.export(module, args, str(path), opset_version=OPSET, dynamo=False, do_constant_folding=fold, **names)
 
 
 def export_audio_stages(encoder: AudioEncoder, front_end_path: Path, embedder_path: Path) -> None:
     """The two halves of the audio model, each with a dynamic batch axis.
+
+    The front end is exported without constant folding: folded, its in-graph DFT basis (`LogMelFrontEnd`) would
+    come back as a 4.9 MB int64 index initializer. onnxruntime folds it at session load instead.
 
     Export mutates HTS-AT modules (window sizes become tensors): compute PyTorch references before this.
     """
@@ -37,6 +42,7 @@ def export_audio_stages(encoder: AudioEncoder, front_end_path: Path, embedder_pa
         encoder.features,
         (waveform,),
         front_end_path,
+        fold=False,
         input_names=[AUDIO_INPUT],
         output_names=[FEATURES],
         dynamic_axes={AUDIO_INPUT: batch, FEATURES: batch},

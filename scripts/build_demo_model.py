@@ -3,7 +3,7 @@
 Everything is seeded: the clips (`clapd.models.synthetic` through `SyntheticDataset`, seed 0), the tokenizer (BPE on
 the training captions), the initial weights and the training order. About 20 minutes on 2 CPU cores.
 
-    .venv/bin/python scripts/build_demo_model.py [--resume]
+    .venv/bin/python scripts/build_demo_model.py [--resume | --export-only]
 """
 
 from __future__ import annotations
@@ -83,16 +83,22 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work-dir", type=Path, default=WORK, help="the trained model directory (kept)")
     parser.add_argument("-o", "--output", type=Path, default=BUNDLE, help="bundle directory to (re)write")
-    parser.add_argument("--resume", action="store_true", help="continue an interrupted training run")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true", help="continue an interrupted training run")
+    mode.add_argument("--export-only", action="store_true", help="re-export the trained model in --work-dir")
     parser.add_argument("--clips", type=int, default=CLIPS, help="for quick trials only")
     parser.add_argument("--epochs", type=int, default=EPOCHS, help="for quick trials only")
     args = parser.parse_args()
     began = time.perf_counter()
-    if not args.resume and args.work_dir.exists():
-        raise SystemExit(f"{args.work_dir} exists: remove it, or pass --resume to continue its run")
-    train(args.work_dir, args.clips, args.epochs, args.resume)
+    if args.export_only:
+        if not (args.work_dir / "config.json").is_file():
+            raise SystemExit(f"{args.work_dir}: no trained model to export")
+    else:
+        if not args.resume and args.work_dir.exists():
+            raise SystemExit(f"{args.work_dir} exists: remove it, or pass --resume to continue its run")
+        train(args.work_dir, args.clips, args.epochs, args.resume)
+        print(f"trained in {(time.perf_counter() - began) / 60:.1f} min; exporting", flush=True)
     trained = time.perf_counter()
-    print(f"trained in {(trained - began) / 60:.1f} min; exporting", flush=True)
     export(args.work_dir, args.output)
     print(f"exported in {(time.perf_counter() - trained) / 60:.1f} min to {args.output}:")
     print_sizes(args.output)

@@ -111,6 +111,37 @@ def test_onnx_audio_matches_the_reference(
         assert result.relative_error <= verify.MAX_RELATIVE_ERROR[precision]
 
 
+# The largest tensor the front end needs stored is the mel bank (297 bins x 64 filters fp32: 76 KB); the DFT basis
+# (2.4 MB), a dense bicubic matrix (4 MB) or the basis's int64 index (4.9 MB) must not come back.
+MAX_FRONT_END_TENSOR_BYTES = 128 * 1024
+MAX_FRONT_END_BYTES = 256 * 1024
+
+
+def front_end_tensors(model: onnx.ModelProto) -> dict[str, int]:
+    """Bytes of every tensor the front end stores: its initializers and its Constant nodes' values."""
+    prefix = onnx_graphs.FRONT_END_PREFIX
+    stored = {t.name: numpy_helper.to_array(t).nbytes for t in model.graph.initializer if t.name.startswith(prefix)}
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.output[0].startswith(prefix):
+            for attribute in node.attribute:
+                if attribute.type == onnx.AttributeProto.TENSOR:
+                    stored[node.output[0]] = numpy_helper.to_array(attribute.t).nbytes
+    return stored
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+def test_front_end_stores_no_dft_basis(small_bundle: Path, precision: str) -> None:
+    """The DFT basis is built in the graph from small tables; folded by the exporter, it would be stored again."""
+    model = onnx.load(str(small_bundle / f"audio_{precision}.onnx"))
+    stored = front_end_tensors(model)
+    assert any("cosine" in name for name in stored)  # the front end is there, under its prefix
+    largest = max(stored, key=stored.__getitem__)
+    assert stored[largest] <= MAX_FRONT_END_TENSOR_BYTES, (largest, stored[largest])
+    assert sum(stored.values()) <= MAX_FRONT_END_BYTES
+    ops = {node.op_type for node in model.graph.node if node.name.startswith(onnx_graphs.FRONT_END_PREFIX)}
+    assert {"Mod", "Gather", "Conv"} <= ops
+
+
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
 def test_dynamic_batch_gives_the_same_rows(
     small_bundle: Path, test_audio: dict[str, np.ndarray], precision: str
