@@ -209,7 +209,7 @@ def offline_embeddings(bundle: Path, precision: str, plan: Plan) -> np.ndarray:
     """[windows, dim] on the daemon's grid, each window repeat-padded and embedded alone, as the daemon does."""
     from clapd.daemon.config import ModelConfig
     from clapd.daemon.inference import AudioModel, open_bundle
-    from clapd.daemon.windowing import repeat_pad
+    from clapd.daemon.windows import repeat_pad
 
     manifest = open_bundle(bundle)
     model = AudioModel(bundle, manifest, ModelConfig(bundle=bundle, providers=["cpu"], precision=precision))

@@ -33,7 +33,7 @@ from doc_sections import write_section
 from clapd.daemon.config import ClapdConfig, ModelConfig
 from clapd.daemon.inference import AudioModel, TextModel, open_bundle
 from clapd.daemon.manifest import Manifest
-from clapd.daemon.windowing import repeat_pad
+from clapd.daemon.windows import repeat_pad
 from clapd.models import synthetic
 from clapd.models.finetune_data import split_captions
 

@@ -57,7 +57,7 @@ from clapd.daemon.inference import AudioModel, TextModel, open_bundle
 from clapd.daemon.matcher import Matcher, PromptCache, build_detections
 from clapd.daemon.records import Scores
 from clapd.daemon.service import DEMO_DETECTIONS, DEMO_EVENT_SETTINGS
-from clapd.daemon.windowing import repeat_pad
+from clapd.daemon.windows import repeat_pad
 from clapd.models.demo_stream import DEFAULT_LAYOUT, PlannedEvent, make_demo_stream
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))

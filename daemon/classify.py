@@ -10,7 +10,7 @@ import numpy as np
 from clapd.daemon.config import DetectionConfig, ModelConfig
 from clapd.daemon.inference import AudioModel, TextModel, open_bundle
 from clapd.daemon.matcher import Matcher, PromptCache, build_detections
-from clapd.daemon.windowing import repeat_pad
+from clapd.daemon.windows import repeat_pad
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,7 @@ import json
 import logging
 from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from pydantic.fields import FieldInfo
@@ -84,6 +84,18 @@ class ControlResult(BaseModel):
 
     def to_json(self) -> bytes:
         return self.model_dump_json().encode()
+
+
+class ControlChannel(Protocol):
+    """Where control requests come from and their results go (MQTT today: `clapd.daemon.mqtt.control`).
+
+    The channel parses and refuses malformed requests itself; valid ones reach `handler`, which runs in the
+    channel's own thread and must only enqueue: the daemon's main thread applies them, one at a time.
+    """
+
+    def listen(self, handler: Callable[[ControlRequest], None]) -> None: ...
+
+    def answer(self, result: ControlResult) -> None: ...
 
 
 # The fields of a detection, each optional: an update names only those it changes (read with `exclude_unset`).

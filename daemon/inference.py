@@ -13,7 +13,7 @@ import onnxruntime as ort
 
 from clapd.daemon.config import ModelConfig
 from clapd.daemon.manifest import BundleError, Manifest, ModelFile, Precision, TensorSpec
-from clapd.daemon.text import PromptTokenizer
+from clapd.daemon.tokenizer import PromptTokenizer
 
 logger = logging.getLogger(__name__)
 

@@ -18,6 +18,7 @@ class Window:
 
     stream: str
     start_sample: int  # index of the first sample since the stream started (model rate)
+    end_sample: int  # one past the window's last real (unpadded) sample
     samples: np.ndarray  # float32 mono [window_samples] at the model's rate, repeat-padded if the window is short
 
 
@@ -49,3 +50,24 @@ class DetectionEvent:
     peak_score: float
     mean_score: float
     sample_rate: int  # to turn the offsets into seconds
+
+
+@dataclass(frozen=True, slots=True)
+class StateChange:
+    """A (stream, detection) pair's state: ON from an event's start to its end (retained on MQTT)."""
+
+    stream: str
+    detection: str
+    on: bool
+
+
+@dataclass(frozen=True, slots=True)
+class LevelReading:
+    """A stream's input level: the RMS of its last second of audio."""
+
+    stream: str
+    dbfs: float  # full scale 1.0; SILENCE_DBFS for digital silence
+
+
+# What the inference thread hands to the outputs' thread, in order.
+OutputRecord = DetectionEvent | StateChange | LevelReading | Scores

@@ -1,4 +1,5 @@
-"""Per-stream sliding windows over a ring buffer, with bounded latency when inference falls behind."""
+"""How audio becomes model windows: repeat-padding to the model's input, and per-stream sliding windows over a ring
+buffer with bounded latency when inference falls behind. numpy only: the export's verification pads clips here too."""
 
 from __future__ import annotations
 
@@ -10,9 +11,25 @@ import numpy as np
 
 from clapd.daemon.records import Window
 from clapd.daemon.ring import Overrun
-from clapd.daemon.windowing import repeat_pad
 
 logger = logging.getLogger(__name__)
+
+
+def repeat_pad(clip: np.ndarray, window_samples: int) -> np.ndarray:
+    """Fit a mono clip to the model's fixed input the way CLAP's reference does ("repeatpad").
+
+    A shorter clip is tiled a whole number of times, then zero-padded to `window_samples`; a longer one is
+    rejected, because the reference's answer there is a random crop.
+    """
+    if clip.ndim != 1:
+        raise ValueError(f"expected a mono clip [samples], got shape {clip.shape}")
+    length = clip.shape[0]
+    if length == 0:
+        raise ValueError("cannot pad an empty clip")
+    if length > window_samples:
+        raise ValueError(f"clip of {length} samples is longer than the model's window of {window_samples}")
+    tiled = np.tile(clip, window_samples // length)
+    return np.pad(tiled, (0, window_samples - tiled.shape[0])).astype(np.float32, copy=False)
 
 
 class SampleSource(Protocol):
@@ -96,4 +113,5 @@ class StreamWindows:
             return None
         self._produced += 1
         padded = samples if self._window == self._model_window else repeat_pad(samples, self._model_window)
-        return Window(stream=self.stream, start_sample=start, samples=padded.astype(np.float32, copy=False))
+        samples = padded.astype(np.float32, copy=False)
+        return Window(stream=self.stream, start_sample=start, end_sample=start + self._window, samples=samples)

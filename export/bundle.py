@@ -31,7 +31,7 @@ from clapd.daemon.manifest import (
     TokenizerFile,
     sha256_file,
 )
-from clapd.daemon.text import PromptTokenizer
+from clapd.daemon.tokenizer import PromptTokenizer
 from clapd.export import onnx_graphs, verify
 from clapd.models.checkpoints import LoadedCheckpoint, load_checkpoint
 from clapd.models.encoders import AudioEncoder, TextEncoder

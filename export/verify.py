@@ -14,7 +14,7 @@ import numpy as np
 import onnxruntime as ort
 
 from clapd.daemon.manifest import Parity, Precision
-from clapd.daemon.windowing import repeat_pad
+from clapd.daemon.windows import repeat_pad
 
 MIN_COSINE: dict[str, float] = {"fp32": 0.99999, "fp16": 0.999, "int8": 0.99}
 # An error this fraction of the gap between the two closest different inputs could swap their ranks. int8's

@@ -48,7 +48,7 @@ class AudioEncoder(nn.Module):
     """48 kHz mono float32 waveform [batch, window_samples] -> embedding [batch, projection_dim].
 
     Two stages, so that export can keep the front end in fp32 while the embedder changes precision. Windows
-    shorter than the model's input are repeat-padded before they get here (`clapd.daemon.windowing`), as the
+    shorter than the model's input are repeat-padded before they get here (`clapd.daemon.windows`), as the
     reference does. The fusion branch of fused checkpoints only acts on longer clips and is not part of this.
     """
 

@@ -29,7 +29,7 @@ import numpy as np
 import soundfile
 import soxr
 
-from clapd.daemon.windowing import repeat_pad
+from clapd.daemon.windows import repeat_pad
 from clapd.models import synthetic
 
 logger = logging.getLogger(__name__)

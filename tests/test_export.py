@@ -17,8 +17,8 @@ from onnx import numpy_helper
 from transformers import AutoTokenizer, ClapFeatureExtractor, ClapModel
 
 from clapd.daemon.manifest import BundleError, Manifest
-from clapd.daemon.text import PromptTokenizer
-from clapd.daemon.windowing import repeat_pad
+from clapd.daemon.tokenizer import PromptTokenizer
+from clapd.daemon.windows import repeat_pad
 from clapd.export import onnx_graphs, verify
 from clapd.export.bundle import ExportRequest, export_bundle
 

@@ -31,7 +31,7 @@ from clapd.daemon.matcher import Matcher, PromptCache, build_detections
 from clapd.daemon.records import Scores
 from clapd.daemon.runner import Daemon
 from clapd.daemon.stdout_publisher import StdoutPublisher
-from clapd.daemon.windowing import repeat_pad
+from clapd.daemon.windows import repeat_pad
 
 RATE = 48_000
 WINDOW_S, HOP_S = 2.0, 0.5

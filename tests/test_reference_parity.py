@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from helpers import SAMPLE_RATE, WINDOW, hf_audio_embeddings
 from transformers import AutoTokenizer, ClapFeatureExtractor, ClapModel
 
-from clapd.daemon.windowing import repeat_pad
+from clapd.daemon.windows import repeat_pad
 from clapd.export.verify import compare
 from clapd.models.checkpoints import load_checkpoint
 from clapd.models.encoders import AudioEncoder, TextEncoder

@@ -1,0 +1,77 @@
+"""The one interface every output implements in full: what the daemon finds goes out through these methods only.
+
+Threads: `start`, `stop` and `announce` are called from the main thread; the `publish_*` methods only from the
+outputs' thread (`clapd.daemon.runner`), in the order the inference thread produced the records, so an output
+never has to order or lock them itself. An output never blocks that thread on the network: one that talks to a
+server queues (`clapd.daemon.mqtt`).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from clapd.daemon.config import DetectionConfig
+from clapd.daemon.records import DetectionEvent, LevelReading, OutputRecord, Scores, StateChange
+
+
+@dataclass(frozen=True, slots=True)
+class OutputStats:
+    """An output's counters since it was created, for metrics and tests."""
+
+    sent: int  # records delivered (MQTT: acknowledged by the broker; QoS 0: handed to the socket)
+    dropped: int  # records thrown away: a full queue or disk, a closed pipe, refused by the broker
+    queued: int = 0  # records waiting to be delivered (MQTT: on disk, sent or not, until acknowledged)
+    connected: bool | None = None  # a session with a server is up; None: this output has no server
+    connects: int = 0
+    disconnects: int = 0  # sessions lost or closed
+    auth_failures: int = 0  # connections refused for bad credentials or authorization
+
+
+class Output(ABC):
+    """A sink for events, states, levels and (if it wants them) every window's scores."""
+
+    name: str  # for logs and metrics labels
+    wants_scores: bool = False  # the outputs' thread is handed every window's `Scores` only when some output wants them
+
+    @abstractmethod
+    def start(self) -> None:
+        """Begin delivering; a server that is away now is retried in the background, never raised."""
+
+    @abstractmethod
+    def stop(self, timeout: float = 2.0) -> None:
+        """Deliver what can be delivered within `timeout` s and release everything; a second call does nothing."""
+
+    @abstractmethod
+    def publish_event(self, event: DetectionEvent) -> None: ...
+
+    @abstractmethod
+    def publish_state(self, change: StateChange) -> None: ...
+
+    @abstractmethod
+    def publish_level(self, reading: LevelReading) -> None: ...
+
+    @abstractmethod
+    def publish_scores(self, scores: Scores) -> None: ...
+
+    @abstractmethod
+    def announce(self, streams: Sequence[str], detections: Mapping[str, DetectionConfig]) -> None:
+        """The streams and detections now in force (Home Assistant discovery), after start and after each change."""
+
+    @abstractmethod
+    def stats(self) -> OutputStats: ...
+
+
+def deliver(output: Output, record: OutputRecord) -> None:
+    """Hand one record to the method for its type."""
+    if isinstance(record, DetectionEvent):
+        output.publish_event(record)
+    elif isinstance(record, StateChange):
+        output.publish_state(record)
+    elif isinstance(record, LevelReading):
+        output.publish_level(record)
+    elif isinstance(record, Scores):
+        output.publish_scores(record)
+    else:
+        raise TypeError(f"not an output record: {type(record).__name__}")
