@@ -117,31 +117,59 @@ def _run_check_config(args: argparse.Namespace) -> int:
 
 
 def _add_classify(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser("classify", help="scores over time for a recording, to choose prompts and thresholds")
+    parser = commands.add_parser(
+        "classify",
+        help="scores over time for a recording, to choose prompts and thresholds",
+        description="Scores a recording window by window through the daemon's own Detector: with -c, the config's "
+        "model, detections, windows and background prompts, as `clapd run -c` would; without, the embedded demo "
+        "bundle (or --bundle) on the CPU in fp32. --prompt replaces the detections by ad-hoc prompts.",
+    )
     parser.add_argument("audio", type=Path)
-    parser.add_argument("--prompt", action="append", required=True, help="a text prompt (repeat for several)")
-    parser.add_argument("--bundle", type=Path, required=True, help="model bundle directory")
-    parser.add_argument("--window", type=float, default=10.0, help="window seconds (1-10)")
-    parser.add_argument("--hop", type=float, default=1.0, help="hop seconds")
-    parser.add_argument("--background", action="append", help="background prompts (default: the daemon's)")
+    parser.add_argument("-c", "--config", type=Path, help="score with this config's model and detections")
+    parser.add_argument("--prompt", action="append", help="a text prompt (repeat for several)")
+    parser.add_argument("--bundle", type=Path, help="model bundle directory (default: the config's, else the demo)")
+    parser.add_argument(
+        "--window",
+        type=float,
+        help="window seconds, 1-10 (default: the config's, else 2 s with the demo bundle and 10 s with another)",
+    )
+    parser.add_argument("--hop", type=float, help="hop seconds (default: the config's, else 0.5 s / 1 s)")
+    parser.add_argument("--background", action="append", help="background prompts (default: the config's)")
+    parser.add_argument("--json", action="store_true", help="full-precision scores and the events, as JSON")
     parser.add_argument("--plot", type=Path, help="also write a PNG plot here")
     parser.set_defaults(run=_run_classify)
 
 
 def _run_classify(args: argparse.Namespace) -> int:
-    from clapd.daemon.classify import classify, format_table, plot
-    from clapd.daemon.config import ClapdConfig
+    from pydantic import ValidationError
+
+    from clapd.daemon.classify import classify, format_json, format_table, plot, scoring_from
+    from clapd.daemon.config import ConfigError, describe_error, load_config
     from clapd.daemon.manifest import BundleError
 
-    if not 1.0 <= args.window <= 10.0 or not 0.1 <= args.hop <= args.window:
-        print("clapd classify: --window must be 1-10 s and --hop 0.1 s up to the window", file=sys.stderr)
-        return 2
-    background = args.background or ClapdConfig.model_fields["background_prompts"].get_default(
-        call_default_factory=True
-    )
     try:
-        table = classify(args.bundle, args.audio, args.prompt, background, args.window, args.hop)
-        print(format_table(table))
+        config = load_config(args.config) if args.config is not None else None
+        scoring = scoring_from(
+            config,
+            prompts=args.prompt,
+            bundle=args.bundle,
+            window_s=args.window,
+            hop_s=args.hop,
+            background=args.background,
+        )
+    except ConfigError as e:
+        print(f"clapd classify: {e}", file=sys.stderr)
+        return 2
+    except ValidationError as e:
+        problems = "; ".join(describe_error(error) for error in e.errors())
+        print(f"clapd classify: --window/--hop: {problems}", file=sys.stderr)
+        return 2
+    except ValueError as e:
+        print(f"clapd classify: {e}", file=sys.stderr)
+        return 2
+    try:
+        table = classify(args.audio, scoring)
+        print(format_json(table) if args.json else format_table(table))
         if args.plot:
             plot(table, args.plot)
     except (BundleError, ValueError, RuntimeError) as e:

@@ -2,23 +2,83 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
-from clapd.daemon.config import DetectionConfig, ModelConfig
-from clapd.daemon.inference import AudioModel, TextModel, open_bundle
-from clapd.daemon.matcher import Matcher, PromptCache, build_detections
-from clapd.daemon.windows import repeat_pad
+from clapd.daemon.config import ClapdConfig, DetectionConfig, ModelConfig, WindowConfig
+from clapd.daemon.demo import DEMO_WINDOWS, installed_demo_bundle
+from clapd.daemon.detector import Detector
+from clapd.daemon.events import StreamClock
+from clapd.daemon.inference import AudioModel, LazyTextModel, open_bundle
+from clapd.daemon.manifest import window_samples_for
+from clapd.daemon.mqtt.payloads import EventPayload
+from clapd.daemon.prompts import DetectionPreparer
+from clapd.daemon.records import DetectionEvent
+from clapd.daemon.windows import clip_windows
+
+STREAM = "file"  # the recording's stream name in events
+BATCH_WINDOWS = 8  # windows per model call
 
 
 @dataclass(frozen=True, slots=True)
 class ScoreTable:
-    prompts: list[str]
+    prompts: list[str]  # the detections' names, one column each
     starts: np.ndarray  # [windows] seconds
     ends: np.ndarray  # [windows] seconds
     scores: np.ndarray  # [windows, prompts] in [0, 1]
+    events: list[DetectionEvent]  # what the daemon would have published for this recording
+
+
+@dataclass(frozen=True, slots=True)
+class Scoring:
+    """What to score with: the model and the detections, as a config gives them."""
+
+    bundle: Path
+    model: ModelConfig
+    detections: Mapping[str, DetectionConfig]
+    background: list[str]
+    windows: WindowConfig
+
+
+def scoring_from(
+    config: ClapdConfig | None,
+    *,
+    prompts: list[str] | None = None,
+    bundle: Path | None = None,
+    window_s: float | None = None,
+    hop_s: float | None = None,
+    background: list[str] | None = None,
+) -> Scoring:
+    """What `clapd run` would use with this config (None: the embedded default's model, on the CPU in fp32), with
+    the given options laid over it; `prompts` replace the detections, each named by its text."""
+    demo = installed_demo_bundle()
+    if config is not None:
+        model, detections = config.model, dict(config.detections)
+        windows, default_background = config.windows, list(config.background_prompts)
+    else:
+        model = ModelConfig(providers=["cpu"], precision="fp32")
+        detections, default_background = {}, _default_background()
+        windows = WindowConfig.model_validate(DEMO_WINDOWS if bundle is None else {})
+    if prompts:
+        detections = {prompt: DetectionConfig(prompts=[prompt]) for prompt in prompts}
+    if not detections:
+        raise ValueError("nothing to score: give --prompt (one or more) or -c CONFIG")
+    if window_s is not None or hop_s is not None:
+        changed = {"window_seconds": window_s or windows.window_seconds, "hop_seconds": hop_s or windows.hop_seconds}
+        windows = WindowConfig.model_validate(changed)
+    chosen = bundle or model.bundle or demo
+    if chosen is None:
+        raise ValueError("no bundle: give --bundle (this install has no demo bundle)")
+    return Scoring(chosen, model, detections, background or default_background, windows)
+
+
+def _default_background() -> list[str]:
+    return ClapdConfig.model_fields["background_prompts"].get_default(call_default_factory=True)
 
 
 def read_audio(path: Path, sample_rate: int) -> np.ndarray:
@@ -34,27 +94,41 @@ def read_audio(path: Path, sample_rate: int) -> np.ndarray:
     return mono if rate == sample_rate else soxr.resample(mono, rate, sample_rate).astype(np.float32)
 
 
-def classify(
-    bundle: Path, audio_path: Path, prompts: list[str], background: list[str], window_s: float, hop_s: float
-) -> ScoreTable:
-    manifest = open_bundle(bundle)
-    config = ModelConfig(bundle=bundle, providers=["cpu"], precision="fp32")
-    audio_model = AudioModel(bundle, manifest, config)
-    cache = PromptCache(TextModel(bundle, manifest, config), None, manifest.text.sha256)
-    detections = build_detections({f"p{i}": DetectionConfig(prompts=[p]) for i, p in enumerate(prompts)}, cache)
-    matcher = Matcher(detections, cache.embed(background), manifest.logit_scale)
+def classify(audio_path: Path, scoring: Scoring) -> ScoreTable:
+    """The recording's windows through the daemon's own `Detector`: the same windows, scores and events."""
+    manifest = open_bundle(scoring.bundle)
+    window, hop = window_samples_for(scoring.windows, manifest)
+    audio_model = AudioModel(scoring.bundle, manifest, scoring.model)
+    preparer = DetectionPreparer(
+        LazyTextModel(scoring.bundle, manifest, scoring.model), None, manifest.text.sha256, manifest.logit_scale
+    )
+    detections = preparer.prepare(scoring.detections, scoring.background)
     rate = manifest.sample_rate
     audio = read_audio(audio_path, rate)
-    window, hop = int(window_s * rate), int(hop_s * rate)
-    starts = list(range(0, max(len(audio) - window, 0) + 1, hop))
-    rows = []
-    for start in starts:
-        clip = audio[start : start + window]
-        embedding = audio_model.embed(repeat_pad(clip, manifest.window_samples)[None])[0]
-        values = matcher.score("file", embedding)
-        rows.append([values[f"p{i}"] for i in range(len(prompts))])
-    ends = [min(s + window, len(audio)) for s in starts]
-    return ScoreTable(prompts, np.array(starts) / rate, np.array(ends) / rate, np.array(rows).reshape(-1, len(prompts)))
+    clock = StreamClock(datetime.now(timezone.utc), rate)
+    detector = Detector(audio_model, detections, {STREAM: clock}, hop)
+    windows = clip_windows(STREAM, audio, window, hop, manifest.window_samples)
+    scores, events = [], []
+    for first in range(0, len(windows), BATCH_WINDOWS):
+        found = detector.process(windows[first : first + BATCH_WINDOWS])
+        scores.extend(found.scores)
+        events.extend(found.events)
+    events.extend(detector.close(STREAM, len(audio)))
+    names = list(scoring.detections)
+    rows = np.array([[s.values[name] for name in names] for s in scores]).reshape(-1, len(names))
+    starts = np.array([s.start_sample for s in scores]) / rate
+    ends = np.array([s.end_sample for s in scores]) / rate
+    return ScoreTable(names, starts, ends, rows, events)
+
+
+def format_json(table: ScoreTable) -> str:
+    """Every window's scores (full precision) and the events, as one JSON document."""
+    windows = [
+        {"start_s": float(start), "end_s": float(end), "scores": dict(zip(table.prompts, map(float, row), strict=True))}
+        for start, end, row in zip(table.starts, table.ends, table.scores, strict=True)
+    ]
+    events = [json.loads(EventPayload.from_event(e).model_dump_json()) for e in table.events]
+    return json.dumps({"windows": windows, "events": events}, indent=1)
 
 
 def format_table(table: ScoreTable) -> str:

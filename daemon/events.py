@@ -4,6 +4,11 @@ Times are sample offsets in the stream. A sound's onset lies within the last hop
 heard it (the window one hop earlier did not), so the onset is placed half a hop before that window's end; its
 end likewise half a hop after the start of the last window that still heard it. Both are then within half a
 hop of the truth where the model's per-window decision is right.
+
+A sound heard by fewer windows than its onset and end estimates need (`hops * hop <= window`: a short sound, or
+one the model heard only in the windows that held most of it) would get an end at or before its onset. Such an
+event is reported as lasting one hop, the detector's time resolution: it starts at its onset and ends a hop later.
+An event still in progress when its stream stops ends where the audio did.
 """
 
 from __future__ import annotations
@@ -107,7 +112,7 @@ class DetectionTracker:
 
     def _offset(self, active: _Active) -> int:
         last = active.last_heard
-        return max(active.onset, (last.start_sample if last else active.onset) + self._hop // 2)
+        return max(active.onset + self._hop, (last.start_sample if last else active.onset) + self._hop // 2)
 
     def _event(self, kind: str, active: _Active, end: int | None) -> DetectionEvent:
         return DetectionEvent(

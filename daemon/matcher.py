@@ -7,21 +7,18 @@ window of ordinary sound is not forced onto the closest detection as a closed-se
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from clapd.daemon.config import DetectionConfig
 
+if TYPE_CHECKING:
+    from clapd.daemon.prompts import PromptCache
+
 logger = logging.getLogger(__name__)
-
-
-class TextEmbedder(Protocol):
-    def embed(self, prompts: list[str]) -> np.ndarray: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,50 +29,6 @@ class DetectionPrompts:
     positive: np.ndarray  # [dim]: the mean of its prompts' embeddings, renormalised
     negatives: np.ndarray  # [k, dim], k >= 0
     streams: frozenset[str] | None  # None: every stream
-
-
-class PromptCache:
-    """Prompt embeddings on disk, keyed by the text model's hash and the prompt: start-up skips the text model."""
-
-    def __init__(self, embedder: TextEmbedder, directory: Path | None, model_sha256: str) -> None:
-        self._embedder = embedder
-        self._directory = directory
-        self._model = model_sha256
-
-    def embed(self, prompts: list[str]) -> np.ndarray:
-        cached = {p: self._read(p) for p in dict.fromkeys(prompts)}
-        missing = [p for p, e in cached.items() if e is None]
-        if missing:
-            for prompt, embedding in zip(missing, self._embedder.embed(missing), strict=True):
-                cached[prompt] = embedding
-                self._write(prompt, embedding)
-        return np.stack([cached[p] for p in prompts]).astype(np.float32)
-
-    def _path(self, prompt: str) -> Path | None:
-        if self._directory is None:
-            return None
-        key = hashlib.sha256(f"{self._model}\0{prompt}".encode()).hexdigest()
-        return self._directory / f"{key}.npy"
-
-    def _read(self, prompt: str) -> np.ndarray | None:
-        path = self._path(prompt)
-        if path is None or not path.is_file():
-            return None
-        try:
-            return np.load(path, allow_pickle=False)
-        except (OSError, ValueError):
-            logger.warning("prompt cache entry %s is unreadable; recomputing it", path.name)
-            return None
-
-    def _write(self, prompt: str, embedding: np.ndarray) -> None:
-        path = self._path(prompt)
-        if path is None:
-            return
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            np.save(path, embedding)
-        except OSError as e:  # a read-only or full disk costs start-up time, nothing else
-            logger.warning("cannot write the prompt cache (%s); prompts will be re-embedded next start", e)
 
 
 def _unit(vectors: np.ndarray) -> np.ndarray:

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator, Sequence
-from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Histogram, start_http_server
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from clapd.daemon.config import MetricsConfig
-from clapd.daemon.runner import Daemon
+from clapd.daemon.output import Output
+from clapd.daemon.runner import Runner
 
 logger = logging.getLogger(__name__)
 
@@ -24,16 +24,12 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 SOURCE_STATES = ("stopped", "running", "restarting", "finished", "failed")
 
 
-class PublisherWithStats(Protocol):
-    def stats(self) -> object: ...
-
-
 class DaemonCollector(Collector):
-    """Reads the daemon's streams, events and publishers at every scrape."""
+    """Reads the runner's streams and events and the outputs' counters at every scrape."""
 
-    def __init__(self, daemon: Daemon, publishers: Sequence[object]) -> None:
-        self._daemon = daemon
-        self._publishers = [p for p in publishers if hasattr(p, "stats")]
+    def __init__(self, runner: Runner, outputs: Sequence[Output]) -> None:
+        self._runner = runner
+        self._outputs = list(outputs)
 
     def collect(self) -> Iterator[Metric]:
         yield from self._stream_metrics()
@@ -47,7 +43,7 @@ class DaemonCollector(Collector):
         outages = CounterMetricFamily("clapd_source_outages", "Times the source was lost", labels=["stream"])
         restarts = CounterMetricFamily("clapd_source_restarts", "Reopen or respawn attempts", labels=["stream"])
         state = GaugeMetricFamily("clapd_source_state", "1 for the source's current state", labels=["stream", "state"])
-        for stats in self._daemon.stream_stats():
+        for stats in self._runner.stream_stats():
             name = stats.name
             level.add_metric([name], stats.level_dbfs)
             overruns.add_metric([name], stats.source.overruns)
@@ -61,7 +57,7 @@ class DaemonCollector(Collector):
 
     def _event_metrics(self) -> Iterator[Metric]:
         events = CounterMetricFamily("clapd_events", "Events by kind", labels=["stream", "detection", "kind"])
-        for (stream, detection, kind), count in sorted(self._daemon.events_by_kind.copy().items()):
+        for (stream, detection, kind), count in sorted(self._runner.events_by_kind.copy().items()):
             events.add_metric([stream, detection, kind], count)
         yield events
 
@@ -70,9 +66,11 @@ class DaemonCollector(Collector):
         queued = GaugeMetricFamily("clapd_queue_depth", "Messages waiting on disk for the broker", labels=["publisher"])
         dropped = CounterMetricFamily("clapd_queue_dropped", "Messages thrown away", labels=["publisher"])
         auth = CounterMetricFamily("clapd_broker_auth_failures", "Refused credentials", labels=["publisher"])
-        for publisher in self._publishers:
-            name = type(publisher).__name__
-            stats = publisher.stats()  # type: ignore[attr-defined]
+        for output in self._outputs:
+            stats = output.stats()
+            if stats.connected is None:
+                continue  # no broker behind this output
+            name = output.name
             connected.add_metric([name], float(stats.connected))
             queued.add_metric([name], stats.queued)
             dropped.add_metric([name], stats.dropped)
@@ -83,9 +81,9 @@ class DaemonCollector(Collector):
 class MetricsServer:
     """The HTTP endpoint; `close()` stops it."""
 
-    def __init__(self, config: MetricsConfig, daemon: Daemon, publishers: Sequence[object]) -> None:
+    def __init__(self, config: MetricsConfig, runner: Runner, outputs: Sequence[Output]) -> None:
         self.registry = CollectorRegistry()
-        self.registry.register(DaemonCollector(daemon, publishers))
+        self.registry.register(DaemonCollector(runner, outputs))
         latency = Histogram(
             "clapd_inference_seconds",
             "Wall time of one batched model call",
@@ -98,7 +96,7 @@ class MetricsServer:
             buckets=(1, 2, 4, 8, 16, 32, 64),
             registry=self.registry,
         )
-        daemon.on_inference = _observer(latency, batch)
+        runner.on_inference = _observer(latency, batch)
         try:
             self._server, self._thread = start_http_server(config.port, config.host, registry=self.registry)
         except OSError as e:

@@ -6,19 +6,18 @@ import logging
 import os
 import queue
 import signal
-import socket
 import sys
-import threading
 import time
 from pathlib import Path
 
+from clapd.daemon.assembly import Assembly, assemble
 from clapd.daemon.config import ClapdConfig, ConfigError, DetectionConfig, load_config
 from clapd.daemon.control import CONTROL_FILE, ControlError, ControlRequest, ControlResult, ControlStore, apply_request
+from clapd.daemon.demo import default_config, default_state_dir
 from clapd.daemon.logs import configure_logging
 from clapd.daemon.manifest import BundleError
 from clapd.daemon.metrics import MetricsServer
 from clapd.daemon.notify import Notifier
-from clapd.daemon.runner import Daemon, Publisher
 from clapd.daemon.sources import SourceError
 
 logger = logging.getLogger(__name__)
@@ -27,98 +26,8 @@ EXIT_CONFIG = 2  # bad configuration: nothing was started
 EXIT_STARTUP = 1  # bundle, device or model problems at start-up
 EXIT_CRASHED = 3  # the inference loop died: non-zero so that systemd's Restart=on-failure restarts us
 STOP_SECONDS = 2.0  # SIGTERM to exit: systemd's TimeoutStopSec is longer, this is our own promise
-INFERENCE_JOIN_SHARE = 0.4  # of the stop time given to a model call in progress
 CONTROL_POLL_SECONDS = 0.1  # the main thread's reaction time to signals and control requests
 RESTART_KEYS = ("model", "windows", "streams", "outputs", "state_dir", "metrics", "logging")  # not reloadable
-
-
-def build_publishers(config: ClapdConfig) -> list[Publisher]:
-    from clapd.daemon.stdout_publisher import StdoutPublisher
-
-    publishers: list[Publisher] = []
-    mqtt = config.outputs.mqtt
-    if mqtt is not None:
-        from clapd.daemon.mqtt_publisher import MqttPublisher
-
-        queue = config.state_dir / "event-queue.sqlite3"
-        publishers.append(MqttPublisher(mqtt, queue, client_id_default=f"clapd-{socket.gethostname()}"[:64]))
-    if config.outputs.stdout or (config.outputs.stdout is None and mqtt is None):
-        publishers.append(StdoutPublisher(sys.stdout))
-    return publishers
-
-
-# The demo model's sounds, with prompts worded unlike its training captions.
-DEMO_DETECTIONS = {
-    "smoke_alarm": "a smoke detector going off",
-    "glass_breaking": "a window pane smashing",
-    "siren": "an ambulance siren",
-    "dog_barking": "a dog barking",
-    "knocking": "knocking on a door",
-    "phone_ringing": "a telephone ringing",
-    "running_water": "water running from a tap",
-}
-# The demo model's event settings on 2 s windows at a 0.5 s hop: a 1.5 s moving average above 0.7. On 30 min of
-# held-out demo stream every planted sound started within a hop and nothing started between the sounds; a single
-# window's score (no smoothing) woke other detections on windows holding the cut-off end of a sound.
-DEMO_EVENT_SETTINGS = {"threshold_on": 0.7, "threshold_off": 0.3, "smoothing_windows": 3}
-
-
-def resolve_bundle(config: ClapdConfig) -> Path:
-    bundle = config.model.bundle or _installed_demo_bundle()
-    if bundle is None:
-        raise BundleError("model.bundle is not set and this install has no demo bundle: set model.bundle")
-    return bundle
-
-
-def _installed_demo_bundle() -> Path | None:
-    import clapd
-
-    bundle = Path(clapd.__file__).parent / "demo_bundle"
-    return bundle if (bundle / "manifest.json").is_file() else None
-
-
-def default_state_dir() -> Path:
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "clapd"
-
-
-def default_config(state_dir: Path) -> ClapdConfig:
-    """The embedded default: the demo model on the default microphone if there is one, else on the demo stream."""
-    detections = {name: {"prompts": [prompt], **DEMO_EVENT_SETTINGS} for name, prompt in DEMO_DETECTIONS.items()}
-    stream = {"type": "mic"} if _has_default_microphone() else {"type": "file", "path": str(_demo_stream(state_dir))}
-    logger.warning("no config: the demo model (synthetic sounds only) on %s", stream.get("path", "the microphone"))
-    return ClapdConfig.model_validate(
-        {
-            "windows": {"window_seconds": 2, "hop_seconds": 0.5},
-            "streams": {"demo": stream},
-            "detections": detections,
-            "outputs": {"stdout": True},
-            "state_dir": str(state_dir),
-        }
-    )
-
-
-def _has_default_microphone() -> bool:
-    try:
-        from clapd.daemon.sources.mic import find_input_device
-
-        find_input_device(None)
-        return True
-    except Exception:  # no PortAudio, no device, no default: all mean "use the demo stream"
-        return False
-
-
-def _demo_stream(state_dir: Path) -> Path:
-    """The bundled two-minute demo recording (planted sounds over room tone), generated once."""
-    path = state_dir / "demo-stream.wav"
-    if not path.is_file():
-        from clapd.models.demo_stream import make_demo_stream
-
-        state_dir.mkdir(parents=True, exist_ok=True)
-        stream = make_demo_stream(seed=0)
-        stream.write_wav(path)
-        (state_dir / "demo-stream.json").write_text(stream.ground_truth_json())
-    return path
 
 
 def run(config_path: Path | None, *, verbose: bool = False) -> int:
@@ -191,31 +100,35 @@ class _Signals:
 
 
 class Service:
-    """The main thread's side of a running daemon: the inference thread, reloads, metrics, systemd messages."""
+    """The main thread's side of a running daemon: start-up, reloads, control requests, metrics, systemd messages.
+
+    Detection changes (SIGHUP, control requests) all take one path, `_apply`: prompts are embedded here while audio
+    flows, and the runner swaps the new detections into its Detector between two model calls.
+    """
 
     def __init__(
         self,
         config: ClapdConfig,
         config_path: Path | None,
-        daemon: Daemon,
-        publishers: list[Publisher],
+        assembly: Assembly,
         notifier: Notifier,
-        control: ControlStore | None = None,
+        saved_changes: ControlStore | None = None,
         file_detections: dict[str, DetectionConfig] | None = None,
     ) -> None:
         self._config = config
         self._config_path = config_path
-        self._daemon = daemon
-        self._publishers = publishers
+        self._assembly = assembly
+        self._runner = assembly.runner
         self._notifier = notifier
-        self._stop = threading.Event()
         self._metrics: MetricsServer | None = None
-        # The config file's detections, before the changes made over MQTT (`control`) are laid over them.
+        # The config file's detections, before the changes made over MQTT (`saved_changes`) are laid over them.
         self._file_detections = dict(file_detections if file_detections is not None else config.detections)
-        self._control = control
-        self._requests: queue.Queue[ControlRequest] = queue.Queue()  # from paho's thread to this one
-        self.crashed = False
-        self._inference = threading.Thread(target=self._run_inference, name="inference", daemon=True)
+        self._saved_changes = saved_changes
+        self._requests: queue.Queue[ControlRequest] = queue.Queue()  # from the control channel's thread
+
+    @property
+    def crashed(self) -> bool:
+        return self._runner.crashed
 
     @classmethod
     def start(cls, config: ClapdConfig, config_path: Path | None, notifier: Notifier) -> Service:
@@ -224,30 +137,25 @@ class Service:
         store = _control_store(config)
         if store is not None:
             config = config.model_copy(update={"detections": _merged(store, file_detections, config)})
-        publishers = build_publishers(config)
-        daemon = Daemon(config, resolve_bundle(config), publishers)
-        service = cls(config, config_path, daemon, publishers, notifier, store, file_detections)
+        service = cls(config, config_path, assemble(config), notifier, store, file_detections)
         try:
-            daemon.load()
             if config.metrics.enabled:
-                service._metrics = MetricsServer(config.metrics, daemon, publishers)
-            daemon.start()
+                service._metrics = MetricsServer(config.metrics, service._runner, service._assembly.outputs)
+            service._runner.start(heartbeat=notifier.watchdog)
         except BaseException:
             service.stop()
             raise
         service._announce()
-        if service._control is not None:
-            for publisher in publishers:
-                if hasattr(publisher, "set_control_handler"):
-                    publisher.set_control_handler(service._requests.put)
-        service._inference.start()
+        control = service._assembly.control
+        if control is not None and store is not None:
+            control.listen(service._requests.put)
         notifier.ready(service._status_line())
         logger.info("running: %d streams, %d detections", len(config.streams), len(config.detections))
         return service
 
     def serve(self, signals: _Signals) -> None:
         """Until a stop signal or the end of every (finite) source; reloads on SIGHUP."""
-        while self._inference.is_alive() and not signals.terminate:
+        while self._runner.running() and not signals.terminate:
             if signals.reload:
                 signals.reload = False
                 self.reload()
@@ -256,12 +164,8 @@ class Service:
 
     def stop(self, timeout: float = STOP_SECONDS) -> None:
         """Stop capture, end open events, flush or persist what is queued, say "offline"; within `timeout` s."""
-        deadline = time.monotonic() + timeout
         self._notifier.stopping("stopping")
-        self._stop.set()
-        if self._inference.is_alive():
-            self._inference.join(INFERENCE_JOIN_SHARE * timeout)  # a model call in progress finishes first
-        self._daemon.shutdown(max(0.1, deadline - time.monotonic()), close_events=not self._inference.is_alive())
+        self._runner.stop(timeout)
         if self._metrics is not None:
             self._metrics.close()
         self._notifier.close()
@@ -277,8 +181,8 @@ class Service:
             new = load_config(self._config_path)
             self._check_restart_needed(new)
             detections = dict(new.detections)
-            if self._control is not None:
-                detections = _merged(self._control, detections, new)
+            if self._saved_changes is not None:
+                detections = _merged(self._saved_changes, detections, new)
             self._apply(detections, list(new.background_prompts))
             self._file_detections = dict(new.detections)
         except (ConfigError, ControlError) as e:
@@ -293,40 +197,36 @@ class Service:
         self._notifier.ready(self._status_line())
 
     def _serve_control_requests(self) -> None:
-        while True:
+        control = self._assembly.control
+        while control is not None:
             try:
                 request = self._requests.get_nowait()
             except queue.Empty:
                 return
-            self._publish_result(self._control_request(request))
+            control.answer(self._control_request(request))
 
     def _control_request(self, request: ControlRequest) -> ControlResult:
         """Apply one change made over MQTT: validated as the config is, live from the next model call, saved."""
-        assert self._control is not None
+        assert self._saved_changes is not None, "requests are taken only with a store"
         try:
-            detections = apply_request(self._daemon.detections, request, list(self._config.streams))
+            detections = apply_request(self._runner.detections, request, list(self._config.streams))
             self._apply(detections, list(self._config.background_prompts))
-            self._control.save(detections, self._file_detections)
+            self._saved_changes.save(detections, self._file_detections)
         except ControlError as e:
             logger.warning("control: refused %s of %r: %s", request.action, request.detection, "; ".join(e.problems))
             return ControlResult.failure(request, e.problems)
         except OSError as e:  # applied, but not saved: say so, the change is lost at the next restart
             logger.error("control: %s of %r applied but not saved: %s", request.action, request.detection, e)
-            return ControlResult.failure(request, [f"applied, but not saved in {self._control.path}: {e}"])
+            return ControlResult.failure(request, [f"applied, but not saved in {self._saved_changes.path}: {e}"])
         except Exception as e:
             logger.exception("control: %s of %r failed", request.action, request.detection)
             return ControlResult.failure(request, [f"failed: {e}"])
         logger.info("control: %s of %r applied", request.action, request.detection)
         return ControlResult.success(request)
 
-    def _publish_result(self, result: ControlResult) -> None:
-        for publisher in self._publishers:
-            if hasattr(publisher, "publish_control_result"):
-                publisher.publish_control_result(result)
-
     def _apply(self, detections: dict[str, DetectionConfig], background: list[str]) -> None:
-        prepared = self._daemon.prepare(detections, background)  # embeds new prompts while audio flows
-        self._daemon.swap(prepared)
+        """The one path of every detection change: embed while audio flows, swap in between two model calls."""
+        self._runner.swap(self._assembly.preparer.prepare(detections, background))
         self._config = self._config.model_copy(update={"detections": detections, "background_prompts": background})
         self._announce()
         logger.info("reloaded: %d detections", len(detections))
@@ -337,21 +237,12 @@ class Service:
             logger.warning("reload: %s changed; that takes effect after a restart", ", ".join(changed))
 
     def _announce(self) -> None:
-        """Tell publishers which (stream, detection) pairs exist (Home Assistant discovery)."""
-        for publisher in self._publishers:
-            if hasattr(publisher, "announce"):
-                publisher.announce(list(self._config.streams), self._daemon.detections)
-
-    def _run_inference(self) -> None:
-        try:
-            self._daemon.run(self._stop, self._notifier.watchdog)
-        except Exception:
-            logger.exception("the inference loop failed; stopping")  # systemd restarts us (Restart=on-failure)
-            self.crashed = True
+        """Tell the outputs which streams and detections exist (Home Assistant discovery)."""
+        for output in self._assembly.outputs:
+            output.announce(list(self._config.streams), self._runner.detections)
 
     def _status_line(self) -> str:
-        detections = self._daemon.detections
-        return f"listening: {len(self._config.streams)} streams, {len(detections)} detections"
+        return f"listening: {len(self._config.streams)} streams, {len(self._runner.detections)} detections"
 
 
 def _control_store(config: ClapdConfig) -> ControlStore | None:

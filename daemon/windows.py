@@ -112,6 +112,23 @@ class StreamWindows:
             self._skipped += 1
             return None
         self._produced += 1
-        padded = samples if self._window == self._model_window else repeat_pad(samples, self._model_window)
-        samples = padded.astype(np.float32, copy=False)
-        return Window(stream=self.stream, start_sample=start, end_sample=start + self._window, samples=samples)
+        return Window(self.stream, start, start + self._window, _model_input(samples, self._model_window))
+
+
+def clip_windows(stream: str, audio: np.ndarray, window: int, hop: int, model_window: int) -> list[Window]:
+    """A whole recording's windows as a live stream gets them: a full window every hop from its start (audio
+    shorter than one window gives one repeat-padded window of all of it)."""
+    if audio.size == 0:
+        raise ValueError("no audio")
+    starts = range(0, max(audio.size - window, 0) + 1, hop)
+    return [
+        Window(
+            stream, start, min(start + window, audio.size), _model_input(audio[start : start + window], model_window)
+        )
+        for start in starts
+    ]
+
+
+def _model_input(samples: np.ndarray, model_window: int) -> np.ndarray:
+    padded = samples if samples.size == model_window else repeat_pad(samples, model_window)
+    return padded.astype(np.float32, copy=False)

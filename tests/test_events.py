@@ -67,6 +67,24 @@ def test_cooldown_suppresses_a_restart_right_after_an_end() -> None:
     assert [e.kind for e in cooled] == ["start", "end"]
 
 
+def test_an_event_heard_by_one_window_lasts_one_hop() -> None:
+    """The onset estimate (half a hop before the window's end) lies after the end estimate (half a hop after its
+    start): the event is given the detector's resolution, one hop, instead of a zero or negative duration."""
+    config = DetectionConfig(prompts=["x"], threshold_on=0.6, threshold_off=0.4, smoothing_windows=1)
+    start, end = run(config, [0.1] * 4 + [0.9] + [0.1] * 4)
+    assert start.start_sample == 4 * HOP + WINDOW - HOP // 2
+    assert end.end_sample - start.start_sample == HOP
+    assert end.end_utc > start.start_utc
+
+
+@pytest.mark.parametrize("heard", [1, 2, 3, 4, 5, 6, 8])
+def test_events_always_end_after_they_start(heard: int) -> None:
+    config = DetectionConfig(prompts=["x"], threshold_on=0.6, threshold_off=0.4, smoothing_windows=1)
+    start, end = run(config, [0.1] * 3 + [0.9] * heard + [0.1] * 6)
+    expected = max(HOP, (3 + heard - 1) * HOP + HOP // 2 - start.start_sample)  # later than a hop: the estimate
+    assert end.end_sample - start.start_sample == expected
+
+
 def test_close_ends_an_event_in_progress() -> None:
     events = run(DetectionConfig(prompts=["x"], smoothing_windows=1), [0.1, 0.9, 0.9])
     assert [e.kind for e in events] == ["start", "end"] and events[1].end_sample == 3 * HOP + WINDOW

@@ -1,0 +1,107 @@
+"""A config wired into parts: the model, the detection preparer, the streams, the Detector, the outputs and the
+control channel, handed over as one `Assembly` whose `Runner` is ready to start.
+
+Everything that can fail before audio is opened happens here (bundle, model, prompts, warm-up, output set-up), so
+`clapd run` fails fast with one message. Nothing here starts a thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from clapd.daemon.config import ClapdConfig, FileSource
+from clapd.daemon.control import ControlChannel
+from clapd.daemon.demo import installed_demo_bundle
+from clapd.daemon.detector import Detector
+from clapd.daemon.events import StreamClock
+from clapd.daemon.inference import AudioModel, LazyTextModel, open_bundle
+from clapd.daemon.manifest import BundleError, Manifest, window_samples_for
+from clapd.daemon.output import Output
+from clapd.daemon.prompts import DetectionPreparer
+from clapd.daemon.ring import RingBuffer
+from clapd.daemon.runner import Runner
+from clapd.daemon.sources import build_source
+from clapd.daemon.stdout_output import StdoutOutput
+from clapd.daemon.streams import Stream
+from clapd.daemon.windows import StreamWindows
+
+logger = logging.getLogger(__name__)
+
+RING_SECONDS = 30  # capture kept per stream: the longest window plus generous slack for a slow model call
+PROMPT_CACHE_DIR = "prompt-cache"  # in the state directory
+
+
+@dataclass(frozen=True, slots=True)
+class Assembly:
+    runner: Runner
+    preparer: DetectionPreparer  # embeds the prompts of detections swapped in later (reload, control)
+    outputs: list[Output]
+    control: ControlChannel | None  # None unless mqtt.control is enabled
+
+
+def assemble(config: ClapdConfig, *, utc_now: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> Assembly:
+    """Load and check the model, embed the prompts, warm up, and build streams, outputs and the runner."""
+    bundle_dir = resolve_bundle(config)
+    manifest = open_bundle(bundle_dir)
+    window, hop = window_samples_for(config.windows, manifest)
+    audio = AudioModel(bundle_dir, manifest, config.model)
+    text = LazyTextModel(bundle_dir, manifest, config.model)
+    preparer = DetectionPreparer(text, config.state_dir / PROMPT_CACHE_DIR, manifest.text.sha256, manifest.logit_scale)
+    detections = preparer.prepare(config.detections, list(config.background_prompts))
+    audio.warm_up()
+    logger.info("model ready: %s %s on %s", manifest.source, audio.precision, audio.providers[0])
+    streams = build_streams(config, manifest, window, hop, utc_now())
+    detector = Detector(audio, detections, {s.name: s.clock for s in streams}, hop)
+    outputs, control = build_outputs(config, manifest.sample_rate)
+    mqtt = config.outputs.mqtt
+    runner = Runner(
+        streams,
+        detector,
+        outputs,
+        sample_rate=manifest.sample_rate,
+        level_interval=mqtt.level_interval_seconds if mqtt is not None else 0.0,
+        utc_now=utc_now,
+    )
+    return Assembly(runner, preparer, outputs, control)
+
+
+def resolve_bundle(config: ClapdConfig) -> Path:
+    bundle = config.model.bundle or installed_demo_bundle()
+    if bundle is None:
+        raise BundleError("model.bundle is not set and this install has no demo bundle: set model.bundle")
+    return bundle
+
+
+def build_streams(config: ClapdConfig, manifest: Manifest, window: int, hop: int, started: datetime) -> list[Stream]:
+    """Each configured stream's source, ring, windows and clock; no source started yet."""
+    rate = manifest.sample_rate
+    streams = []
+    for name, source_config in config.streams.items():
+        ring = RingBuffer(RING_SECONDS * rate)
+        source = build_source(name, source_config, ring, rate)
+        lossless = isinstance(source_config, FileSource) and not source_config.realtime
+        windows = StreamWindows(name, ring, window, hop, manifest.window_samples, lossless=lossless)
+        streams.append(Stream(name, ring, source, windows, StreamClock(started, rate)))
+    return streams
+
+
+def build_outputs(config: ClapdConfig, sample_rate: int) -> tuple[list[Output], ControlChannel | None]:
+    """The configured outputs (stdout when no broker is configured) and the control channel, not yet started."""
+    outputs: list[Output] = []
+    control: ControlChannel | None = None
+    mqtt = config.outputs.mqtt
+    if mqtt is not None:
+        from clapd.daemon.mqtt import build_mqtt
+
+        link = build_mqtt(mqtt, config.state_dir, client_id_default=f"clapd-{socket.gethostname()}"[:64])
+        outputs.append(link.output)
+        control = link.control
+    if config.outputs.stdout or (config.outputs.stdout is None and mqtt is None):
+        scores_rate = sample_rate if config.outputs.stdout_scores else None
+        outputs.append(StdoutOutput(scores_rate=scores_rate))
+    return outputs, control
