@@ -48,7 +48,7 @@ def assemble(config: ClapdConfig, *, utc_now: Callable[[], datetime] = lambda: d
     """Load and check the model, embed the prompts, warm up, and build streams, outputs and the runner."""
     bundle_dir = resolve_bundle(config)
     manifest = open_bundle(bundle_dir)
-    window, hop = window_samples_for(config.windows, manifest)
+    window, hop = window_samples_for(config.windows, manifest, bundle=bundle_dir)
     audio = AudioModel(bundle_dir, manifest, config.model)
     text = LazyTextModel(bundle_dir, manifest, config.model)
     preparer = DetectionPreparer(text, config.state_dir / PROMPT_CACHE_DIR, manifest.text.sha256, manifest.logit_scale)

@@ -97,7 +97,7 @@ def read_audio(path: Path, sample_rate: int) -> np.ndarray:
 def classify(audio_path: Path, scoring: Scoring) -> ScoreTable:
     """The recording's windows through the daemon's own `Detector`: the same windows, scores and events."""
     manifest = open_bundle(scoring.bundle)
-    window, hop = window_samples_for(scoring.windows, manifest)
+    window, hop = window_samples_for(scoring.windows, manifest, bundle=scoring.bundle)
     audio_model = AudioModel(scoring.bundle, manifest, scoring.model)
     preparer = DetectionPreparer(
         LazyTextModel(scoring.bundle, manifest, scoring.model), None, manifest.text.sha256, manifest.logit_scale

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile
+import yaml
 from helpers import run_clapd
 
-from clapd.daemon.classify import classify, read_audio
+from clapd.daemon.classify import classify, read_audio, scoring_from
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +35,10 @@ def test_read_audio_resamples_and_downmixes(recording: Path) -> None:
 
 
 def test_scores_cover_the_recording_window_by_window(small_bundle_dir: Path, recording: Path) -> None:
-    table = classify(small_bundle_dir, recording, ["a beep", "noise"], ["silence"], window_s=2.0, hop_s=0.5)
+    scoring = scoring_from(
+        None, prompts=["a beep", "noise"], bundle=small_bundle_dir, window_s=2.0, hop_s=0.5, background=["silence"]
+    )
+    table = classify(recording, scoring)
     assert table.prompts == ["a beep", "noise"]
     assert table.scores.shape == (10, 2)  # starts 0, 0.5, ..., 4.5 s: every full 2 s window of 6.5 s
     assert np.allclose(table.starts, np.arange(10) * 0.5) and np.allclose(table.ends - table.starts, 2.0)
@@ -74,3 +79,59 @@ def test_cli_errors(small_bundle_dir: Path, tmp_path: Path) -> None:
     assert result.returncode == 1 and "cannot read audio" in result.stderr
     result = run_clapd("classify", str(bad), "--bundle", str(tmp_path), "--prompt", "x", timeout=120)
     assert result.returncode == 1 and "not a clapd bundle" in result.stderr
+
+
+def test_cli_scores_with_the_demo_bundle_by_default(recording: Path) -> None:
+    """As `clapd run` without a config: the embedded demo bundle and its 2 s windows at a 0.5 s hop."""
+    result = run_clapd("classify", str(recording), "--prompt", "a smoke alarm", "--json", timeout=120)
+    assert result.returncode == 0, result.stderr
+    windows = json.loads(result.stdout)["windows"]
+    assert len(windows) == 10 and windows[1]["start_s"] == 0.5 and windows[0]["end_s"] == 2.0
+    assert set(windows[0]["scores"]) == {"a smoke alarm"}
+
+
+def test_cli_says_what_is_missing(recording: Path, tmp_path: Path) -> None:
+    result = run_clapd("classify", str(recording), timeout=120)
+    assert result.returncode == 2 and "--prompt" in result.stderr and "-c CONFIG" in result.stderr
+    result = run_clapd("classify", str(recording), "--prompt", "x", "--window", "30", timeout=120)
+    assert result.returncode == 2 and "window_seconds" in result.stderr
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("streams: {}\n")
+    result = run_clapd("classify", str(recording), "-c", str(bad), timeout=120)
+    assert result.returncode == 2 and "streams" in result.stderr
+
+
+def _scores_config(bundle: Path, audio: Path, state_dir: Path) -> dict:
+    return {
+        "model": {"bundle": str(bundle), "providers": ["cpu"], "precision": "fp32"},
+        "windows": {"window_seconds": 2.0, "hop_seconds": 0.5},
+        "streams": {"file": {"type": "file", "path": str(audio), "realtime": False}},
+        "detections": {
+            "beep": {"prompts": ["a high beep"], "negative_prompts": ["a low hum"]},
+            "noise": {"prompts": ["hiss"], "threshold_on": 0.2, "threshold_off": 0.1, "smoothing_windows": 1},
+        },
+        "background_prompts": ["silence", "rain"],
+        "outputs": {"stdout": True, "stdout_scores": True},
+        "state_dir": str(state_dir),
+    }
+
+
+def test_classify_and_run_give_identical_scores(small_bundle_dir: Path, recording: Path, tmp_path: Path) -> None:
+    """The same recording through `clapd classify -c` and `clapd run -c`: one Detector, the same numbers."""
+    config_path = tmp_path / "clapd.yaml"
+    config_path.write_text(yaml.safe_dump(_scores_config(small_bundle_dir, recording, tmp_path / "state")))
+    ran = run_clapd("run", "-c", str(config_path), timeout=180)
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    lines = [json.loads(line) for line in ran.stdout.splitlines()]
+    from_run = [
+        (w["start_offset_seconds"], w["end_offset_seconds"], w["scores"]) for w in lines if w["kind"] == "scores"
+    ]
+    classified = run_clapd("classify", "-c", str(config_path), str(recording), "--json", timeout=180)
+    assert classified.returncode == 0, classified.stderr
+    document = json.loads(classified.stdout)
+    from_classify = [(w["start_s"], w["end_s"], w["scores"]) for w in document["windows"]]
+    assert len(from_run) == 10 and set(from_run[0][2]) == {"beep", "noise"}
+    assert from_classify == from_run  # exact: every float, every window
+    run_events = sorted((e["kind"], e["detection"], e["start_offset_seconds"]) for e in lines if e["kind"] != "scores")
+    classify_events = sorted((e["kind"], e["detection"], e["start_offset_seconds"]) for e in document["events"])
+    assert run_events and classify_events == run_events
