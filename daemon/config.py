@@ -28,16 +28,24 @@ class ConfigError(Exception):
 
 
 class Section(BaseModel):
+    """A block of the configuration file: unknown keys are errors, values are frozen once loaded."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class TensorRTConfig(Section):
+    """TensorRT provider settings (used only when `tensorrt` is among `model.providers` and available)."""
+
     fp16: bool = Field(
         False,
         description="let TensorRT pick fp16 kernels anywhere, the front end included, where the power spectrum "
         "can overflow fp16; the bundle's fp16 model already runs its encoder in fp16 with an fp32 front end",
     )
-    engine_cache_dir: Path | None = Field(None, description="where built engines are kept (minutes to build)")
+    engine_cache_dir: Path | None = Field(
+        None,
+        description="directory where built engines are kept and reused (a build takes minutes); "
+        "default: none, build at every start",
+    )
     max_batch: int = Field(
         16,
         ge=1,
@@ -48,25 +56,43 @@ class TensorRTConfig(Section):
 
 
 class ModelConfig(Section):
-    bundle: Path | None = Field(None, description="bundle directory; default: the embedded demo bundle")
+    """Which model bundle to run, at which precision, on which execution providers."""
+
+    bundle: Path | None = Field(
+        None, description="bundle directory written by `clapd export`; default: the embedded demo bundle"
+    )
     precision: Literal["auto", "fp32", "fp16", "int8"] = Field(
-        "auto", description="auto: fp16 on a GPU provider, int8 on the CPU when the bundle has it, else fp32"
+        "auto",
+        description="audio model precision; auto: fp16 on a GPU provider, int8 on the CPU when the bundle has it, "
+        "else fp32",
     )
     providers: list[Literal["tensorrt", "cuda", "cpu"]] = Field(
-        default_factory=lambda: ["tensorrt", "cuda", "cpu"], min_length=1, description="in order of preference"
+        default_factory=lambda: ["tensorrt", "cuda", "cpu"],
+        min_length=1,
+        description="ONNX Runtime execution providers in order of preference; unavailable ones are skipped",
     )
-    tensorrt: TensorRTConfig = Field(default_factory=TensorRTConfig)
+    tensorrt: TensorRTConfig = Field(default_factory=TensorRTConfig, description="TensorRT provider settings")
     cuda_tf32: bool = Field(
         False,
         description="let the CUDA provider use TF32 for fp32 math: faster fp32 on Ampere and newer, but it moves "
         "embeddings off the reference (cosine 0.999 on an H100); the fp16 model gains nothing from it",
     )
-    threads: int = Field(2, ge=1, le=64, description="CPU threads for one model call")
+    threads: int = Field(2, ge=1, le=64, description="CPU threads one model call may use (intra-op threads)")
 
 
 class WindowConfig(Section):
-    window_seconds: float = Field(10.0, ge=1.0, le=10.0, description="audio per model call; shorter repeat-pads")
-    hop_seconds: float = Field(1.0, ge=0.1, le=10.0, description="time between the starts of two windows")
+    """How each stream is cut into windows for the audio model; checked against the model's limits at load."""
+
+    window_seconds: float = Field(
+        10.0,
+        ge=1.0,
+        le=10.0,
+        description="seconds of audio per model call; a window shorter than the model's input is repeat-padded; "
+        "must lie within the bundle's window limits (its manifest's min_window_samples and window_samples)",
+    )
+    hop_seconds: float = Field(
+        1.0, ge=0.1, le=10.0, description="seconds between the starts of two windows; at most window_seconds"
+    )
 
     @model_validator(mode="after")
     def _hop_within_window(self) -> WindowConfig:
@@ -76,44 +102,97 @@ class WindowConfig(Section):
 
 
 class MicSource(Section):
-    type: Literal["mic"]
-    device: str | int | None = Field(None, description="PortAudio device name (substring) or index; default input")
-    sample_rate: int | None = Field(None, ge=8000, le=384000, description="capture rate; default: the device's")
-    channels: int | None = Field(None, ge=1, le=64, description="channels to open; default: the device's, max 2")
-    channel: int | None = Field(None, ge=0, description="use this channel only; default: average all (downmix)")
-    block_seconds: float = Field(0.05, ge=0.005, le=1.0, description="capture block length")
+    """A PortAudio input device (`clapd devices` lists them), reopened with back-off when it goes away."""
+
+    type: Literal["mic"] = Field(description="the source kind: `mic`")
+    device: str | int | None = Field(
+        None,
+        description="PortAudio device name (case-insensitive substring) or index; default: the system's default input",
+    )
+    sample_rate: int | None = Field(
+        None,
+        ge=8000,
+        le=384000,
+        description="capture rate in Hz, resampled to the model's rate; default: the device's default rate",
+    )
+    channels: int | None = Field(None, ge=1, le=64, description="channels to open; default: the device's, at most 2")
+    channel: int | None = Field(
+        None, ge=0, description="use this channel only (numbered from 0); default: average all channels (downmix)"
+    )
+    block_seconds: float = Field(
+        0.05, ge=0.005, le=1.0, description="seconds of audio PortAudio delivers per capture callback"
+    )
 
 
 class FileSource(Section):
-    type: Literal["file"]
-    path: Path
-    realtime: bool = Field(True, description="pace the file as if it were live; false: as fast as possible")
-    loop: bool = False
-    channel: int | None = Field(None, ge=0)
+    """A sound file (wav, flac, ogg: whatever libsndfile reads), played as if it were live or as fast as read."""
+
+    type: Literal["file"] = Field(description="the source kind: `file`")
+    path: Path = Field(description="the sound file; any sample rate and channel count, resampled to the model's")
+    realtime: bool = Field(
+        True, description="pace the file as if it were live; false: as fast as the model takes it, losing nothing"
+    )
+    loop: bool = Field(False, description="start again from the beginning at the end; false: the stream ends")
+    channel: int | None = Field(
+        None, ge=0, description="use this channel only (numbered from 0); default: average all channels (downmix)"
+    )
 
 
 class PipeSource(Section):
-    type: Literal["pipe"]
-    command: list[str] = Field(min_length=1, description="argv of a command writing raw PCM to stdout")
-    sample_rate: int = Field(ge=8000, le=384000)
-    channels: int = Field(1, ge=1, le=64)
-    sample_format: Literal["s16le", "f32le"] = "s16le"
-    channel: int | None = Field(None, ge=0)
-    restart_max_seconds: float = Field(60.0, gt=0, description="back-off cap between restarts of a dead command")
+    """A command writing raw interleaved PCM to its stdout (e.g. ffmpeg reading an RTSP camera), restarted with
+    back-off when it dies; its stderr is logged."""
+
+    type: Literal["pipe"] = Field(description="the source kind: `pipe`")
+    command: list[str] = Field(
+        min_length=1, description="argv of a command writing raw PCM to stdout (run directly, not by a shell)"
+    )
+    sample_rate: int = Field(
+        ge=8000, le=384000, description="rate of the command's PCM in Hz, resampled to the model's rate"
+    )
+    channels: int = Field(1, ge=1, le=64, description="interleaved channels in the command's PCM")
+    sample_format: Literal["s16le", "f32le"] = Field(
+        "s16le", description="sample encoding: signed 16-bit or 32-bit float, little-endian"
+    )
+    channel: int | None = Field(
+        None, ge=0, description="use this channel only (numbered from 0); default: average all channels (downmix)"
+    )
+    restart_max_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="longest wait in seconds between restarts of a dead command (back-off from 1 s, doubling)",
+    )
 
 
 StreamConfig = Annotated[MicSource | FileSource | PipeSource, Field(discriminator="type")]
 
 
 class DetectionConfig(Section):
-    prompts: list[Annotated[str, Field(min_length=1)]] = Field(min_length=1, description="averaged embeddings")
-    negative_prompts: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
-    threshold_on: float = Field(0.5, gt=0.0, lt=1.0, description="smoothed score that starts an event")
-    threshold_off: float = Field(0.35, ge=0.0, lt=1.0, description="smoothed score below which it ends")
-    smoothing_windows: int = Field(3, ge=1, le=100, description="moving average over this many windows")
-    min_duration_seconds: float = Field(0.0, ge=0.0, description="shorter events are dropped")
-    cooldown_seconds: float = Field(0.0, ge=0.0, description="quiet time after an end before a new start")
-    streams: list[Name] | None = Field(None, description="streams to watch; default: all")
+    """One sound to detect: text prompts describing it, and the score thresholds and timing of its events.
+
+    A window's score is a softmax over the prompts' averaged embedding, the negative prompts and the shared
+    background prompts: the probability that the window sounds like the prompts rather than anything else listed.
+    """
+
+    prompts: list[Annotated[str, Field(min_length=1)]] = Field(
+        min_length=1, description="texts describing the sound; their embeddings are averaged into one"
+    )
+    negative_prompts: list[Annotated[str, Field(min_length=1)]] = Field(
+        default_factory=list,
+        description="similar sounds this detection must beat, each competing on its own (in addition to "
+        "background_prompts)",
+    )
+    threshold_on: float = Field(0.5, gt=0.0, lt=1.0, description="smoothed score (0 to 1) that starts an event")
+    threshold_off: float = Field(
+        0.35, ge=0.0, lt=1.0, description="smoothed score (0 to 1) below which an event ends; at most threshold_on"
+    )
+    smoothing_windows: int = Field(3, ge=1, le=100, description="moving average of the score over this many windows")
+    min_duration_seconds: float = Field(
+        0.0, ge=0.0, description="events shorter than this many seconds are dropped; 0: keep all"
+    )
+    cooldown_seconds: float = Field(
+        0.0, ge=0.0, description="seconds after an event ends before a new one may start on the same stream"
+    )
+    streams: list[Name] | None = Field(None, description="names of the streams to watch; default: all")
 
     @model_validator(mode="after")
     def _hysteresis(self) -> DetectionConfig:
@@ -123,45 +202,69 @@ class DetectionConfig(Section):
 
 
 class TlsConfig(Section):
-    ca_file: Path | None = Field(None, description="CA bundle; default: the system's")
-    cert_file: Path | None = None
-    key_file: Path | None = None
-    insecure: bool = Field(False, description="skip hostname verification (testing only)")
+    """TLS to the broker; an empty mapping (`tls: {}`) turns it on with the system's CA bundle."""
+
+    ca_file: Path | None = Field(None, description="PEM file of CA certificates to trust; default: the system's")
+    cert_file: Path | None = Field(
+        None, description="PEM client certificate, for brokers that authenticate clients by certificate"
+    )
+    key_file: Path | None = Field(None, description="PEM private key of cert_file; default: inside cert_file")
+    insecure: bool = Field(False, description="skip verifying the broker's hostname (testing only)")
 
 
 class HomeAssistantConfig(Section):
+    """Home Assistant MQTT discovery: an event and a binary sensor per stream and detection, created for you."""
+
     enabled: bool = Field(False, description="publish MQTT discovery so Home Assistant creates the entities")
-    discovery_prefix: str = Field("homeassistant", pattern=TOPIC_PREFIX_PATTERN)
+    discovery_prefix: str = Field(
+        "homeassistant",
+        pattern=TOPIC_PREFIX_PATTERN,
+        description="Home Assistant's discovery topic prefix (its MQTT integration setting of the same name)",
+    )
     status_topic: str = Field(
-        "homeassistant/status", pattern=TOPIC_PREFIX_PATTERN, description="re-announce when it says 'online'"
+        "homeassistant/status",
+        pattern=TOPIC_PREFIX_PATTERN,
+        description="Home Assistant's birth topic: the entities are announced again when it says 'online'",
     )
     node_id: Name | None = Field(None, description="the device's id in Home Assistant; default: the MQTT client id")
 
 
 class ControlConfig(Section):
+    """Changing detections at run time over MQTT (add, update, remove); changes survive restarts."""
+
     enabled: bool = Field(
-        False, description="accept detection changes on {prefix}/control/set (needs an authenticated broker)"
+        False, description="accept detection changes on `{prefix}/control/set` (needs an authenticated broker)"
     )
 
 
 class MqttConfig(Section):
-    host: str = Field(min_length=1)
-    port: int = Field(1883, ge=1, le=65535)
-    protocol: Literal["3.1.1", "5"] = "5"
-    qos: Literal[0, 1, 2] = 1
-    topic_prefix: str = Field("clapd", pattern=TOPIC_PREFIX_PATTERN)
-    client_id: str | None = Field(None, pattern=r"^[A-Za-z0-9_-]{1,64}$")
-    username: str | None = None
+    """Events, states, levels and availability to an MQTT broker; events wait on disk while it is away."""
+
+    host: str = Field(min_length=1, description="the broker's host name or IP address")
+    port: int = Field(1883, ge=1, le=65535, description="the broker's TCP port (usually 8883 with TLS)")
+    protocol: Literal["3.1.1", "5"] = Field("5", description="MQTT protocol version")
+    qos: Literal[0, 1, 2] = Field(1, description="MQTT quality of service of events, states and discovery")
+    topic_prefix: str = Field(
+        "clapd", pattern=TOPIC_PREFIX_PATTERN, description="first level(s) of every topic clapd publishes"
+    )
+    client_id: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9_-]{1,64}$", description="MQTT client id; default: `clapd-` and the host name"
+    )
+    username: str | None = Field(None, description="user name to log in with; default: connect anonymously")
     password_file: Path | None = Field(None, description="file holding the password (e.g. a systemd credential)")
     password_env: str | None = Field(None, description="environment variable holding the password")
-    tls: TlsConfig | None = None
-    keepalive_seconds: int = Field(60, ge=5, le=3600)
+    tls: TlsConfig | None = Field(None, description="TLS settings; default: none, a plain TCP connection")
+    keepalive_seconds: int = Field(
+        60, ge=5, le=3600, description="seconds between keep-alive pings; the broker drops a silent client after 1.5x"
+    )
     queue_max_events: int = Field(10000, ge=1, description="events kept on disk while the broker is away")
     level_interval_seconds: float = Field(
         5.0, ge=0.0, description="publish each stream's input level (dBFS) this often; 0: never"
     )
-    home_assistant: HomeAssistantConfig = Field(default_factory=HomeAssistantConfig)
-    control: ControlConfig = Field(default_factory=ControlConfig)
+    home_assistant: HomeAssistantConfig = Field(
+        default_factory=HomeAssistantConfig, description="Home Assistant MQTT discovery"
+    )
+    control: ControlConfig = Field(default_factory=ControlConfig, description="detection changes over MQTT")
 
     @model_validator(mode="after")
     def _one_password_source(self) -> MqttConfig:
@@ -173,34 +276,50 @@ class MqttConfig(Section):
 
 
 class OutputsConfig(Section):
-    mqtt: MqttConfig | None = None
+    """Where events go."""
+
+    mqtt: MqttConfig | None = Field(None, description="MQTT broker settings; default: none, no MQTT")
     stdout: bool | None = Field(None, description="JSON lines on stdout; default: on when no broker is configured")
 
 
 class MetricsConfig(Section):
+    """A Prometheus metrics endpoint over HTTP."""
+
     enabled: bool = Field(False, description="serve Prometheus metrics over HTTP")
     host: str = Field("127.0.0.1", min_length=1, description="address to listen on; 0.0.0.0 for every interface")
-    port: int = Field(9847, ge=0, le=65535, description="0: any free port (logged)")
+    port: int = Field(9847, ge=0, le=65535, description="TCP port to listen on; 0: any free port (logged)")
 
 
 class LoggingConfig(Section):
-    level: Literal["debug", "info", "warning", "error"] = "info"
+    """The daemon's log (stderr, or the journal under systemd)."""
+
+    level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="least severe messages logged (`-v` on the command line lowers it to info)"
+    )
     format: Literal["text", "json"] = Field("text", description="json: one object per line, for log collectors")
 
 
 class ClapdConfig(Section):
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    windows: WindowConfig = Field(default_factory=WindowConfig)
-    streams: dict[Name, StreamConfig] = Field(min_length=1)
-    detections: dict[Name, DetectionConfig] = Field(min_length=1)
+    """The whole file. Names of streams and detections become MQTT topic levels: letters, digits, `_` and `-`."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig, description="the model bundle and how to run it")
+    windows: WindowConfig = Field(default_factory=WindowConfig, description="window length and hop, every stream")
+    streams: dict[Name, StreamConfig] = Field(
+        min_length=1, description="audio inputs by name; each has a `type`: mic, file or pipe"
+    )
+    detections: dict[Name, DetectionConfig] = Field(min_length=1, description="sounds to detect, by name")
     background_prompts: list[Annotated[str, Field(min_length=1)]] = Field(
         default_factory=lambda: ["silence", "background noise", "an ordinary quiet room"],
         description="ordinary sounds every detection must beat, so a closed set never forces a label",
     )
-    outputs: OutputsConfig = Field(default_factory=OutputsConfig)
-    state_dir: Path = Field(Path("/var/lib/clapd"), description="event queue and prompt cache")
-    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
-    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    outputs: OutputsConfig = Field(default_factory=OutputsConfig, description="where events go")
+    state_dir: Path = Field(
+        Path("/var/lib/clapd"),
+        description="directory for what survives restarts: the queue of unsent events, the prompt embedding cache, "
+        "detection changes made over MQTT, the Home Assistant entities announced",
+    )
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="Prometheus metrics endpoint")
+    logging: LoggingConfig = Field(default_factory=LoggingConfig, description="log level and format")
 
     @field_validator("streams", "detections", mode="before")
     @classmethod
@@ -240,10 +359,11 @@ def parse_config(data: object, source: str = "<config>") -> ClapdConfig:
     try:
         return ClapdConfig.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(source, [_describe(error) for error in e.errors()]) from e
+        raise ConfigError(source, [describe_error(error) for error in e.errors()]) from e
 
 
-def _describe(error: dict) -> str:
+def describe_error(error: dict) -> str:
+    """One pydantic error as a line: key path, the value given, the reason."""
     path = ".".join(str(part) for part in error["loc"]) or "(top level)"
     value = error.get("input")
     shown = "" if isinstance(value, dict) else f" = {_shown(value)}"

@@ -20,7 +20,7 @@ from typing import Any, Literal, Protocol
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from pydantic.fields import FieldInfo
 
-from clapd.daemon.config import NAME_PATTERN, DetectionConfig, Name, _describe
+from clapd.daemon.config import NAME_PATTERN, DetectionConfig, Name, describe_error
 from clapd.daemon.mqtt_payloads import MAX_CONTROL_PAYLOAD_BYTES
 from clapd.daemon.state_files import read_json, write_json_atomically
 
@@ -127,7 +127,7 @@ def parse_request(payload: bytes, *, retained: bool = False) -> ControlRequest |
     try:
         request = ControlRequest.model_validate(data)
     except ValidationError as e:
-        return _refusal(data, [_describe(error) for error in e.errors()])
+        return _refusal(data, [describe_error(error) for error in e.errors()])
     problems = _config_problems(request)
     return ControlResult.failure(request, problems) if problems else request
 
@@ -257,7 +257,7 @@ class ControlStore:
         try:
             saved = _SavedChanges.model_validate(value)
         except ValidationError as e:
-            problems = [_describe(error) for error in e.errors()]
+            problems = [describe_error(error) for error in e.errors()]
             raise ControlError([*problems, "fix or remove the file of saved MQTT changes"], str(self.path)) from e
         return saved.detections, set(saved.removed)
 
@@ -283,7 +283,7 @@ def _refusal(data: dict | None, problems: list[str]) -> ControlResult:
 
 
 def _describe_under(prefix: str, error: Any) -> str:
-    return _describe({**error, "loc": (prefix, *error["loc"])})
+    return describe_error({**error, "loc": (prefix, *error["loc"])})
 
 
 def _echo(value: object) -> str | None:

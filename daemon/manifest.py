@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    from clapd.daemon.config import WindowConfig
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
@@ -87,7 +90,7 @@ class Manifest(_Strict):
     notes: list[str]
     sample_rate: int = Field(description="Hz")
     window_samples: int = Field(description="the audio model's fixed input length; shorter windows repeat-pad")
-    min_window_samples: int
+    min_window_samples: int = Field(description="shortest window the daemon may feed the model (samples)")
     embedding_size: int
     logit_scale: float = Field(description="exp(logit_scale_a): scales audio-text cosines into logits")
     logit_scale_text: float
@@ -123,6 +126,39 @@ class Manifest(_Strict):
                 raise BundleError(f"{path}: missing from the bundle")
             if sha256_file(path) != expected:
                 raise BundleError(f"{path}: sha256 differs from the manifest (file changed or corrupt)")
+
+
+def window_samples_for(windows: WindowConfig, manifest: Manifest, *, bundle: Path | None = None) -> tuple[int, int]:
+    """(window, hop) in samples at the model's rate for the configured windows, checked against the model.
+
+    Seconds are rounded to the nearest sample. Raises `BundleError` naming the key, the value, the model's limits
+    and the bundle (its directory when `bundle` is given, else the model's source) when the window does not fit
+    the model's input or is shorter than the shortest it takes, or when the hop is under one sample.
+    """
+    rate = manifest.sample_rate
+    window = round(windows.window_seconds * rate)
+    hop = round(windows.hop_seconds * rate)
+    shortest, longest = manifest.min_window_samples, manifest.window_samples
+    if not shortest <= window <= longest:
+        which = "too long for" if window > longest else "shorter than the shortest window of"
+        raise BundleError(
+            f"windows.window_seconds = {windows.window_seconds}: {window} samples at {rate} Hz is {which} the model "
+            f"of {_bundle_name(manifest, bundle)}, which takes {shortest} to {longest} samples "
+            f"({shortest / rate:g} to {longest / rate:g} s): set windows.window_seconds within that range"
+        )
+    if hop < 1:
+        raise BundleError(
+            f"windows.hop_seconds = {windows.hop_seconds}: under one sample at the {rate} Hz of the model of "
+            f"{_bundle_name(manifest, bundle)}"
+        )
+    return window, hop
+
+
+def _bundle_name(manifest: Manifest, bundle: Path | None) -> str:
+    if bundle is not None:
+        return f"bundle {bundle}"
+    revision = f" at {manifest.revision}" if manifest.revision else ""
+    return f"the bundle exported from {manifest.source}{revision}"
 
 
 def sha256_file(path: Path) -> str:

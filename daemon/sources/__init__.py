@@ -1,4 +1,6 @@
-"""Capture sources: each delivers one stream's audio, mono float32 at 48 kHz, into that stream's `RingBuffer`.
+"""Capture sources: each delivers one stream's audio, mono float32 at the model's rate, into that stream's ring.
+
+The rate is the model bundle's (`Manifest.sample_rate`), given to `build_source`; each source resamples to it.
 
 A source owns its own thread(s) and recovers on its own: a lost microphone is reopened, a dead pipe command is
 restarted, both with exponential back-off, counted in `status()`. Start-up problems (no such device, file or
@@ -36,7 +38,7 @@ class SourceStatus:
     outages: int  # separate times the source was lost (a microphone gone, a command dead)
     last_error: str | None
     overruns: int  # times audio was dropped: device overflows and ring overruns
-    samples_written: int  # samples at 48 kHz delivered to the ring since start
+    samples_written: int  # samples at the model's rate delivered to the ring since start
 
 
 class Source(Protocol):
@@ -108,18 +110,21 @@ class StatusTracker:
             )
 
 
-def build_source(name: str, config: MicSource | FileSource | PipeSource, ring: RingBuffer) -> Source:
-    """The source for one configured stream, not yet started."""
+def build_source(name: str, config: MicSource | FileSource | PipeSource, ring: RingBuffer, sample_rate: int) -> Source:
+    """The source for one configured stream, not yet started.
+
+    It writes mono float32 to `ring` at `sample_rate` (Hz): the model's rate, `Manifest.sample_rate`.
+    """
     if isinstance(config, MicSource):
         from clapd.daemon.sources.mic import MicInput
 
-        return MicInput(name, config, ring)
+        return MicInput(name, config, ring, sample_rate)
     if isinstance(config, FileSource):
         from clapd.daemon.sources.file import FileInput
 
-        return FileInput(name, config, ring)
+        return FileInput(name, config, ring, sample_rate)
     if isinstance(config, PipeSource):
         from clapd.daemon.sources.pipe import PipeInput
 
-        return PipeInput(name, config, ring)
+        return PipeInput(name, config, ring, sample_rate)
     raise TypeError(f"no source for {type(config).__name__}")

@@ -18,7 +18,7 @@ import numpy as np
 import soundfile as sf
 
 from clapd.daemon.config import FileSource
-from clapd.daemon.resample import MODEL_RATE, Conditioner
+from clapd.daemon.resample import Conditioner
 from clapd.daemon.ring import RingBuffer
 from clapd.daemon.sources import Backoff, SourceError, SourceStatus, StatusTracker
 
@@ -31,19 +31,22 @@ JOIN_SECONDS = 5.0  # how long stop() waits for the thread
 
 
 class FileInput:
-    """Plays one file into a ring: paced by `clock` (seconds, monotonic) or lossless as fast as possible."""
+    """Plays one file into a ring at `sample_rate` (Hz, the model's): paced by `clock` (seconds, monotonic) or
+    lossless as fast as possible."""
 
     def __init__(
         self,
         name: str,
         config: FileSource,
         ring: RingBuffer,
+        sample_rate: int,
         *,
         clock: Callable[[], float] = time.monotonic,
         backoff: Backoff | None = None,
     ) -> None:
         self.name = name
         self.ring = ring
+        self.sample_rate = sample_rate
         self.finished = threading.Event()  # set when the file has ended (never, when looping)
         self._config = config
         self._clock = clock
@@ -52,14 +55,14 @@ class FileInput:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._position = 0  # frames of the file read so far in this pass
-        self._delivered = 0  # samples at MODEL_RATE written to the ring
+        self._delivered = 0  # samples at sample_rate written to the ring
         self._t0 = 0.0
         self._conditioner: Conditioner | None = None
 
     def start(self) -> None:
         rate, channels = self._probe(self._config.path)
-        self._conditioner = Conditioner(rate, channels, self._config.channel)
-        block_out = int(BLOCK_SECONDS * MODEL_RATE) + 1024  # one block plus what the resampler may release late
+        self._conditioner = Conditioner(rate, channels, self._config.channel, out_rate=self.sample_rate)
+        block_out = int(BLOCK_SECONDS * self.sample_rate) + 1024  # one block plus what the resampler may release late
         if self.ring.capacity < 4 * block_out:
             raise SourceError(f"{self.name}: the ring ({self.ring.capacity} samples) is too small for file blocks")
         self._t0 = self._clock()
@@ -133,7 +136,7 @@ class FileInput:
         if n == 0:
             return
         if self._config.realtime:
-            self._wait_for_clock((self._delivered + n) / MODEL_RATE)
+            self._wait_for_clock((self._delivered + n) / self.sample_rate)
         else:
             while not self.ring.wait_for_space(n, SPACE_POLL_SECONDS):
                 if self._stop.is_set():

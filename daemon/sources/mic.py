@@ -1,8 +1,8 @@
 """A PortAudio input device (sounddevice's `InputStream`) feeding a stream's ring.
 
 The PortAudio callback only copies the raw interleaved frames into a small preallocated ring and wakes the capture
-thread; that thread selects or downmixes the channels, resamples to 48 kHz (see `clapd.daemon.resample` for why not
-in the callback) and writes to the stream's ring.
+thread; that thread selects or downmixes the channels, resamples to the model's rate (see `clapd.daemon.resample`
+for why not in the callback) and writes to the stream's ring.
 
 A device is lost when its stream ends on its own (PortAudio reports a driver error) or when no audio has come for
 `STALL_SECONDS` (a few blocks at least): a device that goes away can also leave PortAudio's ALSA callback thread
@@ -167,11 +167,15 @@ def refresh_devices() -> bool:
 
 
 class MicInput:
-    """Captures one input device into a ring; reopens it with back-off when it goes away."""
+    """Captures one input device into a ring at `sample_rate` (Hz, the model's); reopens it with back-off when it
+    goes away."""
 
-    def __init__(self, name: str, config: MicSource, ring: RingBuffer, *, backoff: Backoff | None = None) -> None:
+    def __init__(
+        self, name: str, config: MicSource, ring: RingBuffer, sample_rate: int, *, backoff: Backoff | None = None
+    ) -> None:
         self.name = name
         self.ring = ring
+        self.sample_rate = sample_rate
         self._config = config
         self._backoff = backoff or Backoff(1.0, 30.0)
         self._status = StatusTracker(name)
@@ -190,7 +194,7 @@ class MicInput:
         self._conditioner: Conditioner | None = None
         self._past_overflows = 0  # device overflows of the streams closed before the current one
         self._raw_overruns = 0  # times the capture thread fell a whole raw ring behind
-        self._delivered = 0  # samples at 48 kHz written to the ring
+        self._delivered = 0  # samples at sample_rate written to the ring
 
     @property
     def device(self) -> InputDevice | None:
@@ -222,7 +226,7 @@ class MicInput:
             channels = max(channels, self._config.channel + 1)
         rate = self._config.sample_rate or device.default_rate
         try:
-            conditioner = Conditioner(rate, channels, self._config.channel)
+            conditioner = Conditioner(rate, channels, self._config.channel, out_rate=self.sample_rate)
         except ValueError as e:
             raise SourceError(f"{self.name}: {e}") from e
         self._past_overflows += self._feed.overflows

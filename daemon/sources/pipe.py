@@ -66,13 +66,15 @@ class LineLimiter:
 
 
 class PipeInput:
-    """Runs a PCM-producing command, restarting it with back-off, and feeds its audio to a ring."""
+    """Runs a PCM-producing command, restarting it with back-off, and feeds its audio to a ring at `sample_rate`
+    (Hz, the model's)."""
 
     def __init__(
         self,
         name: str,
         config: PipeSource,
         ring: RingBuffer,
+        sample_rate: int,
         *,
         backoff_initial: float = 1.0,
         healthy_after: float = HEALTHY_AFTER_SECONDS,
@@ -80,6 +82,7 @@ class PipeInput:
     ) -> None:
         self.name = name
         self.ring = ring
+        self.sample_rate = sample_rate
         self._config = config
         self._backoff = Backoff(min(backoff_initial, config.restart_max_seconds), config.restart_max_seconds)
         self._healthy_after = healthy_after
@@ -90,7 +93,7 @@ class PipeInput:
         self._lock = threading.Lock()
         self._proc: subprocess.Popen[bytes] | None = None
         self._thread: threading.Thread | None = None
-        self._delivered = 0  # samples at 48 kHz written to the ring
+        self._delivered = 0  # samples at sample_rate written to the ring
         self._frame_bytes = config.channels * SAMPLE_BYTES[config.sample_format]
 
     def start(self) -> None:
@@ -143,7 +146,8 @@ class PipeInput:
             proc = self._spawn()
         except OSError as e:
             return f"cannot start {self._config.command[0]!r}: {e}"
-        conditioner = Conditioner(self._config.sample_rate, self._config.channels, self._config.channel)
+        config = self._config
+        conditioner = Conditioner(config.sample_rate, config.channels, config.channel, out_rate=self.sample_rate)
         try:
             assert isinstance(proc.stdout, io.BufferedReader)
             self._pump(proc.stdout, conditioner)
