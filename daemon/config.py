@@ -280,6 +280,11 @@ class OutputsConfig(Section):
 
     mqtt: MqttConfig | None = Field(None, description="MQTT broker settings; default: none, no MQTT")
     stdout: bool | None = Field(None, description="JSON lines on stdout; default: on when no broker is configured")
+    stdout_scores: bool = Field(
+        False,
+        description="with the stdout output on, also write every window's score per detection as a JSON line "
+        '(`"kind": "scores"`), as `clapd classify --json` gives them for a recording',
+    )
 
 
 class MetricsConfig(Section):
