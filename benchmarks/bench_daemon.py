@@ -827,7 +827,7 @@ def summary(latency: list[Latency], capacity: list[Capacity]) -> list[str]:
             f"one hop, {r.hop_s:g} s, where the first such window fires: offline {r.first_window}/{r.onsets} did) "
             f"+ {1000 * median(r.to_model_s):.0f} ms until its model call starts (pipe read, the idle poll, a call "
             f"still running) + {1000 * median(r.model_s):.0f} ms model call + {1000 * median(r.to_subscriber_s):.0f}"
-            " ms to the subscriber (matching, event tracking with `smoothing_windows: 1`, the disk queue's fsyncs, "
+            " ms to the subscriber (matching, event tracking with `smoothing_windows: 1`, the spool's fsyncs, "
             "MQTT QoS 1 on loopback)."
         )
     for window_s, n in sorted(best_streams(capacity).items()):
@@ -861,7 +861,7 @@ def section(latency: list[Latency], capacity: list[Capacity], notes: list[str], 
         "Written by `benchmarks/bench_daemon.py`: random-weight full-size reference model, CPUExecutionProvider, "
         "2 threads per model call; every stream a `pipe` source whose writer paces s16le at 48 kHz by the clock "
         f"({LATENCY_CHUNK // 48} ms writes for latency, {CAPACITY_CHUNK // 48} ms for capacity); mosquitto on "
-        "loopback, QoS 1 (the daemon's disk queue, `synchronous=FULL`, in between).",
+        "loopback, QoS 1 (the daemon's spool, `synchronous=FULL`, in between).",
         "",
         f"- date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}; whole run {seconds / 60:.0f} min",
         f"- machine: {machine_line()}",

@@ -1,6 +1,6 @@
 """Changing detections at run time over MQTT: request and result payloads, validation, and persistence.
 
-A request arrives on `{prefix}/control/set` (see `clapd.daemon.mqtt_payloads` for the topics and examples).
+A request arrives on `{prefix}/control/set` (see `clapd.daemon.mqtt.payloads` for the topics and examples).
 `parse_request` runs in paho's thread: it checks the payload's shape and the given detection fields, and answers
 anything malformed with a `ControlResult` at once. `apply_request` runs where the detections live (the daemon's
 main thread): it checks the request against the current detections and streams, as the config file is checked,
@@ -21,13 +21,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from pydantic.fields import FieldInfo
 
 from clapd.daemon.config import NAME_PATTERN, DetectionConfig, Name, describe_error
-from clapd.daemon.mqtt_payloads import MAX_CONTROL_PAYLOAD_BYTES
 from clapd.daemon.state_files import read_json, write_json_atomically
 
 logger = logging.getLogger(__name__)
 
 Action = Literal["set", "update", "remove"]
 CONTROL_FILE = "control.json"  # in the state directory
+MAX_CONTROL_PAYLOAD_BYTES = 65_536  # larger requests are refused unparsed
 MAX_ECHO_CHARS = 200  # a request's own strings are echoed in its result at most this long
 MAX_PROBLEM_CHARS = 400  # one problem line in a result, at most
 

@@ -1,6 +1,6 @@
 """Small JSON files in the state directory, written atomically so a crash leaves the old or the new file, never half.
 
-Used for what the daemon must remember across restarts besides its event queue: the Home Assistant entities it
+Used for what the daemon must remember across restarts besides its MQTT spool: the Home Assistant entities it
 announced, and the detection changes made over MQTT.
 """
 

@@ -21,6 +21,8 @@ from mqtt_broker import (  # the fixtures brokers and subscribers under their fu
 
 from clapd.daemon.config import ConfigError, DetectionConfig, MqttConfig, parse_config
 from clapd.daemon.control import (
+    MAX_CONTROL_PAYLOAD_BYTES,
+    ControlChannel,
     ControlError,
     ControlRequest,
     ControlResult,
@@ -28,8 +30,9 @@ from clapd.daemon.control import (
     apply_request,
     parse_request,
 )
-from clapd.daemon.mqtt_payloads import MAX_CONTROL_PAYLOAD_BYTES, level_payload
-from clapd.daemon.mqtt_publisher import MqttPublisher
+from clapd.daemon.mqtt import MqttLink, build_mqtt
+from clapd.daemon.mqtt.payloads import level_payload
+from clapd.daemon.records import LevelReading
 
 TIMEOUT = 5.0  # seconds, for every wait on the broker
 QUIET = 0.5  # seconds to wait for something that must not arrive
@@ -274,21 +277,27 @@ def authenticated(brokers) -> MosquittoBroker:
 
 
 @pytest.fixture
-def publishers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., MqttPublisher]]:
-    """`publishers(port, **mqtt fields)`: authenticated, control on; stopped at teardown."""
+def links(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., MqttLink]]:
+    """`links(port, **mqtt fields)`: MQTT output and control channel, authenticated, control on, each with a state
+    directory of its own; stopped at teardown."""
     monkeypatch.setenv("CLAPD_TEST_PASSWORD", PASSWORD)
-    made: list[MqttPublisher] = []
+    made: list[MqttLink] = []
 
-    def make(port: int, **fields: object) -> MqttPublisher:
+    def make(port: int, **fields: object) -> MqttLink:
         fields = {"username": USER, "password_env": "CLAPD_TEST_PASSWORD", "control": {"enabled": True}, **fields}
         config = MqttConfig.model_validate({"host": "127.0.0.1", "port": port, **fields})
-        publisher = MqttPublisher(config, tmp_path / f"queue{len(made)}.db", client_id_default=f"clapd-{len(made)}")
-        made.append(publisher)
-        return publisher
+        link = build_mqtt(config, tmp_path / f"state{len(made)}", client_id_default=f"clapd-{len(made)}")
+        made.append(link)
+        return link
 
     yield make
-    for publisher in made:
-        publisher.stop(timeout=0.5)
+    for link in made:
+        link.output.stop(timeout=0.5)
+
+
+def control_of(link: MqttLink) -> ControlChannel:
+    assert link.control is not None
+    return link.control
 
 
 def send(port: int, payload: bytes, *, retain: bool = False) -> None:
@@ -303,14 +312,15 @@ def results(got) -> list[dict]:
 
 
 def test_requests_reach_the_handler_and_results_the_result_topic(
-    authenticated: MosquittoBroker, publishers, subscribers
+    authenticated: MosquittoBroker, links, subscribers
 ) -> None:
     answers = subscribers(authenticated.port, "clapd/control/result", username=USER, password=PASSWORD)
     requests: queue.Queue[ControlRequest] = queue.Queue()
-    publisher = publishers(authenticated.port)
-    publisher.set_control_handler(requests.put)
-    publisher.start()
-    wait_until(lambda: publisher.stats().connected, TIMEOUT, "the connection")
+    link = links(authenticated.port)
+    control = control_of(link)
+    control.listen(requests.put)
+    link.output.start()
+    wait_until(lambda: link.output.stats().connected, TIMEOUT, "the connection")
     time.sleep(0.2)  # the subscription is made in on_connect
 
     detections = dict(DETECTIONS)
@@ -325,9 +335,9 @@ def test_requests_reach_the_handler_and_results_the_result_topic(
         taken = requests.get(timeout=TIMEOUT)  # what the daemon's main thread does with it:
         try:
             detections = apply_request(detections, taken, STREAMS)
-            publisher.publish_control_result(ControlResult.success(taken))
+            control.answer(ControlResult.success(taken))
         except ControlError as e:
-            publisher.publish_control_result(ControlResult.failure(taken, e.problems))
+            control.answer(ControlResult.failure(taken, e.problems))
     got = results(answers.wait_for(lambda got: len(got) == 4, TIMEOUT, "four results"))
     assert [(r["request_id"], r["ok"], r["action"], r["detection"]) for r in got] == [
         ("1", True, "set", "glass"),
@@ -340,15 +350,15 @@ def test_requests_reach_the_handler_and_results_the_result_topic(
     assert not any(m.retain for m in answers.received())
 
 
-def test_invalid_requests_are_answered_at_once(authenticated: MosquittoBroker, publishers, subscribers) -> None:
+def test_invalid_requests_are_answered_at_once(authenticated: MosquittoBroker, links, subscribers) -> None:
     answers = subscribers(authenticated.port, "clapd/control/result", username=USER, password=PASSWORD)
     # Retained before the daemon subscribes, it is a replay when it arrives: refused, never applied.
     send(authenticated.port, request(request_id="r", action="remove", detection="dog"), retain=True)
     requests: queue.Queue[ControlRequest] = queue.Queue()
-    publisher = publishers(authenticated.port)
-    publisher.set_control_handler(requests.put)
-    publisher.start()
-    wait_until(lambda: publisher.stats().connected, TIMEOUT, "the connection")
+    link = links(authenticated.port)
+    control_of(link).listen(requests.put)
+    link.output.start()
+    wait_until(lambda: link.output.stats().connected, TIMEOUT, "the connection")
     time.sleep(0.2)
     bad = [
         b"not json",
@@ -369,34 +379,33 @@ def test_invalid_requests_are_answered_at_once(authenticated: MosquittoBroker, p
     assert requests.empty()
 
 
-def test_a_handler_that_fails_is_answered(authenticated: MosquittoBroker, publishers, subscribers) -> None:
+def test_a_handler_that_fails_is_answered(authenticated: MosquittoBroker, links, subscribers) -> None:
     answers = subscribers(authenticated.port, "clapd/control/result", username=USER, password=PASSWORD)
-    publisher = publishers(authenticated.port)
-    publisher.start()
-    wait_until(lambda: publisher.stats().connected, TIMEOUT, "the connection")
+    link = links(authenticated.port)
+    link.output.start()
+    wait_until(lambda: link.output.stats().connected, TIMEOUT, "the connection")
 
     def full(request: ControlRequest) -> None:
         raise queue.Full()
 
-    publisher.set_control_handler(full)  # after connecting: subscribes now
+    control_of(link).listen(full)  # after connecting: subscribes now
     time.sleep(0.2)
     send(authenticated.port, request(request_id="f", action="remove", detection="dog"))
     (got,) = results(answers.wait_for(lambda got: len(got) == 1, TIMEOUT, "a refusal"))
     assert got["ok"] is False and got["errors"][0].startswith("(daemon): cannot take the request")
 
 
-def test_control_off_means_no_subscription(authenticated: MosquittoBroker, publishers, subscribers) -> None:
+def test_control_off_means_no_channel_and_no_subscription(authenticated: MosquittoBroker, links, subscribers) -> None:
     answers = subscribers(authenticated.port, "clapd/control/result", username=USER, password=PASSWORD)
-    requests: queue.Queue[ControlRequest] = queue.Queue()
-    publisher = publishers(authenticated.port, control={"enabled": False})
-    publisher.set_control_handler(requests.put)
-    publisher.start()
-    wait_until(lambda: publisher.stats().connected, TIMEOUT, "the connection")
+    link = links(authenticated.port, control={"enabled": False})
+    assert link.control is None
+    link.output.start()
+    wait_until(lambda: link.output.stats().connected, TIMEOUT, "the connection")
     time.sleep(0.2)
     send(authenticated.port, request(action="remove", detection="dog"))
-    send(authenticated.port, b"not json")
+    send(authenticated.port, b"not json")  # a subscribed channel would refuse it at once
     time.sleep(QUIET)
-    assert requests.empty() and answers.received() == []
+    assert answers.received() == []
 
 
 # --- the level topic ---
@@ -408,28 +417,28 @@ def test_level_payloads() -> None:
     assert level_payload(math.nan) is None
 
 
-def test_levels_are_published_live_only(authenticated: MosquittoBroker, publishers, subscribers) -> None:
+def test_levels_are_published_live_only(authenticated: MosquittoBroker, links, subscribers) -> None:
     live = subscribers(authenticated.port, "clapd/+/level", username=USER, password=PASSWORD)
-    publisher = publishers(authenticated.port)
-    publisher.publish_level("kitchen", -20.0)  # not started: dropped
-    publisher.start()
-    wait_until(lambda: publisher.stats().connected, TIMEOUT, "the connection")
-    publisher.publish_level("kitchen", -31.27)
-    publisher.publish_level("hall", math.nan)  # nothing to say
-    publisher.publish_level("hall", -math.inf)
+    output = links(authenticated.port).output
+    output.publish_level(LevelReading("kitchen", -20.0))  # not started: dropped
+    output.start()
+    wait_until(lambda: output.stats().connected, TIMEOUT, "the connection")
+    output.publish_level(LevelReading("kitchen", -31.27))
+    output.publish_level(LevelReading("hall", math.nan))  # nothing to say
+    output.publish_level(LevelReading("hall", -math.inf))
     got = live.wait_for(lambda got: len(got) == 2, TIMEOUT, "two levels")
     assert [(m.topic, m.payload, m.retain) for m in got] == [
         ("clapd/kitchen/level", b"-31.3", False),
         ("clapd/hall/level", b"-120.0", False),
     ]
     with pytest.raises(ValueError):
-        publisher.publish_level("a/b", -10.0)
+        output.publish_level(LevelReading("a/b", -10.0))
 
     authenticated.stop()
-    wait_until(lambda: not publisher.stats().connected, TIMEOUT, "the publisher to notice")
-    publisher.publish_level("kitchen", -10.0)  # while disconnected: dropped, never queued
-    assert publisher.stats().queued == 0
+    wait_until(lambda: not output.stats().connected, TIMEOUT, "the output to notice")
+    output.publish_level(LevelReading("kitchen", -10.0))  # while disconnected: dropped, never spooled
+    assert output.stats().queued == 0
     authenticated.start()
-    wait_until(lambda: publisher.stats().connected, 15, "the reconnection")
+    wait_until(lambda: output.stats().connected, 15, "the reconnection")
     time.sleep(QUIET)
     assert len(live.received()) == 2

@@ -24,7 +24,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from clapd import __version__
 from clapd.daemon.config import DetectionConfig, MqttConfig, parse_config
-from clapd.daemon.ha_discovery import (
+from clapd.daemon.mqtt import MqttOutput, build_mqtt
+from clapd.daemon.mqtt.discovery import (
     ANNOUNCED_FILE,
     Announcements,
     DiscoverySettings,
@@ -32,8 +33,7 @@ from clapd.daemon.ha_discovery import (
     node_id_from,
     pair_object_id,
 )
-from clapd.daemon.mqtt_payloads import EventPayload
-from clapd.daemon.mqtt_publisher import MqttPublisher
+from clapd.daemon.mqtt.payloads import EventPayload
 from clapd.daemon.records import DetectionEvent
 
 TIMEOUT = 5.0  # seconds, for every wait on the broker
@@ -281,20 +281,20 @@ DETECTIONS = {name: DetectionConfig(prompts=[name]) for name in ("smoke", "glass
 
 
 @pytest.fixture
-def publishers(tmp_path: Path) -> Iterator[Callable[..., MqttPublisher]]:
-    """`publishers(port, **mqtt fields)`: Home Assistant discovery on, the queue in tmp_path; stopped at teardown."""
-    made: list[MqttPublisher] = []
+def outputs(tmp_path: Path) -> Iterator[Callable[..., MqttOutput]]:
+    """`outputs(port, **mqtt fields)`: Home Assistant discovery on, state in tmp_path; stopped at teardown."""
+    made: list[MqttOutput] = []
 
-    def make(port: int, **fields: object) -> MqttPublisher:
+    def make(port: int, **fields: object) -> MqttOutput:
         fields.setdefault("home_assistant", {"enabled": True})
         config = MqttConfig.model_validate({"host": "127.0.0.1", "port": port, "level_interval_seconds": 0, **fields})
-        publisher = MqttPublisher(config, tmp_path / "queue.db", client_id_default="clapd-test")
-        made.append(publisher)
-        return publisher
+        output = build_mqtt(config, tmp_path, client_id_default="clapd-test").output
+        made.append(output)
+        return output
 
     yield make
-    for publisher in made:
-        publisher.stop(timeout=0.5)
+    for output in made:
+        output.stop(timeout=0.5)
 
 
 def configs(got: list[Received]) -> dict[str, bytes]:
@@ -311,12 +311,12 @@ def announced_file(tmp_path: Path) -> set[str]:
 
 
 def test_announced_retained_and_again_when_home_assistant_comes_online(
-    broker: MosquittoBroker, publishers, subscribers
+    broker: MosquittoBroker, outputs, subscribers
 ) -> None:
     live = subscribers(broker.port, "homeassistant/#")
-    publisher = publishers(broker.port)
-    publisher.announce(["kitchen"], DETECTIONS)  # before the connection: sent once connected
-    publisher.start()
+    output = outputs(broker.port)
+    output.announce(["kitchen"], DETECTIONS)  # before the connection: sent once connected
+    output.start()
     got = live.wait_for(lambda got: len(configs(got)) == 6, TIMEOUT, "six configs")
     check_against_home_assistant("homeassistant", configs(got))
     late = subscribers(broker.port, "homeassistant/#")
@@ -339,17 +339,15 @@ def retained_configs(port: int, subscribers) -> dict[str, bytes]:
     return configs(got)
 
 
-def test_a_dropped_detection_loses_its_entities(
-    broker: MosquittoBroker, publishers, subscribers, tmp_path: Path
-) -> None:
+def test_a_dropped_detection_loses_its_entities(broker: MosquittoBroker, outputs, subscribers, tmp_path: Path) -> None:
     live = subscribers(broker.port, "homeassistant/#")
-    publisher = publishers(broker.port)
-    publisher.start()
-    wait_until(lambda: publisher.stats().connected, TIMEOUT, "the connection")
-    publisher.announce(["kitchen"], DETECTIONS)
+    output = outputs(broker.port)
+    output.start()
+    wait_until(lambda: output.stats().connected, TIMEOUT, "the connection")
+    output.announce(["kitchen"], DETECTIONS)
     live.wait_for(lambda got: len(configs(got)) == 6, TIMEOUT, "six configs")
     kept = {n: d for n, d in DETECTIONS.items() if n != "glass"}
-    publisher.announce(["kitchen"], kept)
+    output.announce(["kitchen"], kept)
     gone = topics_of(DETECTIONS) - topics_of(kept)
     assert len(gone) == 2
     live.wait_for(lambda got: all(configs(got).get(t) == b"" for t in gone), TIMEOUT, "empty configs")
@@ -357,17 +355,15 @@ def test_a_dropped_detection_loses_its_entities(
     wait_until(lambda: announced_file(tmp_path) == topics_of(kept), TIMEOUT, "the file to forget the removed")
 
 
-def test_entities_of_an_earlier_run_are_removed(
-    broker: MosquittoBroker, publishers, subscribers, tmp_path: Path
-) -> None:
-    first = publishers(broker.port)
+def test_entities_of_an_earlier_run_are_removed(broker: MosquittoBroker, outputs, subscribers, tmp_path: Path) -> None:
+    first = outputs(broker.port)
     first.announce(["kitchen", "hall"], DETECTIONS)
     first.start()
     subscribers(broker.port, "homeassistant/#").wait_for(lambda got: len(got) == 12, TIMEOUT, "twelve configs")
     first.stop()
     assert announced_file(tmp_path) == topics_of(DETECTIONS, ("kitchen", "hall"))
 
-    second = publishers(broker.port)  # the same state directory: a restart with the hall stream and dog gone
+    second = outputs(broker.port)  # the same state directory: a restart with the hall stream and dog gone
     kept = {n: d for n, d in DETECTIONS.items() if n != "dog"}
     second.announce(["kitchen"], kept)
     second.start()
@@ -376,26 +372,26 @@ def test_entities_of_an_earlier_run_are_removed(
 
 
 def test_turning_discovery_off_removes_what_was_announced(
-    broker: MosquittoBroker, publishers, subscribers, tmp_path: Path
+    broker: MosquittoBroker, outputs, subscribers, tmp_path: Path
 ) -> None:
-    first = publishers(broker.port)
+    first = outputs(broker.port)
     first.announce(["kitchen"], DETECTIONS)
     first.start()
     subscribers(broker.port, "homeassistant/#").wait_for(lambda got: len(got) == 6, TIMEOUT, "six configs")
     first.stop()
 
-    second = publishers(broker.port, home_assistant={"enabled": False})
+    second = outputs(broker.port, home_assistant={"enabled": False})
     second.announce(["kitchen"], DETECTIONS)
     second.start()
     wait_until(lambda: announced_file(tmp_path) == set(), TIMEOUT, "every removal to be acknowledged")
     assert retained_configs(broker.port, subscribers) == {}
 
 
-def test_no_discovery_when_off(broker: MosquittoBroker, publishers, subscribers, tmp_path: Path) -> None:
+def test_no_discovery_when_off(broker: MosquittoBroker, outputs, subscribers, tmp_path: Path) -> None:
     live = subscribers(broker.port, "#")
-    publisher = publishers(broker.port, home_assistant={"enabled": False})
-    publisher.announce(["kitchen"], DETECTIONS)
-    publisher.start()
+    output = outputs(broker.port, home_assistant={"enabled": False})
+    output.announce(["kitchen"], DETECTIONS)
+    output.start()
     live.wait_for(lambda got: any(m.topic == "clapd/status" for m in got), TIMEOUT, "online")
     paho.mqtt.publish.single("homeassistant/status", "online", hostname="127.0.0.1", port=broker.port)
     time.sleep(0.3)

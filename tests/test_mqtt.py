@@ -1,5 +1,5 @@
-"""The MQTT stage against a real mosquitto on loopback: payloads, retained state and status, the last will, and the
-on-disk queue across broker outages and daemon restarts."""
+"""The MQTT output against a real mosquitto on loopback: payloads, retained state and status, the last will, and
+the spool across broker outages and daemon restarts."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import json
 import logging
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,11 +26,11 @@ from mqtt_broker import (  # the fixtures broker, brokers and subscribers under 
 
 from clapd import __version__
 from clapd.daemon.config import MqttConfig
-from clapd.daemon.event_queue import DiskQueue, OutgoingMessage
-from clapd.daemon.mqtt_payloads import EventPayload, Topics, build_topic
-from clapd.daemon.mqtt_publisher import MqttPublisher
-from clapd.daemon.records import DetectionEvent
-from clapd.daemon.stdout_publisher import StdoutPublisher
+from clapd.daemon.mqtt import MqttOutput, build_mqtt
+from clapd.daemon.mqtt.payloads import EventPayload, Topics, build_topic
+from clapd.daemon.output import Output, OutputStats
+from clapd.daemon.records import DetectionEvent, Scores, StateChange
+from clapd.daemon.stdout_output import StdoutOutput
 
 PROTOCOLS = ["3.1.1", "5"]
 DELIVERY_TIMEOUT = 15.0  # seconds; covers paho's reconnect back-off of 1 + 2 + 4 s after an outage
@@ -65,19 +64,20 @@ def first_seen(ids: list[str]) -> list[str]:
 
 
 @pytest.fixture
-def publishers(tmp_path: Path) -> Iterator[Callable[..., MqttPublisher]]:
-    """Make publishers (`publishers(port, protocol="3.1.1")`, fields as `MqttConfig`'s); stopped at teardown."""
-    made: list[MqttPublisher] = []
+def outputs(tmp_path: Path) -> Iterator[Callable[..., MqttOutput]]:
+    """Make MQTT outputs (`outputs(port, protocol="3.1.1")`, fields as `MqttConfig`'s), each with its spool in the
+    state directory `tmp_path / state`; stopped at teardown."""
+    made: list[MqttOutput] = []
 
-    def make(port: int, *, queue: str = "queue.db", **fields: object) -> MqttPublisher:
+    def make(port: int, *, state: str = "state", **fields: object) -> MqttOutput:
         config = MqttConfig.model_validate({"host": "127.0.0.1", "port": port, **fields})
-        publisher = MqttPublisher(config, tmp_path / queue, client_id_default=f"clapd-test-{len(made)}")
-        made.append(publisher)
-        return publisher
+        output = build_mqtt(config, tmp_path / state, client_id_default=f"clapd-test-{len(made)}").output
+        made.append(output)
+        return output
 
     yield make
-    for publisher in made:
-        publisher.stop(timeout=0.5)
+    for output in made:
+        output.stop(timeout=0.5)
 
 
 # --- topics and payloads ---
@@ -97,14 +97,22 @@ def test_bad_prefixes_are_refused(prefix: str) -> None:
         Topics(prefix)
 
 
-def test_publisher_refuses_a_bad_name_before_queueing(tmp_path: Path) -> None:
-    publisher = MqttPublisher(MqttConfig(host="127.0.0.1"), tmp_path / "q.db", client_id_default="t")
+def test_output_refuses_a_bad_name_before_spooling(tmp_path: Path) -> None:
+    output = build_mqtt(MqttConfig(host="127.0.0.1"), tmp_path, client_id_default="t").output
     with pytest.raises(ValueError):
-        publisher.publish_event(make_event(1, stream="a/b"))
+        output.publish_event(make_event(1, stream="a/b"))
     with pytest.raises(ValueError):
-        publisher.publish_state("kitchen", "c+", True)
-    assert publisher.stats().queued == 0
-    publisher.stop()
+        output.publish_state(StateChange("kitchen", "c+", True))
+    assert output.stats().queued == 0
+    output.stop()
+
+
+def test_the_mqtt_output_is_an_output_that_takes_no_scores(tmp_path: Path) -> None:
+    link = build_mqtt(MqttConfig(host="127.0.0.1"), tmp_path, client_id_default="t")
+    assert isinstance(link.output, Output) and not link.output.wants_scores and link.control is None
+    link.output.publish_scores(Scores("kitchen", 0, 48_000, {"clap": 0.9}))  # no scores topic yet: nothing
+    assert link.output.stats() == OutputStats(sent=0, dropped=0, queued=0, connected=False)
+    link.output.stop()
 
 
 def test_event_payload_schema() -> None:
@@ -125,80 +133,16 @@ def test_event_payload_schema() -> None:
     }
 
 
-def test_stdout_publisher_writes_json_lines() -> None:
+def test_stdout_output_writes_json_lines() -> None:
     out = io.StringIO()
-    publisher = StdoutPublisher(out)
-    publisher.start()
-    publisher.publish_event(make_event(1))
-    publisher.publish_state("kitchen", "clap", True)
-    publisher.publish_event(make_event(1, "end"))
-    publisher.stop()
+    output = StdoutOutput(out)
+    output.start()
+    output.publish_event(make_event(1))
+    output.publish_state(StateChange("kitchen", "clap", True))
+    output.publish_event(make_event(1, "end"))
+    output.stop()
     lines = out.getvalue().splitlines()
     assert [EventPayload.model_validate_json(line).kind for line in lines] == ["start", "end"]
-
-
-# --- the disk queue ---
-
-
-def message(n: int, size: int = 10) -> OutgoingMessage:
-    return OutgoingMessage(f"t/{n}", bytes([n % 256]) * size, qos=1, retain=n % 2 == 0)
-
-
-def test_disk_queue_keeps_order_across_reopen(tmp_path: Path) -> None:
-    queue = DiskQueue(tmp_path / "q.db", max_messages=100)
-    ids = [queue.push(message(n)) for n in range(6)]
-    assert ids == sorted(ids) and len(queue) == 6
-    queue.remove(ids[:2])
-    queue.close()
-
-    queue = DiskQueue(tmp_path / "q.db", max_messages=100)
-    assert len(queue) == 4
-    assert [q.message for q in queue.peek(10)] == [message(n) for n in range(2, 6)]
-    assert [q.id for q in queue.peek(2, after=ids[3])] == ids[4:6]
-    queue.remove(ids)
-    assert queue.push(message(9)) > ids[-1]  # ids are never reused, so order holds after the queue empties
-    queue.close()
-
-
-def test_disk_queue_drops_the_oldest_when_full(tmp_path: Path) -> None:
-    queue = DiskQueue(tmp_path / "q.db", max_messages=3)
-    for n in range(5):
-        queue.push(message(n))
-    assert len(queue) == 3 and queue.dropped == 2
-    assert [q.message.topic for q in queue.peek(10)] == ["t/2", "t/3", "t/4"]
-    queue.close()
-    smaller = DiskQueue(tmp_path / "q.db", max_messages=2)
-    assert [q.message.topic for q in smaller.peek(10)] == ["t/3", "t/4"] and smaller.dropped == 1
-    smaller.close()
-
-
-def test_disk_queue_survives_a_full_disk(tmp_path: Path) -> None:
-    queue = DiskQueue(tmp_path / "q.db", max_messages=10_000)
-    # SQLite's page limit raises the same SQLITE_FULL "database or disk is full" as a full disk.
-    (pages,) = queue._db.execute("PRAGMA page_count").fetchone()
-    queue._db.execute(f"PRAGMA max_page_count = {pages + 8}")  # 8 pages of 4 KiB: a few messages of 3 kB
-    for n in range(100):
-        assert queue.push(message(n, size=3000)) > 0
-    assert queue.dropped > 0 and len(queue) + queue.dropped == 100
-    assert queue.peek(1000)[-1].message == message(99, size=3000)
-    assert queue.push(message(0, size=200_000)) == 0  # larger than the whole database may grow: dropped itself
-    queue.close()
-
-
-def test_disk_queue_is_thread_safe(tmp_path: Path) -> None:
-    queue = DiskQueue(tmp_path / "q.db", max_messages=10_000)
-    pushed: list[int] = []
-
-    def push_many() -> None:
-        pushed.extend(queue.push(message(n)) for n in range(50))
-
-    threads = [threading.Thread(target=push_many) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=10)
-    assert len(set(pushed)) == 200 and len(queue) == 200
-    queue.close()
 
 
 # --- against the broker ---
@@ -209,16 +153,16 @@ def has_payload(topic: str, payload: bytes) -> Callable[[list[Received]], bool]:
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
-def test_events_state_and_status(protocol: str, broker: MosquittoBroker, publishers, subscribers) -> None:
+def test_events_state_and_status(protocol: str, broker: MosquittoBroker, outputs, subscribers) -> None:
     live = subscribers(broker.port, "clapd/#")
-    publisher = publishers(broker.port, protocol=protocol)
-    publisher.start()
+    output = outputs(broker.port, protocol=protocol)
+    output.start()
     live.wait_for(has_payload(STATUS, b"online"), 5, "online")
 
-    publisher.publish_event(make_event(1))
-    publisher.publish_state("kitchen", "clap", True)
-    publisher.publish_event(make_event(1, "end"))
-    publisher.publish_state("kitchen", "clap", False)
+    output.publish_event(make_event(1))
+    output.publish_state(StateChange("kitchen", "clap", True))
+    output.publish_event(make_event(1, "end"))
+    output.publish_state(StateChange("kitchen", "clap", False))
     live.wait_for(lambda got: len(got) >= 5, 5, "two events and two states")
     events = live.received("clapd/kitchen/clap/event")
     assert [json.loads(m.payload) for m in events] == [
@@ -233,90 +177,88 @@ def test_events_state_and_status(protocol: str, broker: MosquittoBroker, publish
         ("clapd/kitchen/clap/state", b"OFF", True),
     }
 
-    publisher.stop()
+    output.stop()
     live.wait_for(has_payload(STATUS, b"offline"), 5, "offline")
-    stats = publisher.stats()
+    stats = output.stats()
     assert (stats.sent, stats.queued, stats.dropped, stats.connects, stats.connected) == (4, 0, 0, 1, False)
     retained = subscribers(broker.port, STATUS).wait_for(lambda got: len(got) == 1, 5, "retained status")
     assert retained[0].payload == b"offline"
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
-def test_events_queued_while_the_broker_is_down_arrive_in_order(
-    protocol: str, broker: MosquittoBroker, publishers, subscribers
+def test_events_spooled_while_the_broker_is_down_arrive_in_order(
+    protocol: str, broker: MosquittoBroker, outputs, subscribers
 ) -> None:
     # A persistent session on a broker with persistence: the subscription, and what is published before the
-    # subscriber is back, survive the restart, so what arrives is exactly what the publisher delivered.
+    # subscriber is back, survive the restart, so what arrives is exactly what the output delivered.
     watcher = subscribers(broker.port, "clapd/+/+/event", persistent=True)
-    publisher = publishers(broker.port, protocol=protocol)
-    publisher.start()
-    wait_until(lambda: publisher.stats().connected, 5, "the publisher to connect")
+    output = outputs(broker.port, protocol=protocol)
+    output.start()
+    wait_until(lambda: output.stats().connected, 5, "the output to connect")
 
     broker.stop()
-    wait_until(lambda: not publisher.stats().connected, 5, "the publisher to notice")
+    wait_until(lambda: not output.stats().connected, 5, "the output to notice")
     for n in range(20):
-        publisher.publish_event(make_event(n))
-    assert publisher.stats().queued == 20
+        output.publish_event(make_event(n))
+    assert output.stats().queued == 20
     broker.start()
 
     expected = [f"e{n}" for n in range(20)]
     got = watcher.wait_for(lambda got: set(event_ids(got)) >= set(expected), DELIVERY_TIMEOUT, "20 events")
     assert first_seen(event_ids(got)) == expected
-    wait_until(lambda: publisher.stats().queued == 0, 5, "the queue to empty")
-    stats = publisher.stats()
+    wait_until(lambda: output.stats().queued == 0, 5, "the spool to empty")
+    stats = output.stats()
     assert (stats.sent, stats.dropped, stats.connects, stats.disconnects) == (20, 0, 2, 1)
 
 
-def test_a_restarted_daemon_delivers_the_old_queue(broker: MosquittoBroker, publishers, subscribers) -> None:
+def test_a_restarted_daemon_delivers_the_old_spool(broker: MosquittoBroker, outputs, subscribers) -> None:
     watcher = subscribers(broker.port, "clapd/+/+/event", persistent=True)
     broker.stop()
-    first = publishers(broker.port)
+    first = outputs(broker.port)
     first.start()
     for n in range(5):
         first.publish_event(make_event(n))
     first.stop()
     assert first.stats().queued == 5
 
-    second = publishers(broker.port)  # the same queue file
+    second = outputs(broker.port)  # the same state directory, so the same spool
     assert second.stats().queued == 5
     second.start()
     broker.start()
     got = watcher.wait_for(lambda got: len(set(event_ids(got))) >= 5, DELIVERY_TIMEOUT, "the old events")
     assert first_seen(event_ids(got)) == [f"e{n}" for n in range(5)]
-    wait_until(lambda: second.stats().queued == 0, 5, "the queue to empty")
+    wait_until(lambda: second.stats().queued == 0, 5, "the spool to empty")
 
 
-def test_unacknowledged_messages_stay_queued_until_acknowledged(
-    broker: MosquittoBroker, publishers, subscribers
-) -> None:
+def test_unacknowledged_messages_stay_spooled_until_acknowledged(broker: MosquittoBroker, outputs, subscribers) -> None:
     watcher = subscribers(broker.port, "clapd/+/+/event", persistent=True)
-    first = publishers(broker.port)
+    first = outputs(broker.port)
     first.start()
-    wait_until(lambda: first.stats().connected, 5, "the publisher to connect")
+    wait_until(lambda: first.stats().connected, 5, "the output to connect")
     with broker.paused():  # SIGSTOP: the connection stays up, the bytes are taken, no ack comes back
         for n in range(3):
             first.publish_event(make_event(n))
         first.stop(timeout=0.3)
     assert (first.stats().queued, first.stats().sent) == (3, 0)
 
-    second = publishers(broker.port)
+    second = outputs(broker.port)
     second.start()
     wait_until(lambda: second.stats().queued == 0, DELIVERY_TIMEOUT, "the re-sent messages to be acknowledged")
     got = watcher.wait_for(lambda got: len(set(event_ids(got))) >= 3, 5, "the events")
     assert first_seen(event_ids(got)) == ["e0", "e1", "e2"]  # the first copies arrived late; duplicates are allowed
 
 
-def test_the_queue_is_bounded(broker: MosquittoBroker, publishers, subscribers) -> None:
+def test_the_spool_is_bounded(broker: MosquittoBroker, outputs, subscribers) -> None:
     watcher = subscribers(broker.port, "clapd/+/+/event", persistent=True)
     broker.stop()
-    publisher = publishers(broker.port, queue_max_events=5)
-    publisher.start()
+    output = outputs(broker.port, queue_max_events=5)
+    output.start()
     for n in range(8):
-        publisher.publish_event(make_event(n))
-    assert (publisher.stats().queued, publisher.stats().dropped) == (5, 3)
+        output.publish_event(make_event(n))
+    assert (output.stats().queued, output.stats().dropped) == (5, 3)
     broker.start()
     got = watcher.wait_for(lambda got: len(set(event_ids(got))) >= 5, DELIVERY_TIMEOUT, "the newest 5")
-    wait_until(lambda: publisher.stats().queued == 0, 5, "the queue to empty")
+    wait_until(lambda: output.stats().queued == 0, 5, "the spool to empty")
     assert first_seen(event_ids(got)) == [f"e{n}" for n in range(3, 8)]
 
 
@@ -324,17 +266,17 @@ CRASHING_DAEMON = """
 import sys, time
 from pathlib import Path
 from clapd.daemon.config import MqttConfig
-from clapd.daemon.mqtt_publisher import MqttPublisher
+from clapd.daemon.mqtt import build_mqtt
 config = MqttConfig(host="127.0.0.1", port=int(sys.argv[1]))
-publisher = MqttPublisher(config, Path(sys.argv[2]), client_id_default="doomed")
-publisher.start()
+output = build_mqtt(config, Path(sys.argv[2]), client_id_default="doomed").output
+output.start()
 time.sleep(60)
 """
 
 
 def test_the_last_will_says_offline_when_the_daemon_dies(broker: MosquittoBroker, subscribers, tmp_path: Path) -> None:
     live = subscribers(broker.port, STATUS)
-    args = [sys.executable, "-c", CRASHING_DAEMON, str(broker.port), str(tmp_path / "q.db")]
+    args = [sys.executable, "-c", CRASHING_DAEMON, str(broker.port), str(tmp_path / "state")]
     with subprocess.Popen(args) as daemon:
         try:
             live.wait_for(has_payload(STATUS, b"online"), 10, "online")
@@ -347,13 +289,13 @@ def test_the_last_will_says_offline_when_the_daemon_dies(broker: MosquittoBroker
 
 
 def test_bad_credentials_are_refused_with_back_off_and_logged_once(
-    brokers, publishers, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    brokers, outputs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     broker = brokers(users={"clapd": "right horse battery"})
     wrong = tmp_path / "wrong-password"
     wrong.write_text("wrong horse battery\n")
-    caplog.set_level(logging.INFO, logger="clapd.daemon.mqtt_publisher")
-    refused = publishers(broker.port, queue="refused.db", username="clapd", password_file=wrong)
+    caplog.set_level(logging.INFO, logger="clapd.daemon.mqtt")
+    refused = outputs(broker.port, state="refused", username="clapd", password_file=wrong)
     began = time.monotonic()
     refused.start()
     wait_until(lambda: refused.stats().auth_failures >= 2, 5, "two refusals")
@@ -365,25 +307,23 @@ def test_bad_credentials_are_refused_with_back_off_and_logged_once(
     assert "wrong horse" not in caplog.text
 
     monkeypatch.setenv("CLAPD_TEST_PASSWORD", "right horse battery")
-    accepted = publishers(broker.port, queue="accepted.db", username="clapd", password_env="CLAPD_TEST_PASSWORD")
+    accepted = outputs(broker.port, state="accepted", username="clapd", password_env="CLAPD_TEST_PASSWORD")
     accepted.start()
     wait_until(lambda: accepted.stats().connected, 5, "the right password to be accepted")
 
 
-def test_tls_with_a_private_ca(
-    brokers, publishers, subscribers, tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_tls_with_a_private_ca(brokers, outputs, subscribers, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     ca, cert, key = make_tls_files(tmp_path)
     tls_port = free_port()
     broker = brokers(extra_config=f"listener {tls_port} 127.0.0.1\ncafile {ca}\ncertfile {cert}\nkeyfile {key}")
     watcher = subscribers(broker.port, "clapd/+/+/event")  # on the plain listener
-    publisher = publishers(tls_port, tls={"ca_file": ca})
-    publisher.start()
-    publisher.publish_event(make_event(7))
+    output = outputs(tls_port, tls={"ca_file": ca})
+    output.start()
+    output.publish_event(make_event(7))
     got = watcher.wait_for(lambda got: len(got) >= 1, 5, "an event over TLS")
     assert event_ids(got) == ["e7"]
 
-    untrusting = publishers(tls_port, queue="untrusting.db", tls={})  # the system's CAs do not know ours
+    untrusting = outputs(tls_port, state="untrusting", tls={})  # the system's CAs do not know ours
     untrusting.start()
     wait_until(lambda: "certificate verify failed" in caplog.text, 5, "the TLS failure to be logged")
     assert not untrusting.stats().connected

@@ -1,4 +1,4 @@
-"""MQTT security through MqttPublisher against a real mosquitto: TLS with a private CA, passwords, an ACL; what a
+"""MQTT security through the MQTT output against a real mosquitto: TLS with a private CA, passwords, an ACL; what a
 misconfigured daemon logs (never the password), and that refusals are retried with growing back-off."""
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from mqtt_broker import (  # the fixtures brokers and subscribers under their fu
 from paho.mqtt.enums import MQTTProtocolVersion
 
 from clapd.daemon.config import MqttConfig
-from clapd.daemon.mqtt_publisher import MqttPublisher
+from clapd.daemon.mqtt import MqttOutput, build_mqtt
 from clapd.daemon.records import DetectionEvent
 
 USER, PASSWORD = "clapd", "Correct-Horse-7731"
@@ -71,12 +71,12 @@ def logged_errors(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
 
 
-def auth_failure_times(publisher: MqttPublisher, seconds: float) -> list[float]:
-    """Watch the publisher's `auth_failures` for `seconds`: when (s from now) each refusal was counted."""
+def auth_failure_times(output: MqttOutput, seconds: float) -> list[float]:
+    """Watch the output's `auth_failures` for `seconds`: when (s from now) each refusal was counted."""
     began = time.monotonic()
     times: list[float] = []
     while (now := time.monotonic() - began) < seconds:
-        count = publisher.stats().auth_failures
+        count = output.stats().auth_failures
         times.extend([now] * (count - len(times)))
         time.sleep(POLL_SECONDS)
     return times
@@ -102,26 +102,26 @@ def password_file(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def publishers(tmp_path: Path) -> Iterator[Callable[..., MqttPublisher]]:
-    """Make publishers (`publishers(port, username=..., tls=...)`, fields as `MqttConfig`'s) reconnecting after
+def outputs(tmp_path: Path) -> Iterator[Callable[..., MqttOutput]]:
+    """Make outputs (`outputs(port, username=..., tls=...)`, fields as `MqttConfig`'s) reconnecting after
     1, 2, 4, 4, ... s; stopped at teardown."""
-    made: list[MqttPublisher] = []
+    made: list[MqttOutput] = []
 
-    def make(port: int, *, queue: str = "queue.db", **fields: object) -> MqttPublisher:
+    def make(port: int, *, state: str = "state", **fields: object) -> MqttOutput:
         config = MqttConfig.model_validate({"host": "127.0.0.1", "port": port, **fields})
-        publisher = MqttPublisher(
+        output = build_mqtt(
             config,
-            tmp_path / queue,
+            tmp_path / state,
             client_id_default=f"clapd-test-{len(made)}",
             reconnect_min_seconds=RECONNECT_MIN_SECONDS,
             reconnect_max_seconds=RECONNECT_MAX_SECONDS,
-        )
-        made.append(publisher)
-        return publisher
+        ).output
+        made.append(output)
+        return output
 
     yield make
-    for publisher in made:
-        publisher.stop(timeout=0.5)
+    for output in made:
+        output.stop(timeout=0.5)
 
 
 # --- TLS ---
@@ -129,44 +129,42 @@ def publishers(tmp_path: Path) -> Iterator[Callable[..., MqttPublisher]]:
 
 @pytest.mark.parametrize("protocol", ["3.1.1", "5"])
 def test_tls_and_a_password_deliver_to_a_tls_subscriber(
-    protocol: str, secure_broker: MosquittoBroker, tls_files: TlsFiles, password_file: Path, publishers, subscribers
+    protocol: str, secure_broker: MosquittoBroker, tls_files: TlsFiles, password_file: Path, outputs, subscribers
 ) -> None:
     port = secure_broker.tls_port
     watcher = subscribers(port, "clapd/#", username=WATCHER, password=WATCHER_PASSWORD, ca_file=tls_files.ca)
-    publisher = publishers(
-        port, protocol=protocol, username=USER, password_file=password_file, tls={"ca_file": tls_files.ca}
-    )
-    publisher.start()
+    output = outputs(port, protocol=protocol, username=USER, password_file=password_file, tls={"ca_file": tls_files.ca})
+    output.start()
     for n in range(3):
-        publisher.publish_event(make_event(n))
+        output.publish_event(make_event(n))
     got = watcher.wait_for(has_ids(3), DELIVERY_TIMEOUT, "three events over TLS")
     assert first_seen_ids(got) == ["e0", "e1", "e2"]
     assert any(m.topic == "clapd/status" and m.payload == b"online" for m in got)
-    wait_until(lambda: publisher.stats().queued == 0, LOG_TIMEOUT, "the acknowledgements")
-    stats = publisher.stats()
+    wait_until(lambda: output.stats().queued == 0, LOG_TIMEOUT, "the acknowledgements")
+    stats = output.stats()
     assert (stats.connected, stats.connects, stats.auth_failures, stats.dropped) == (True, 1, 0, 0)
 
 
 @pytest.mark.parametrize("insecure", [False, True], ids=["verified", "insecure"])
 def test_a_broker_signed_by_another_ca_is_refused(
-    insecure: bool, secure_broker: MosquittoBroker, password_file: Path, publishers, tmp_path: Path, caplog
+    insecure: bool, secure_broker: MosquittoBroker, password_file: Path, outputs, tmp_path: Path, caplog
 ) -> None:
     """mqtt.tls.insecure skips the hostname check only: a certificate from an unknown CA stays refused."""
     caplog.set_level(logging.INFO)
     other_ca = make_tls_files(tmp_path / "other").ca
     tls = {"ca_file": other_ca, "insecure": insecure}
-    publisher = publishers(secure_broker.tls_port, username=USER, password_file=password_file, tls=tls)
-    publisher.start()
+    output = outputs(secure_broker.tls_port, username=USER, password_file=password_file, tls=tls)
+    output.start()
     wait_until(lambda: logged_errors(caplog), LOG_TIMEOUT, "the TLS failure to be logged")
     (error,) = logged_errors(caplog)
     assert f"127.0.0.1:{secure_broker.tls_port}" in error
     assert "certificate verify failed" in error
     assert "retrying" in error
-    assert not publisher.stats().connected and publisher.stats().connects == 0
+    assert not output.stats().connected and output.stats().connects == 0
 
 
 def test_a_hostname_mismatch_is_refused_unless_insecure(
-    brokers, password_file: Path, publishers, subscribers, tmp_path: Path, caplog
+    brokers, password_file: Path, outputs, subscribers, tmp_path: Path, caplog
 ) -> None:
     caplog.set_level(logging.INFO)
     elsewhere = make_tls_files(tmp_path / "elsewhere", names=("DNS:broker.invalid",))  # not 127.0.0.1
@@ -174,14 +172,14 @@ def test_a_hostname_mismatch_is_refused_unless_insecure(
     watcher = subscribers(broker.port, EVENT_TOPICS, username=WATCHER, password=WATCHER_PASSWORD)
     auth = {"username": USER, "password_file": password_file}
 
-    strict = publishers(broker.tls_port, queue="strict.db", tls={"ca_file": elsewhere.ca}, **auth)
+    strict = outputs(broker.tls_port, state="strict", tls={"ca_file": elsewhere.ca}, **auth)
     strict.start()
     strict.publish_event(make_event(1))
     wait_until(lambda: logged_errors(caplog), LOG_TIMEOUT, "the TLS failure to be logged")
     (error,) = logged_errors(caplog)
     assert "certificate verify failed" in error and "mismatch" in error and "127.0.0.1" in error
 
-    lenient = publishers(broker.tls_port, queue="lenient.db", tls={"ca_file": elsewhere.ca, "insecure": True}, **auth)
+    lenient = outputs(broker.tls_port, state="lenient", tls={"ca_file": elsewhere.ca, "insecure": True}, **auth)
     lenient.start()
     lenient.publish_event(make_event(2))
     assert first_seen_ids(watcher.wait_for(has_ids(1), DELIVERY_TIMEOUT, "the event over TLS")) == ["e2"]
@@ -193,24 +191,24 @@ def test_a_hostname_mismatch_is_refused_unless_insecure(
 
 
 def test_a_wrong_password_is_retried_with_growing_back_off_and_never_logged(
-    secure_broker: MosquittoBroker, publishers, subscribers, tmp_path: Path, caplog
+    secure_broker: MosquittoBroker, outputs, subscribers, tmp_path: Path, caplog
 ) -> None:
     caplog.set_level(logging.DEBUG)  # every logger, paho's included
     watcher = subscribers(secure_broker.port, EVENT_TOPICS, username=WATCHER, password=WATCHER_PASSWORD)
     wrong = tmp_path / "wrong-password"
     wrong.write_text(WRONG_PASSWORD + "\n")
-    publisher = publishers(secure_broker.port, username=USER, password_file=wrong)
+    output = outputs(secure_broker.port, username=USER, password_file=wrong)
     for n in range(3):
-        publisher.publish_event(make_event(n))
-    publisher.start()
-    times = auth_failure_times(publisher, BACK_OFF_WATCH_SECONDS)
+        output.publish_event(make_event(n))
+    output.start()
+    times = auth_failure_times(output, BACK_OFF_WATCH_SECONDS)
 
     gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
     assert 3 <= len(times) <= 4, f"refusals at {times} s"  # a tight loop would make hundreds
     assert gaps[0] >= 0.9 * RECONNECT_MIN_SECONDS and gaps == sorted(gaps), f"gaps {gaps} s"
     broker_refusals = secure_broker.log_lines  # each refusal it logged was counted, and none other happened
     wait_until(lambda: len(broker_refusals("not authorised")) == len(times), LOG_TIMEOUT, "the broker's log")
-    stats = publisher.stats()
+    stats = output.stats()
     assert (stats.connected, stats.connects, stats.queued) == (False, 0, 3)
 
     (error,) = logged_errors(caplog)  # one line for the problem, not one per attempt
@@ -220,18 +218,18 @@ def test_a_wrong_password_is_retried_with_growing_back_off_and_never_logged(
     assert WRONG_PASSWORD not in secure_broker.log_file.read_text()
 
     secure_broker.set_users({USER: WRONG_PASSWORD, WATCHER: WATCHER_PASSWORD})
-    secure_broker.reload()  # the broker learns the password: the same publisher gets in at its next attempt
-    got = watcher.wait_for(has_ids(3), DELIVERY_TIMEOUT + RECONNECT_MAX_SECONDS, "the queued events")
+    secure_broker.reload()  # the broker learns the password: the same output gets in at its next attempt
+    got = watcher.wait_for(has_ids(3), DELIVERY_TIMEOUT + RECONNECT_MAX_SECONDS, "the spooled events")
     assert first_seen_ids(got) == ["e0", "e1", "e2"]
 
 
-def test_a_fixed_password_file_delivers_what_was_queued_in_order(
-    secure_broker: MosquittoBroker, publishers, subscribers, tmp_path: Path
+def test_a_fixed_password_file_delivers_what_was_spooled_in_order(
+    secure_broker: MosquittoBroker, outputs, subscribers, tmp_path: Path
 ) -> None:
     watcher = subscribers(secure_broker.port, EVENT_TOPICS, username=WATCHER, password=WATCHER_PASSWORD)
     credential = tmp_path / "mqtt-password"
     credential.write_text(WRONG_PASSWORD + "\n")
-    refused = publishers(secure_broker.port, username=USER, password_file=credential)
+    refused = outputs(secure_broker.port, username=USER, password_file=credential)
     refused.start()
     wait_until(lambda: refused.stats().auth_failures >= 1, LOG_TIMEOUT, "the refusal")
     for n in range(5):
@@ -240,11 +238,13 @@ def test_a_fixed_password_file_delivers_what_was_queued_in_order(
     assert refused.stats().queued == 5
 
     credential.write_text(PASSWORD + "\n")
-    fixed = publishers(secure_broker.port, username=USER, password_file=credential)  # the same queue file
+    fixed = outputs(
+        secure_broker.port, username=USER, password_file=credential
+    )  # the same state directory, so the same spool
     fixed.start()
-    got = watcher.wait_for(has_ids(5), DELIVERY_TIMEOUT, "the queued events")
+    got = watcher.wait_for(has_ids(5), DELIVERY_TIMEOUT, "the spooled events")
     assert first_seen_ids(got) == [f"e{n}" for n in range(5)]
-    wait_until(lambda: fixed.stats().queued == 0, LOG_TIMEOUT, "the queue to empty")
+    wait_until(lambda: fixed.stats().queued == 0, LOG_TIMEOUT, "the spool to empty")
     assert fixed.stats().auth_failures == 0
 
 
@@ -259,14 +259,14 @@ def test_anonymous_clients_are_refused(
 
 @pytest.mark.parametrize("source", ["password_env", "password_file"])
 def test_the_password_comes_from_the_environment_or_a_file(
-    source: str, secure_broker: MosquittoBroker, publishers, password_file: Path, monkeypatch
+    source: str, secure_broker: MosquittoBroker, outputs, password_file: Path, monkeypatch
 ) -> None:
     monkeypatch.setenv("CLAPD_TEST_MQTT_PASSWORD", PASSWORD)
     value = "CLAPD_TEST_MQTT_PASSWORD" if source == "password_env" else password_file  # the file ends in "\n"
-    publisher = publishers(secure_broker.port, username=USER, **{source: value})
-    publisher.start()
-    wait_until(lambda: publisher.stats().connected, LOG_TIMEOUT, "the password to be accepted")
-    assert publisher.stats().auth_failures == 0
+    output = outputs(secure_broker.port, username=USER, **{source: value})
+    output.start()
+    wait_until(lambda: output.stats().connected, LOG_TIMEOUT, "the password to be accepted")
+    assert output.stats().auth_failures == 0
 
 
 def unreadable_file(tmp_path: Path) -> Path:
@@ -290,21 +290,21 @@ PASSWORD_SOURCE_ERRORS = {  # case -> (MqttConfig fields, made in tmp_path; what
 
 
 @pytest.mark.parametrize("case", PASSWORD_SOURCE_ERRORS)
-def test_a_missing_password_source_fails_at_start_naming_it(case: str, publishers, tmp_path: Path, monkeypatch) -> None:
+def test_a_missing_password_source_fails_at_start_naming_it(case: str, outputs, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.delenv("CLAPD_TEST_UNSET", raising=False)
     fields, expected = PASSWORD_SOURCE_ERRORS[case]
-    publisher = publishers(1883, username=USER, **fields(tmp_path))
+    output = outputs(1883, username=USER, **fields(tmp_path))
     with pytest.raises(RuntimeError, match=expected) as raised:
-        publisher.start()
+        output.start()
     assert PASSWORD not in "".join(traceback.format_exception(raised.value))
 
 
-def test_a_password_file_that_is_not_text_fails_without_showing_it(publishers, tmp_path: Path) -> None:
+def test_a_password_file_that_is_not_text_fails_without_showing_it(outputs, tmp_path: Path) -> None:
     path = tmp_path / "binary"
     path.write_bytes(PASSWORD.encode() + b"\xff\n")
-    publisher = publishers(1883, username=USER, password_file=path)
+    output = outputs(1883, username=USER, password_file=path)
     with pytest.raises(RuntimeError, match="is not UTF-8 text") as raised:
-        publisher.start()
+        output.start()
     assert PASSWORD not in "".join(traceback.format_exception(raised.value))
 
 
@@ -312,16 +312,16 @@ def test_a_password_file_that_is_not_text_fails_without_showing_it(publishers, t
 
 
 def test_a_topic_the_acl_forbids_is_dropped_and_counted(
-    secure_broker: MosquittoBroker, password_file: Path, publishers, caplog
+    secure_broker: MosquittoBroker, password_file: Path, outputs, caplog
 ) -> None:
     """MQTT 5 says "not authorized" in the PUBACK: the message is dropped, not retried (3.1.1 brokers stay silent)."""
     caplog.set_level(logging.INFO)
-    publisher = publishers(
+    output = outputs(
         secure_broker.port, protocol="5", username=USER, password_file=password_file, topic_prefix="elsewhere"
     )
-    publisher.start()
-    publisher.publish_event(make_event(1))
-    wait_until(lambda: publisher.stats().dropped == 1, DELIVERY_TIMEOUT, "the refusal to be counted")
-    stats = publisher.stats()
+    output.start()
+    output.publish_event(make_event(1))
+    wait_until(lambda: output.stats().dropped == 1, DELIVERY_TIMEOUT, "the refusal to be counted")
+    stats = output.stats()
     assert (stats.connected, stats.queued, stats.sent, stats.auth_failures) == (True, 0, 0, 0)
     assert "the broker refused a message (Not authorized)" in caplog.text

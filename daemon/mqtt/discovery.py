@@ -1,4 +1,5 @@
-"""Home Assistant MQTT discovery: the entities clapd announces, and the record of what it announced.
+"""Home Assistant MQTT discovery: the entities clapd announces, the record of what it announced, and the announcer
+that keeps them current on the broker.
 
 One device per daemon. Per (stream, detection) pair, a detection watching the stream:
 - an `event` entity with event types `start` and `end`, fed by `{prefix}/{stream}/{detection}/event` (its JSON
@@ -13,6 +14,9 @@ discovery topic, payload, `device` and `origin`; /integrations/event.mqtt/, /int
 `{discovery_prefix}/{component}/{node_id}/{object_id}/config`, retained; an empty retained payload removes an entity.
 Names are `[A-Za-z0-9][A-Za-z0-9_-]*`, the very characters Home Assistant allows in an object id, so joining a stream
 and a detection could be ambiguous (`a_b` + `c` and `a` + `b_c`): a short hash of the pair keeps object ids apart.
+
+Discovery bypasses the spool: it is rebuilt from the current detections and re-sent on every connect; what must
+outlive a restart, the entities to remove, is kept in `Announcements`' file.
 """
 
 from __future__ import annotations
@@ -28,16 +32,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from paho.mqtt.client import MQTTMessage
+
 from clapd import __version__
 from clapd.daemon.config import DetectionConfig, MqttConfig
-from clapd.daemon.mqtt_payloads import STATE_OFF, STATE_ON, STATUS_OFFLINE, STATUS_ONLINE, Topics, build_topic
+from clapd.daemon.mqtt.connection import MqttConnection
+from clapd.daemon.mqtt.payloads import STATE_OFF, STATE_ON, STATUS_OFFLINE, STATUS_ONLINE, Topics, build_topic
 from clapd.daemon.state_files import read_json, write_json_atomically
 
 logger = logging.getLogger(__name__)
 
 EVENT_TYPES = ("start", "end")  # EventPayload.event_type
 LEVEL_EXPIRY_INTERVALS = 3  # a level sensor turns unavailable after this many missed level messages
-ANNOUNCED_FILE = "ha-discovery.json"  # next to the event queue
+ANNOUNCED_FILE = "ha-discovery.json"  # in the state directory, next to the spool
 _NOT_IN_OBJECT_ID = re.compile(r"[^A-Za-z0-9_-]")  # Home Assistant's object id / node id character class
 
 
@@ -245,3 +252,43 @@ def _acknowledged(delivery: Delivery) -> bool | None:
         return True if delivery.is_published() else None
     except (RuntimeError, ValueError):  # paho's answer for a message it did not send (offline, queue full)
         return False
+
+
+class Announcer:
+    """Makes Home Assistant's entities those of the streams and detections in force: sent when `announce`d while
+    connected, again on every connect (`publish`, called by the connection) and whenever Home Assistant says
+    "online"; entities announced before (by this run or an earlier one) and not now are removed."""
+
+    def __init__(self, config: MqttConfig, client_id: str, connection: MqttConnection, path: Path) -> None:
+        """`path`: the `Announcements` file (`ANNOUNCED_FILE` in the state directory)."""
+        self._enabled = config.home_assistant.enabled
+        self._settings = DiscoverySettings.from_config(config, client_id)
+        self._announcements = Announcements(path)
+        self._connection = connection
+
+    def announce(self, streams: Iterable[str], detections: Mapping[str, DetectionConfig]) -> None:
+        """The entities of these streams and detections from now on (none while discovery is off)."""
+        messages = discovery_messages(self._settings, streams, detections) if self._enabled else {}
+        self._announcements.update(messages)
+        if self._connection.ready:
+            self.publish()
+
+    def publish(self) -> None:
+        """Send the removals and the configs (retained, QoS 1) now; the connection must be started."""
+        connection = self._connection
+        self._announcements.publish(lambda topic, payload: connection.publish(topic, payload, qos=1, retain=True))
+
+    def confirm(self) -> None:
+        """Forget the removals the broker has acknowledged (polled: called after every round of acknowledgements)."""
+        self._announcements.confirm()
+
+    def on_home_assistant_status(self, message: MQTTMessage) -> None:
+        """A message on Home Assistant's status topic, in paho's thread: "online" means it restarted."""
+        # A retained "online" is Home Assistant's past birth, not a restart: the connect has just announced.
+        if message.retain or message.payload != STATUS_ONLINE.encode():
+            return
+        logger.info("MQTT: Home Assistant is online; announcing the entities again")
+        try:
+            self.publish()
+        except Exception:  # raised out of a callback, it would end paho's network thread
+            logger.exception("MQTT: announcing to Home Assistant failed")

@@ -1,11 +1,12 @@
-"""A bounded first-in-first-out queue of outgoing MQTT messages on disk (SQLite).
+"""The spool: a bounded first-in-first-out store of outgoing MQTT messages on disk (SQLite).
 
 Messages wait here while the broker is away and survive a restart of the daemon; the row id (autoincrement, never
-reused) is the order of delivery. When the queue is full, or the disk is, the oldest messages give way: the newest
-events matter most, and a lost old event is counted and logged rather than stopping detection.
+reused) is the order of delivery. When the spool is full, or the disk is, the oldest messages give way: the newest
+events matter most, and a lost old event is counted and logged rather than stopping detection. ("Spool" is this
+store on disk only; the daemon's queues between threads are in memory and are something else.)
 
 On a full disk even deleting a row needs room, for SQLite's journal. So the journal is a rollback journal whose file
-is kept and reused (PERSIST), and the queue sets aside a reserve file. When dropping old messages fails for want of
+is kept and reused (PERSIST), and the spool sets aside a reserve file. When dropping old messages fails for want of
 space, it gives the reserve to the journal and stops the database file from growing, so that new messages reuse the
 pages of dropped ones; once the file system has room again, it takes the reserve back and lifts the cap. (In WAL mode
 a full disk is a dead end: the log is reused only after a checkpoint, and a checkpoint needs the database to grow.)
@@ -35,6 +36,7 @@ CREATE TABLE IF NOT EXISTS messages (
     retain INTEGER NOT NULL
 )
 """
+SPOOL_FILE = "event-queue.sqlite3"  # in the state directory; named before "spool" was, kept for existing installs
 RESERVE_BYTES = 256 * 1024  # disk space set aside for dropping old messages when the disk is full
 _REARM_FREE_FACTOR = 4  # the reserve is taken again once this many times its size is free
 _FULL_DROP_BATCH = 16  # messages freed at a time when the disk is full (one row rarely frees a whole page)
@@ -53,14 +55,14 @@ class OutgoingMessage:
 
 
 @dataclass(frozen=True, slots=True)
-class QueuedMessage:
+class SpooledMessage:
     """A message waiting on disk; `id` grows with every push and gives the order of delivery."""
 
     id: int
     message: OutgoingMessage
 
 
-class DiskQueue:
+class Spool:
     """Thread-safe; every push is committed and synced before it returns, so a crash or power cut loses nothing
     already pushed. push() and remove() never raise for a full or failing disk: they log and count."""
 
@@ -83,15 +85,15 @@ class DiskQueue:
             self._db.execute(_SCHEMA)
             (self._count,) = self._db.execute("SELECT COUNT(*) FROM messages").fetchone()
         except (OSError, sqlite3.Error) as e:
-            raise RuntimeError(f"cannot open the event queue {path}: {e}") from e
+            raise RuntimeError(f"cannot open the MQTT spool {path}: {e}") from e
         self._reserve.hold()
         if self._count > max_messages:
             with self._lock:
-                self._drop_oldest(self._count - max_messages, "the queue holds more than max_messages")
+                self._drop_oldest(self._count - max_messages, "the spool holds more than max_messages")
 
     @property
     def dropped(self) -> int:
-        """Messages thrown away since this queue was opened (queue full, disk full, or unwritable)."""
+        """Messages thrown away since this spool was opened (spool full, disk full, or unwritable)."""
         return self._dropped
 
     @property
@@ -109,7 +111,7 @@ class DiskQueue:
             if not self._reserve.held:
                 self._recover_from_full()
             if self._count >= self.max_messages:
-                self._drop_oldest(self._count - self.max_messages + 1, "the queue is full")
+                self._drop_oldest(self._count - self.max_messages + 1, "the spool is full")
             batches = 0
             while True:
                 try:
@@ -119,24 +121,24 @@ class DiskQueue:
                         return self._give_up(message, e)
                     batches += 1
 
-    def peek(self, limit: int, *, after: int = 0) -> list[QueuedMessage]:
+    def peek(self, limit: int, *, after: int = 0) -> list[SpooledMessage]:
         """The oldest `limit` messages whose id is greater than `after`, oldest first."""
         with self._lock:
             rows = self._db.execute(
                 "SELECT id, topic, payload, qos, retain FROM messages WHERE id > ? ORDER BY id LIMIT ?",
                 (after, limit),
             ).fetchall()
-        return [QueuedMessage(row[0], OutgoingMessage(row[1], bytes(row[2]), row[3], bool(row[4]))) for row in rows]
+        return [SpooledMessage(row[0], OutgoingMessage(row[1], bytes(row[2]), row[3], bool(row[4]))) for row in rows]
 
     def remove(self, ids: Iterable[int]) -> None:
-        """Forget delivered messages, in one transaction; ids no longer queued (dropped meanwhile) are ignored.
+        """Forget delivered messages, in one transaction; ids no longer spooled (dropped meanwhile) are ignored.
 
-        When the disk refuses, the messages stay queued and are sent again after a restart (QoS 1 allows it)."""
+        When the disk refuses, the messages stay spooled and are sent again after a restart (QoS 1 allows it)."""
         with self._lock:
             try:
                 self._count -= self._delete_ids(ids)
             except sqlite3.Error as e:
-                logger.error("cannot forget delivered messages in %s, they stay queued: %s", self.path, e)
+                logger.error("cannot forget delivered messages in %s, they stay spooled: %s", self.path, e)
 
     def close(self) -> None:
         """Close the database; the reserve file stays for the next open."""
@@ -171,7 +173,7 @@ class DiskQueue:
         self._count -= dropped
         self._dropped += dropped
         if dropped:
-            logger.warning("%s: dropped the %d oldest queued message(s) (%d in all)", reason, dropped, self._dropped)
+            logger.warning("%s: dropped the %d oldest spooled message(s) (%d in all)", reason, dropped, self._dropped)
         return dropped > 0
 
     def _drop_oldest(self, n: int, reason: str) -> None:
@@ -193,7 +195,7 @@ class DiskQueue:
 
     def _give_up(self, message: OutgoingMessage, error: sqlite3.Error) -> int:
         self._dropped += 1
-        logger.error("cannot queue a message for %s in %s, dropped it: %s", message.topic, self.path, error)
+        logger.error("cannot spool a message for %s in %s, dropped it: %s", message.topic, self.path, error)
         return 0
 
     def _on_file_system_full(self) -> bool:
@@ -208,7 +210,7 @@ class DiskQueue:
             (pages,) = self._db.execute("PRAGMA page_count").fetchone()
             self._db.execute(f"PRAGMA max_page_count = {int(pages)}")
         logger.warning(
-            "the file system of %s is full: gave back the %d KiB set aside, and the queue keeps its present size",
+            "the file system of %s is full: gave back the %d KiB set aside, and the spool keeps its present size",
             self.path,
             self._reserve.size >> 10,
         )

@@ -8,12 +8,12 @@ Topics, under the configured prefix (default `clapd`):
   carries `event_type` (the same value as `kind`) because Home Assistant's MQTT event entity requires that key.
 - `{prefix}/{stream}/{detection}/state`: "ON" / "OFF", retained, for dashboards that show the current state.
 - `{prefix}/{stream}/level`: the stream's input level in dBFS as a decimal number (e.g. `-31.5`, never below
-  `LEVEL_FLOOR_DBFS`), every `mqtt.level_interval_seconds`; QoS 0, not retained, not queued while the broker is
+  `LEVEL_FLOOR_DBFS`), every `mqtt.level_interval_seconds`; QoS 0, not retained, not spooled while the broker is
   away (a stale level is worthless).
 - `{prefix}/control/set` (only with `mqtt.control.enabled`, which needs an authenticated broker; restrict who
   may publish here with the broker's ACL): one JSON `ControlRequest` (`clapd.daemon.control`) per message, not
   retained (a retained request the broker replays on (re)subscription is refused, never applied again), at most
-  `MAX_CONTROL_PAYLOAD_BYTES`:
+  `clapd.daemon.control.MAX_CONTROL_PAYLOAD_BYTES`:
   `{"request_id": "r1", "action": "set", "detection": "smoke", "config": {"prompts": ["a smoke alarm"]}}`
   (add, or replace with a whole detection as written in the config file),
   `{"action": "update", "detection": "smoke", "config": {"threshold_on": 0.6}}` (change the fields given),
@@ -24,7 +24,7 @@ Topics, under the configured prefix (default `clapd`):
   and reason, as the config file's errors do.
 
 Home Assistant (with `mqtt.home_assistant.enabled`): retained discovery configs under
-`{discovery_prefix}/{component}/{node_id}/{object_id}/config`, described in `clapd.daemon.ha_discovery`.
+`{discovery_prefix}/{component}/{node_id}/{object_id}/config`, described in `clapd.daemon.mqtt.discovery`.
 """
 
 from __future__ import annotations
@@ -45,7 +45,6 @@ STATUS_OFFLINE: StatusPayload = "offline"
 STATE_ON: StatePayload = "ON"
 STATE_OFF: StatePayload = "OFF"
 LEVEL_FLOOR_DBFS = -120.0  # digital silence is -inf dBFS; published as this floor instead
-MAX_CONTROL_PAYLOAD_BYTES = 65_536  # larger control requests are refused unparsed
 
 _FORBIDDEN_IN_LEVEL = ("+", "#", "/", "\0")
 

@@ -1,0 +1,69 @@
+"""clapd over MQTT (paho-mqtt 2.x): the output, the control channel, and the parts they share.
+
+Modules, one job each:
+- `payloads`: the topics and payload schemas users build on;
+- `spool`: the on-disk SQLite store every event and state passes through before the network;
+- `connection`: the paho client: credentials, TLS, the online/offline status and last will, back-off, counters;
+- `sender`: the spool -> paho hand-over, in order, removing each message once the broker acknowledged it;
+- `discovery`: Home Assistant discovery messages, what was announced, and the announcer that keeps them current;
+- `control`: the control channel (`clapd.daemon.control.ControlChannel`) on `{prefix}/control/...`;
+- `output`: `MqttOutput`, the `clapd.daemon.output.Output` the daemon publishes through.
+
+Threads: the daemon's outputs' thread calls `MqttOutput.publish_*`, which only append to the spool (levels excepted:
+live only); paho's network thread connects, reconnects, takes acknowledgements, control requests and Home
+Assistant's status, and announces on every connect; the sender thread (`mqtt-sender`) hands spooled messages to paho.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from clapd.daemon.config import MqttConfig
+from clapd.daemon.mqtt.connection import MqttConnection
+from clapd.daemon.mqtt.control import MqttControlChannel
+from clapd.daemon.mqtt.discovery import ANNOUNCED_FILE, Announcer
+from clapd.daemon.mqtt.output import MqttOutput
+from clapd.daemon.mqtt.payloads import Topics
+from clapd.daemon.mqtt.sender import Sender
+from clapd.daemon.mqtt.spool import SPOOL_FILE, Spool
+
+__all__ = ["MqttControlChannel", "MqttLink", "MqttOutput", "build_mqtt"]
+
+
+@dataclass(frozen=True, slots=True)
+class MqttLink:
+    """One broker connection's two faces; `output.start()` and `output.stop()` run both."""
+
+    output: MqttOutput
+    control: MqttControlChannel | None  # None unless `mqtt.control.enabled`
+
+
+def build_mqtt(
+    config: MqttConfig,
+    state_dir: Path,
+    *,
+    client_id_default: str,
+    reconnect_min_seconds: int = 1,
+    reconnect_max_seconds: int = 60,
+) -> MqttLink:
+    """The MQTT output and control channel on one connection, not started; opens the spool (`SPOOL_FILE` in
+    `state_dir`, messages of earlier runs included) and raises RuntimeError when it cannot.
+
+    `client_id_default`: the client id unless `mqtt.client_id` is set; `reconnect_*_seconds`: the first and the
+    longest wait between connection attempts (doubling in between).
+    """
+    client_id = config.client_id or client_id_default
+    spool = Spool(state_dir / SPOOL_FILE, config.queue_max_events)
+    reconnect = (reconnect_min_seconds, reconnect_max_seconds)
+    connection = MqttConnection(config, client_id, reconnect_seconds=reconnect, spooled=lambda: len(spool))
+    announcer = Announcer(config, client_id, connection, state_dir / ANNOUNCED_FILE)
+    sender = Sender(spool, connection, each_round=announcer.confirm)
+    connection.when_acknowledged(sender.take_ack)
+    connection.when_connected(sender.wake)
+    connection.when_connected(announcer.publish)
+    if config.home_assistant.enabled:
+        connection.subscribe(config.home_assistant.status_topic, announcer.on_home_assistant_status)
+    output = MqttOutput(config, connection, spool, sender, announcer)
+    control = MqttControlChannel(connection, Topics(config.topic_prefix)) if config.control.enabled else None
+    return MqttLink(output, control)

@@ -1,0 +1,118 @@
+"""`MqttOutput`: detection events and states to the broker through the spool, levels live, Home Assistant discovery.
+
+The `publish_*` methods run in the daemon's outputs' thread and never touch the network: events and states are
+appended to the spool (the sender hands them to paho); a level goes to paho only while connected, since a stale level
+is worthless. `start` and `stop` run the connection and the sender together.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+
+from clapd.daemon.config import DetectionConfig, MqttConfig
+from clapd.daemon.mqtt.connection import ConnectionState, MqttConnection
+from clapd.daemon.mqtt.discovery import Announcer
+from clapd.daemon.mqtt.payloads import STATE_OFF, STATE_ON, EventPayload, Topics, level_payload
+from clapd.daemon.mqtt.sender import Sender
+from clapd.daemon.mqtt.spool import OutgoingMessage, Spool
+from clapd.daemon.output import Output, OutputStats
+from clapd.daemon.records import DetectionEvent, LevelReading, Scores, StateChange
+
+logger = logging.getLogger(__name__)
+
+DRAIN_SHARE = 0.75  # of stop()'s timeout spent flushing the spool before saying "offline"
+
+
+class MqttOutput(Output):
+    """Made by `clapd.daemon.mqtt.build_mqtt`, which wires the parts together."""
+
+    name = "mqtt"
+    wants_scores = False
+
+    def __init__(
+        self, config: MqttConfig, connection: MqttConnection, spool: Spool, sender: Sender, announcer: Announcer
+    ) -> None:
+        self._qos = config.qos
+        self._topics = Topics(config.topic_prefix)
+        self._connection = connection
+        self._spool = spool
+        self._sender = sender
+        self._announcer = announcer
+
+    def start(self) -> None:
+        """Connect in the background; a broker that is down now is retried with back-off, never raised."""
+        if self._connection.state is not ConnectionState.CREATED:
+            raise RuntimeError(
+                "an MqttOutput starts once; build a new one (on the same state directory) to start again"
+            )
+        self._connection.start()
+        self._sender.start()
+
+    def publish_event(self, event: DetectionEvent) -> None:
+        """Spooled, not retained; ValueError for a name that cannot be a topic level (before spooling)."""
+        payload = EventPayload.from_event(event).to_json()
+        topic = self._topics.event(event.stream, event.detection)
+        self._spool_message(OutgoingMessage(topic, payload, self._qos, retain=False))
+
+    def publish_state(self, change: StateChange) -> None:
+        """Spooled, retained: "ON" from an event's start to its end."""
+        topic = self._topics.state(change.stream, change.detection)
+        payload = (STATE_ON if change.on else STATE_OFF).encode()
+        self._spool_message(OutgoingMessage(topic, payload, self._qos, retain=True))
+
+    def publish_level(self, reading: LevelReading) -> None:
+        """The stream's input level: QoS 0, not retained, dropped while disconnected."""
+        topic = self._topics.level(reading.stream)
+        payload = level_payload(reading.dbfs)
+        if payload is not None and self._connection.ready:
+            self._connection.publish(topic, payload, qos=0, retain=False)
+
+    def publish_scores(self, scores: Scores) -> None:
+        """Nothing: MQTT carries no per-window scores yet (`wants_scores` is False, so none are handed over)."""
+
+    def announce(self, streams: Sequence[str], detections: Mapping[str, DetectionConfig]) -> None:
+        """Make the Home Assistant entities those of these streams and detections (none while discovery is off).
+
+        Published now when connected, and again on every connect and whenever Home Assistant says "online";
+        entities announced before (by this run or an earlier one) and not now are removed.
+        """
+        self._announcer.announce(streams, detections)
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Flush for part of `timeout` s, say "offline", wait for acks until `timeout`, disconnect; what is still
+        spooled stays on disk for the next start.
+
+        While the broker is unreachable, paho's network thread may take up to a second more to end. Calling
+        stop() again does nothing.
+        """
+        if self._connection.state in (ConnectionState.CLOSING, ConnectionState.STOPPED):
+            return
+        deadline = time.monotonic() + timeout
+        self._sender.drain(time.monotonic() + DRAIN_SHARE * timeout)
+        self._connection.begin_closing()
+        offline = self._connection.say_offline()
+        if offline is not None:
+            self._sender.wait_for_acks(offline, deadline)
+        self._connection.close()
+        if self._sender.stop(deadline):
+            self._announcer.confirm()
+        logger.info("MQTT: stopped, %d messages stay in the spool for the next start", len(self._spool))
+        self._spool.close()
+
+    def stats(self) -> OutputStats:
+        connection = self._connection.stats()
+        return OutputStats(
+            sent=self._sender.sent,
+            dropped=self._spool.dropped + self._sender.rejected,
+            queued=len(self._spool),
+            connected=connection.connected,
+            connects=connection.connects,
+            disconnects=connection.disconnects,
+            auth_failures=connection.auth_failures,
+        )
+
+    def _spool_message(self, message: OutgoingMessage) -> None:
+        self._spool.push(message)
+        self._sender.wake()
