@@ -1,4 +1,9 @@
-"""Shared fixtures: the tests build the models they need (no hub on these machines)."""
+"""Shared fixtures: the tests build the models they need (no hub on these machines).
+
+The reference models need torch and transformers, imported only by the fixtures that build them: daemon-only tests
+run without torch installed (tests/test_torchless.py). The broker fixtures (`broker`, `brokers`, `subscribers`)
+are tests/mqtt_broker.py's, registered here once for every test module.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +13,13 @@ import numpy as np
 import pytest
 from helpers import SAMPLE_RATE, WINDOW, run_clapd
 
-from clapd.models.reference import save_reference_model
+pytest_plugins = ("mqtt_broker",)
 
 
 @pytest.fixture(scope="session")
 def small_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from clapd.models.reference import save_reference_model
+
     return save_reference_model("small", tmp_path_factory.mktemp("small") / "model", seed=0)
 
 
@@ -27,12 +34,16 @@ def small_bundle_dir(small_model_dir: Path, tmp_path_factory: pytest.TempPathFac
 
 @pytest.fixture(scope="session")
 def small_fused_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from clapd.models.reference import save_reference_model
+
     return save_reference_model("small", tmp_path_factory.mktemp("fused") / "model", seed=1, fused=True)
 
 
 @pytest.fixture(scope="session")
 def default_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """`ClapConfig()`: the laion/clap-htsat-unfused architecture (HTSAT-tiny + RoBERTa-base), random weights."""
+    from clapd.models.reference import save_reference_model
+
     return save_reference_model("default", tmp_path_factory.mktemp("default") / "model", seed=0)
 
 

@@ -1,13 +1,22 @@
-"""Helpers shared by the tests (importable: pytest puts tests/ on the path)."""
+"""Helpers shared by the tests (importable: pytest puts tests/ on the path).
+
+No torch or transformers at import: daemon-only tests use this module without them installed.
+"""
 
 from __future__ import annotations
 
+import ctypes.util
+import json
 import subprocess
 import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from transformers import ClapFeatureExtractor, ClapModel
+
+if TYPE_CHECKING:
+    from transformers import ClapFeatureExtractor, ClapModel
 
 SAMPLE_RATE = 48_000
 WINDOW = 480_000  # 10 s at 48 kHz
@@ -20,12 +29,79 @@ def run_clapd(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[s
     )
 
 
+# Run with `python -I -c`: imports clapd.daemon and every module under it, subpackages included; prints one JSON
+# line. A module that fails to import is recorded, not skipped (pkgutil's walk would skip a package silently).
+IMPORT_DAEMON_MODULES = """
+import importlib, json, pkgutil, sys
+
+import clapd.daemon
+
+errors = {}
+
+
+def failed(name):
+    errors[name] = repr(sys.exc_info()[1])
+
+
+names = ["clapd.daemon", *(m.name for m in pkgutil.walk_packages(clapd.daemon.__path__, "clapd.daemon.", failed))]
+for name in names:
+    try:
+        importlib.import_module(name)
+    except Exception:
+        failed(name)
+heavy = sorted(m for m in ("torch", "transformers") if m in sys.modules)
+print(json.dumps({"folder": clapd.daemon.__path__[0], "modules": names, "errors": errors, "heavy": heavy}))
+"""
+PORTAUDIO_MISSING = "PortAudio library not found"  # sounddevice's OSError on a machine without libportaudio2
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonModules:
+    """What importing every clapd.daemon module found, in the interpreter that did it."""
+
+    folder: Path  # where clapd.daemon was imported from
+    modules: list[str]  # every module and package found, clapd.daemon first
+    errors: dict[str, str]  # module -> the exception its import raised
+    heavy: list[str]  # those of torch and transformers that got imported
+
+    def import_failures(self) -> dict[str, str]:
+        """The errors, less a missing PortAudio's on a machine without it (the daemon runs there without mics)."""
+        portaudio = ctypes.util.find_library("portaudio") is not None
+        return {name: e for name, e in self.errors.items() if portaudio or PORTAUDIO_MISSING not in e}
+
+
+def import_daemon_modules(python: str | Path, cwd: Path | None = None) -> DaemonModules:
+    """Every module under clapd.daemon imported in a fresh `python` (isolated: no cwd, PYTHON* or user site)."""
+    result = subprocess.run(
+        [str(python), "-I", "-c", IMPORT_DAEMON_MODULES],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    found = json.loads(result.stdout.splitlines()[-1])
+    return DaemonModules(Path(found["folder"]), found["modules"], found["errors"], found["heavy"])
+
+
+def modules_on_disk(folder: Path, package: str) -> set[str]:
+    """The names of the modules that the .py files under `folder`, the folder of `package`, make."""
+    names = set()
+    for path in folder.rglob("*.py"):
+        parts = path.relative_to(folder).with_suffix("").parts
+        names.add(".".join((package, *parts[: -1 if parts[-1] == "__init__" else None])))
+    return names
+
+
 def hf_audio_embeddings(model: ClapModel, extractor: ClapFeatureExtractor, clips: list[np.ndarray]) -> np.ndarray:
     """The reference: transformers' feature extractor (repeat-pads short clips) + `get_audio_features`.
 
     With fusion, the extractor marks one random clip of a batch with no long clip as "longer" (a training-time
     augmentation LAION's data loader has); clips of at most 10 s are not longer, so the flags are reset here.
     """
+    import torch
+
     features = extractor(clips, sampling_rate=SAMPLE_RATE, return_tensors="pt")
     if "is_longer" in features:
         features["is_longer"] = torch.zeros_like(features["is_longer"])

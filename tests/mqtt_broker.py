@@ -1,8 +1,8 @@
 """A real mosquitto broker on loopback, and a subscriber that records what it receives (no mocks).
 
 The broker can require passwords (mosquitto_passwd), apply an ACL and add a TLS listener with a throw-away CA made
-by the openssl command. A test module imports the fixtures `broker` and `subscribers` by their function names
-(`broker_fixture`, `subscribers_fixture`), so the test arguments do not shadow an import.
+by the openssl command. tests/conftest.py registers this module as a plugin, so its fixtures `broker`, `brokers`
+and `subscribers` reach every test module without an import; the rest is imported by name.
 """
 
 from __future__ import annotations

@@ -12,12 +12,7 @@ from pathlib import Path
 
 import paho.mqtt.publish
 import pytest
-from mqtt_broker import (  # the fixtures brokers and subscribers under their function names
-    MosquittoBroker,
-    brokers_fixture,  # noqa: F401
-    subscribers_fixture,  # noqa: F401
-    wait_until,
-)
+from mqtt_broker import MosquittoBroker, wait_until
 
 from clapd.daemon.config import ConfigError, DetectionConfig, MqttConfig, parse_config
 from clapd.daemon.control import (

@@ -12,14 +12,7 @@ from typing import Literal
 
 import paho.mqtt.publish
 import pytest
-from mqtt_broker import (  # the fixtures broker and subscribers under their function names
-    MosquittoBroker,
-    Received,
-    broker_fixture,  # noqa: F401
-    brokers_fixture,  # noqa: F401
-    subscribers_fixture,  # noqa: F401
-    wait_until,
-)
+from mqtt_broker import MosquittoBroker, Received, wait_until
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from clapd import __version__

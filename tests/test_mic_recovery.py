@@ -1,12 +1,12 @@
 """A microphone taken away mid-capture and put back, through real PortAudio on a virtual ALSA device.
 
-The device is ALSA's `file` plugin reading a FIFO on a `null` slave; a thread fills the FIFO with a tone in real
-time, which paces the capture. Taking it away does to PortAudio what an unplugged USB microphone does: the feed
-stops, so PortAudio's callback thread waits in its read and no callback comes while the stream stays "active", and
-the device leaves the ALSA configuration, so a re-scan no longer lists it and opening it fails. Then the FIFO's
-writer is closed (the kernel waking a dead device's reader), which lets the abandoned stream close. Putting it back
-defines the device again on a new FIFO with a tone of another frequency, so the audio after the return is
-recognisable.
+The device is tests/virtual_alsa.py's: ALSA's `file` plugin reading a FIFO on a `null` slave, which a thread fills
+with a tone in real time, pacing the capture. Taking it away does to PortAudio what an unplugged USB microphone
+does: the feed stops, so PortAudio's callback thread waits in its read and no callback comes while the stream stays
+"active", and the device leaves the ALSA configuration, so a re-scan no longer lists it and opening it fails.
+Then the FIFO's writer is closed (the kernel waking a dead device's reader), which lets the abandoned stream close.
+Putting it back defines the device again on a new FIFO with a tone of another frequency, so the audio after the
+return is recognisable.
 
 The capture runs in a child process (this file run as a script) because PortAudio reads the ALSA configuration
 when it initialises and must see the test's, not the machine's.
@@ -17,68 +17,29 @@ from __future__ import annotations
 import ctypes.util
 import json
 import logging
-import os
 import re
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
+from virtual_alsa import ToneFeeder, VirtualAlsaDevice, alsa_environment
 
-RATE = 44_100  # Hz, the virtual device's rate
-CHUNK = 2_205  # frames per FIFO write (0.05 s): whole periods of both tones
+MICROPHONE = VirtualAlsaDevice("clapd_test", rate=44_100, channels=2, description="clapd test microphone")
 MODEL_RATE = 48_000
 BEFORE_HZ = 1_000.0  # the tone before the device goes away
 AFTER_HZ = 1_500.0  # the tone after it is back
 LEVEL = 0.75 * 0.5  # left at half scale, right at a quarter, downmixed
 BACKOFF = (0.2, 1.6)  # first and longest reopen delay, seconds
 STALL_SECONDS = 2.0  # mic.STALL_SECONDS, the default this test runs with
-
-ALSA_DEVICE = """\
-pcm.clapd_test {
-  type plug
-  slave {
-    pcm { type file slave.pcm "null" file "/dev/null" infile "%s" format "raw" }
-    format S16_LE rate 44100 channels 2
-  }
-  hint { show on description "clapd test microphone" }
-}
-"""
+LAST_HEARD_SECONDS = 0.2  # the last audio heard can come up to a capture block or so before the feed stops
+FAILED_WHILE_AWAY = 4  # reopen attempts that fail before the device is put back
 
 
 # --- the child: capture, take the device away, put it back ----------------------------------------------------------
-
-
-class Feeder:
-    """Writes a stereo S16LE tone into a FIFO in real time until stopped; keeps the writer end open until closed."""
-
-    def __init__(self, path: Path, hz: float) -> None:
-        os.mkfifo(path)
-        self.path = path
-        self._fd = os.open(path, os.O_RDWR)  # read-write: neither side blocks opening it
-        left = np.round(16384 * np.sin(2 * np.pi * hz * np.arange(CHUNK) / RATE)).astype("<i2")
-        self._chunk = np.stack([left, left // 2], axis=1).tobytes()
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._feed, daemon=True)
-        self._thread.start()
-
-    def _feed(self) -> None:
-        began, frames = time.monotonic(), 0
-        while not self._done.is_set():
-            os.write(self._fd, self._chunk)
-            frames += CHUNK
-            time.sleep(max(0.0, frames / RATE - (time.monotonic() - began)))
-
-    def stop(self) -> None:
-        self._done.set()
-        self._thread.join(5.0)
-
-    def close(self) -> None:
-        os.close(self._fd)
 
 
 class Records(logging.Handler):
@@ -97,8 +58,14 @@ def wait_for(condition: Callable[[], bool], timeout: float) -> bool:
     return condition()
 
 
-def define_device(work: Path, fifo: Path | None) -> None:
-    (work / "asound.conf").write_text(ALSA_DEVICE % fifo if fifo else "")
+def failed_attempts(records: Records) -> list[str]:
+    return [message for _, level, message in records.lines if level == "DEBUG" and "reopen attempt" in message]
+
+
+def gone_after_failures(records: Records, count: int) -> bool:
+    """`count` reopen attempts have failed, the last of them because a re-scan no longer lists the device."""
+    failed = failed_attempts(records)
+    return len(failed) >= count and "no input device 'clapd_test'" in failed[-1]
 
 
 def child(work: Path) -> dict[str, object]:
@@ -106,8 +73,9 @@ def child(work: Path) -> dict[str, object]:
     records = Records()
     logging.getLogger("clapd.daemon.sources.mic").addHandler(records)
     logging.getLogger("clapd.daemon.sources.mic").setLevel(logging.DEBUG)
-    before = Feeder(work / "before.fifo", BEFORE_HZ)
-    define_device(work, before.path)
+    config_file = work / "asound.conf"
+    before = ToneFeeder(work / "before.fifo", MICROPHONE, BEFORE_HZ)
+    MICROPHONE.define(config_file, before.fifo)
 
     from clapd.daemon.config import MicSource  # PortAudio initialises here, after the device is defined
     from clapd.daemon.ring import RingBuffer
@@ -127,27 +95,26 @@ def child(work: Path) -> dict[str, object]:
     source.start()
     result["tone"] = wait_for(lambda: ring.total_written >= 1.5 * MODEL_RATE, 10)
 
-    before.stop()  # taken away: no more audio, and no such device any more
-    define_device(work, None)
     away_at = time.monotonic()
+    before.stop()  # taken away: no more audio, and no such device any more
+    MICROPHONE.remove(config_file)
     result["lost"] = wait_for(lambda: source.status().state == "restarting", 10)
-    result["detected_after"] = time.monotonic() - away_at
+    result["lost_seen_at"] = time.monotonic() - away_at
     written_at_loss = ring.total_written
     result["last_error"] = source.status().last_error
     result["retried_while_stalled"] = wait_for(lambda: source.status().restarts >= 2, 5)
     result["open_while_stalled"] = mic._open_streams  # the abandoned stream: its abort waits for the read
     before.close()  # the kernel wakes the dead device's reader: the abandoned stream can close now
     result["abandoned_closed"] = wait_for(lambda: mic._open_streams == 0, 5)
-    result["retrying"] = wait_for(lambda: source.status().restarts >= 4, 10)
+    result["retrying"] = wait_for(lambda: gone_after_failures(records, FAILED_WHILE_AWAY), 15)
     result["listed_while_away"] = [d.name for d in mic.list_input_devices()]
     written_at_return = ring.total_written  # where the audio after the return begins
 
-    after = Feeder(work / "after.fifo", AFTER_HZ)  # put back
-    define_device(work, after.path)
-    back_at = time.monotonic()
+    result["returned_at"] = time.monotonic() - away_at  # put back:
+    after = ToneFeeder(work / "after.fifo", MICROPHONE, AFTER_HZ)
+    MICROPHONE.define(config_file, after.fifo)
     result["resumed"] = wait_for(lambda: source.status().state == "running", 10)
-    result["resumed_after"] = time.monotonic() - back_at
-    result["away_for"] = time.monotonic() - away_at
+    result["running_seen_at"] = time.monotonic() - away_at
     result["flowing"] = wait_for(lambda: ring.total_written >= written_at_return + 1.5 * MODEL_RATE, 10)
     running = source.status().state
     source.stop()
@@ -190,9 +157,9 @@ def rms(samples: np.ndarray) -> float:
 @pytest.fixture(scope="module")
 def recovery(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
     work = tmp_path_factory.mktemp("mic_recovery")
-    env = dict(os.environ, ALSA_CONFIG_PATH=f"/usr/share/alsa/alsa.conf:{work / 'asound.conf'}")
+    env = alsa_environment(work / "asound.conf")
     done = subprocess.run(
-        [sys.executable, __file__, str(work)], env=env, capture_output=True, text=True, timeout=60, check=False
+        [sys.executable, __file__, str(work)], env=env, capture_output=True, text=True, timeout=90, check=False
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout), work
@@ -207,8 +174,9 @@ def test_a_stalled_microphone_is_reported_lost(recovery: tuple[dict, Path]) -> N
     result, _ = recovery
     assert result["tone"] and result["lost"]
     assert result["stall_seconds"] == STALL_SECONDS
-    # From the last audio heard, which can come a block before the feed stops; looked at every block or so.
-    assert STALL_SECONDS - 0.2 <= result["detected_after"] < STALL_SECONDS + 1.5
+    # Not before STALL_SECONDS from the last audio heard; how much later depends on the machine's load, so the
+    # bounded wait for the loss is the only upper bound.
+    assert result["lost_seen_at"] >= STALL_SECONDS - LAST_HEARD_SECONDS
     assert re.fullmatch(r"no audio from \[\d+\] clapd_test for [\d.]+ s", result["last_error"])
     warnings = [message for _, level, message in result["log"] if level == "WARNING"]
     assert [w for w in warnings if "reopening with back-off" in w] == [
@@ -229,7 +197,7 @@ def test_a_stalled_microphone_is_reported_lost(recovery: tuple[dict, Path]) -> N
 
 def test_reopen_attempts_back_off(recovery: tuple[dict, Path]) -> None:
     result, _ = recovery
-    assert result["retrying"]
+    assert result["retrying"]  # FAILED_WHILE_AWAY attempts failed, then the fifth delay was drawn
     assert result["delays"][:5] == [0.2, 0.4, 0.8, 1.6, 1.6]
     failed = [(t, m) for t, level, m in result["log"] if level == "DEBUG" and "reopen attempt" in m]
     assert [m.split(" failed")[0] for _, m in failed] == [
@@ -239,15 +207,16 @@ def test_reopen_attempts_back_off(recovery: tuple[dict, Path]) -> None:
     # The first attempts open the device PortAudio still lists (no re-scan while a stream is open) and fail in
     # ALSA; once the abandoned stream has closed, a re-scan finds no such device.
     assert "cannot open [" in failed[0][1] and "no input device 'clapd_test'" in failed[-1][1]
+    # Each attempt waited its delay (no tight loop); an attempt's own duration depends on the machine's load.
     gaps = np.diff([t for t, _ in failed])
-    expected = np.array(result["delays"][1 : len(failed)])
-    assert np.all(gaps >= expected - 0.02) and np.all(gaps < expected + 0.5)  # waited each delay, no tight loop
+    assert np.all(gaps >= np.array(result["delays"][1 : len(failed)]) - 0.02)
 
 
 def test_capture_resumes_when_the_microphone_is_back(recovery: tuple[dict, Path]) -> None:
     result, work = recovery
     assert result["resumed"] and result["flowing"]
-    assert result["resumed_after"] < BACKOFF[1] + 1.0  # within one longest delay of its return
+    # The first attempt that starts after its return reopens it; one under way at the return may still fail.
+    assert len([t for t, level, m in result["log"] if "reopen attempt" in m and t > result["returned_at"]]) <= 1
     assert (result["running"], result["outages"], result["stopped"]) == ("running", 1, "stopped")
     recovered = [m for _, level, m in result["log"] if level == "WARNING" and "capturing again" in m]
     assert len(recovered) == 1
@@ -255,7 +224,10 @@ def test_capture_resumes_when_the_microphone_is_back(recovery: tuple[dict, Path]
         r"attic: capturing again after ([\d.]+) s \((\d+) attempts\)", recovered[0]
     ).groups()
     assert int(attempts) == result["restarts"]
-    assert float(outage) == pytest.approx(result["away_for"], abs=0.5)  # from the last audio heard to the return
+    # From the last audio heard (at most LAST_HEARD_SECONDS before the feed stopped, and STALL_SECONDS before the
+    # loss was seen) to the reopening (after the return, before it was seen running); 0.05: the log's rounding.
+    lowest = result["returned_at"] - result["lost_seen_at"] + STALL_SECONDS - 0.05
+    assert lowest <= float(outage) <= result["running_seen_at"] + LAST_HEARD_SECONDS + 0.05
 
     before, after = np.load(work / "before.npy"), np.load(work / "after.npy")
     # The file plugin fills a read the FIFO cannot fully serve with stale frames: a rare glitch, not a lost tone.

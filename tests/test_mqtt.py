@@ -13,16 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from mqtt_broker import (  # the fixtures broker, brokers and subscribers under their function names
-    MosquittoBroker,
-    Received,
-    broker_fixture,  # noqa: F401
-    brokers_fixture,  # noqa: F401
-    free_port,
-    make_tls_files,
-    subscribers_fixture,  # noqa: F401
-    wait_until,
-)
+from mqtt_broker import MosquittoBroker, Received, free_port, make_tls_files, wait_until
 
 from clapd import __version__
 from clapd.daemon.config import MqttConfig

@@ -13,17 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from mqtt_broker import (  # the fixtures brokers and subscribers under their function names
-    POLL_SECONDS,
-    MosquittoBroker,
-    Received,
-    TlsFiles,
-    brokers_fixture,  # noqa: F401
-    connack,
-    make_tls_files,
-    subscribers_fixture,  # noqa: F401
-    wait_until,
-)
+from mqtt_broker import POLL_SECONDS, MosquittoBroker, Received, TlsFiles, connack, make_tls_files, wait_until
 from paho.mqtt.enums import MQTTProtocolVersion
 
 from clapd.daemon.config import MqttConfig

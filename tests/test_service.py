@@ -22,11 +22,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 import yaml
-from mqtt_broker import MosquittoBroker, Subscriber, broker_fixture, brokers_fixture, free_port, subscribers_fixture
+from mqtt_broker import MosquittoBroker, Subscriber, free_port
 from paho.mqtt import publish
 from prometheus_client.parser import text_string_to_metric_families
-
-__all__ = ["broker_fixture", "brokers_fixture", "subscribers_fixture"]
 
 RATE = 48_000
 START_TIMEOUT = 90.0  # model load and warm-up on a busy 2-core machine

@@ -1,8 +1,8 @@
 """Capture: the conditioner (downmix + resampling), and the file, pipe and microphone sources with real parts.
 
-The microphone runs through real PortAudio on a virtual ALSA device (the `file` plugin reading a FIFO that a
-thread fills with a tone in real time) in a child process, because PortAudio reads the ALSA configuration when it
-initialises and must see the test's configuration, not the machine's.
+The microphone runs through real PortAudio on a virtual ALSA device (tests/virtual_alsa.py: the `file` plugin
+reading a FIFO that a thread fills with a tone in real time) in a child process, because PortAudio reads the ALSA
+configuration when it initialises and must see the test's configuration, not the machine's.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import ctypes.util
 import json
 import logging
-import os
 import subprocess
 import sys
 import textwrap
@@ -21,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from virtual_alsa import alsa_environment
 
 from clapd.daemon.config import FileSource, PipeSource
 from clapd.daemon.resample import MODEL_RATE, Conditioner
@@ -248,19 +248,22 @@ def test_pipe_restarts_with_growing_backoff_and_logs_stderr(caplog: pytest.LogCa
         sys.exit(3)
     """
     caplog.set_level(logging.WARNING, logger="clapd.daemon.sources.pipe")
+
+    def stderr_lines() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.getMessage() == "door: camera unreachable"]
+
     ring = RingBuffer(MODEL_RATE)
     source = PipeInput("door", pipe_config(script, sample_rate=16000), ring, backoff_initial=0.05)
     source.start()
     try:
-        assert wait_for(lambda: source.status().restarts >= 4, 15.0)
+        # Four runs have ended and their stderr is logged (by a thread of each run's own, so waited for too).
+        assert wait_for(lambda: source.status().restarts >= 4 and len(stderr_lines()) >= 4, 15.0)
     finally:
         source.stop()
     status = source.status()
     assert status.outages >= 4 and status.last_error == "command exited with status 3"
     delays = [r.args[-1] for r in caplog.records if "restarting in" in r.getMessage()]
     assert delays[:5] == [0.05, 0.1, 0.2, 0.4, 0.8][: len(delays[:5])] and len(delays) >= 4
-    stderr_lines = [r.getMessage() for r in caplog.records if r.getMessage() == "door: camera unreachable"]
-    assert len(stderr_lines) >= 4
     assert ring.total_written >= 4 * 14000  # each run: 0.3 s of silence at 16 kHz -> 14400 samples at 48 kHz
 
 
@@ -277,23 +280,27 @@ def test_pipe_backoff_resets_after_a_healthy_run(caplog: pytest.LogCaptureFixtur
     assert len(delays) >= 3 and set(delays) == {0.05}
 
 
-def test_pipe_stop_kills_a_command_that_ignores_sigterm() -> None:
+def test_pipe_stop_kills_a_command_that_ignores_sigterm(caplog: pytest.LogCaptureFixture) -> None:
     script = """
         import signal, sys, time
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         print("ready", file=sys.stderr, flush=True)
         time.sleep(60)
     """
+    caplog.set_level(logging.WARNING, logger="clapd.daemon.sources.pipe")
     source = PipeInput("stubborn", pipe_config(script), RingBuffer(MODEL_RATE), terminate_seconds=0.5)
     source.start()
-    assert wait_for(lambda: source._proc is not None, 5.0)
+    # Its handler is installed once it says so on stderr, which the source logs.
+    assert wait_for(lambda: any(r.getMessage() == "stubborn: ready" for r in caplog.records), 10.0)
     proc = source._proc
-    time.sleep(0.3)  # let it install its handler
     began = time.monotonic()
     source.stop()
-    assert time.monotonic() - began < 3.0
+    stopped_after = time.monotonic() - began
     assert proc is not None and proc.poll() is not None
     assert source.status().state == "stopped"
+    assert "stubborn: command did not end on SIGTERM" in [r.getMessage() for r in caplog.records]
+    # SIGKILL after the 0.5 s grace, not after the command's 60 s sleep.
+    assert 0.5 <= stopped_after < 30.0
 
 
 def test_pipe_missing_command_fails_fast() -> None:
@@ -304,42 +311,27 @@ def test_pipe_missing_command_fails_fast() -> None:
 
 # --- microphone through real PortAudio on a virtual ALSA device ------------------------------------------------
 
-ALSA_DEVICE = """\
-pcm.clapd_test {
-  type plug
-  slave {
-    pcm { type file slave.pcm "null" file "/dev/null" infile "%s" format "raw" }
-    format S16_LE rate 44100 channels 2
-  }
-  hint { show on description "clapd test tone" }
-}
-"""
-
 MIC_CHILD = """
-import json, logging, os, sys, threading, time
+import json, logging, sys, time
 from pathlib import Path
+
 import numpy as np
 
 WORK = Path(sys.argv[1])
-ALSA_DEVICE = sys.argv[2]
-RATE = 44100  # Hz, the virtual device's rate
-CHUNK = 2205  # frames per FIFO write: whole 1 kHz periods, one capture block (0.05 s)
+sys.path.insert(0, sys.argv[2])  # tests/
+from virtual_alsa import ToneFeeder, VirtualAlsaDevice
+
+DEVICE = VirtualAlsaDevice("clapd_test", rate=44100, channels=2, description="clapd test tone")
+CONFIG_FILE = WORK / "asound.conf"
 
 
-def device(present):
-    (WORK / "asound.conf").write_text(ALSA_DEVICE % (WORK / "tone.fifo") if present else "")
+class FailedAttempts(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.count = 0
 
-
-def feed(fd, done):
-    # Left: the tone at half scale, right: at a quarter; paced in real time, which paces the capture.
-    t = np.arange(CHUNK) / RATE
-    left = np.round(16384 * np.sin(2 * np.pi * 1000 * t)).astype("<i2")
-    chunk = np.stack([left, left // 2], axis=1).tobytes()
-    t0, n = time.monotonic(), 0
-    while not done.is_set():
-        os.write(fd, chunk)
-        n += CHUNK
-        time.sleep(max(0.0, n / RATE - (time.monotonic() - t0)))
+    def emit(self, record):
+        self.count += "reopen attempt" in record.getMessage()
 
 
 def wait_for(condition, timeout):
@@ -351,11 +343,11 @@ def wait_for(condition, timeout):
 
 def main():
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
-    device(True)
-    os.mkfifo(WORK / "tone.fifo")
-    fd = os.open(WORK / "tone.fifo", os.O_RDWR)  # read-write: neither side blocks opening it
-    done = threading.Event()
-    threading.Thread(target=feed, args=(fd, done), daemon=True).start()
+    failed = FailedAttempts()
+    logging.getLogger("clapd.daemon.sources.mic").addHandler(failed)
+    logging.getLogger("clapd.daemon.sources.mic").setLevel(logging.DEBUG)
+    feeder = ToneFeeder(WORK / "tone.fifo", DEVICE, 1000.0)
+    DEVICE.define(CONFIG_FILE, feeder.fifo)
 
     from clapd.daemon.config import MicSource
     from clapd.daemon.ring import RingBuffer
@@ -376,25 +368,24 @@ def main():
     ring = RingBuffer(10 * 48000)
     backoff = RecordingBackoff(0.2, 1.0)
     source = mic.MicInput("kitchen", MicSource(type="mic", device="clapd_test"), ring, backoff=backoff)
-    began = time.monotonic()
     source.start()
     result["tone_arrived"] = wait_for(lambda: ring.total_written >= 72000, 10)
-    result["tone_seconds"] = time.monotonic() - began
     np.save(WORK / "tone.npy", ring.read(24000, 48000))
     # The device leaves the ALSA configuration and its stream ends. The ALSA file plugin cannot fail a running
     # stream, so the end is PortAudio's own: the stream is aborted here, which is what PortAudio reports (the
     # finished callback) when a device errors out.
-    device(False)
+    DEVICE.remove(CONFIG_FILE)
     with mic._portaudio_lock:
         source._stream.abort()
-    result["retrying"] = wait_for(lambda: source.status().restarts >= 3, 10)
+    # Three reopen attempts have failed, whatever the machine's speed; the device is back for the fourth.
+    result["retrying"] = wait_for(lambda: failed.count >= 3, 10)
     result["during"] = source.status().state
-    device(True)
+    DEVICE.define(CONFIG_FILE, feeder.fifo)
     written = ring.total_written
     result["resumed"] = wait_for(lambda: ring.total_written > written + 48000, 10)
     status = source.status()
     source.stop()
-    done.set()
+    feeder.stop()
     result.update(after=status.state, outages=status.outages, restarts=status.restarts, delays=backoff.delays)
     result.update(stopped=source.status().state)
     print(json.dumps(result))
@@ -406,10 +397,9 @@ main()
 
 @pytest.mark.skipif(ctypes.util.find_library("portaudio") is None, reason="PortAudio is not installed (libportaudio2)")
 def test_mic_through_portaudio_on_a_virtual_alsa_device(tmp_path: Path) -> None:
-    env = dict(os.environ, ALSA_CONFIG_PATH=f"/usr/share/alsa/alsa.conf:{tmp_path / 'asound.conf'}")
     done = subprocess.run(
-        [sys.executable, "-c", MIC_CHILD, str(tmp_path), ALSA_DEVICE],
-        env=env,
+        [sys.executable, "-c", MIC_CHILD, str(tmp_path), str(Path(__file__).parent)],
+        env=alsa_environment(tmp_path / "asound.conf"),
         capture_output=True,
         text=True,
         timeout=60,
@@ -423,14 +413,14 @@ def test_mic_through_portaudio_on_a_virtual_alsa_device(tmp_path: Path) -> None:
     assert "no input device 'no-such-mic'; available input devices: [" in result["missing_error"]
     assert "clapd_test (" in result["missing_error"]
 
-    assert result["tone_arrived"] and result["tone_seconds"] < 5.0
+    assert result["tone_arrived"]
     captured = np.load(tmp_path / "tone.npy")
     assert peak_hz(captured) == pytest.approx(TONE_HZ, abs=2.0)
     assert rms(captured) == pytest.approx(0.75 * 0.5 / np.sqrt(2), rel=0.01)  # (1/2 + 1/4) / 2 of full scale
 
     assert result["retrying"] and result["during"] == "restarting"
     assert result["resumed"] and result["after"] == "running" and result["stopped"] == "stopped"
-    assert result["outages"] == 1 and result["restarts"] >= 4
+    assert result["outages"] == 1 and result["restarts"] >= 4  # three failed attempts, then the one that worked
     assert result["delays"][:4] == [0.2, 0.4, 0.8, 1.0]
     assert sum("reopening with back-off" in line for line in log) == 1  # once per outage, not per retry
     assert sum("capturing again after" in line for line in log) == 1
