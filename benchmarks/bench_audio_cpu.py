@@ -1,8 +1,9 @@
 """Per-window CPU time of the full-size audio model: HF transformers eager vs our ONNX fp32 and int8 bundles.
 
 Each variant x batch size is timed in a fresh subprocess (`--worker`), because several ORT sessions in one process
-give bimodal figures. The parent builds (or reuses) the random-weight reference model and its bundle, runs the
-workers one after another, prints a markdown table and, with `--write`, updates its section of docs/benchmarks.md.
+give bimodal figures. The parent builds (or reuses) the random-weight reference model and its bundle
+(`common.reference_bundle`, shared with bench_daemon.py), runs the workers one after another, prints a markdown
+table and, with `--write`, updates its section of docs/benchmarks.md.
 
     .venv/bin/python benchmarks/bench_audio_cpu.py --write docs/benchmarks.md
 """
@@ -12,19 +13,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
-from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
-from doc_sections import write_section
+from common import Reference, arg_parser, header_lines, publish, reference_bundle, worker_result
 
 SAMPLE_RATE = 48_000  # Hz
 WINDOW_SAMPLES = 480_000  # the model's fixed input: 10 s
@@ -33,7 +30,8 @@ THREADS = 2
 VARIANTS = ("hf-eager", "onnx-fp32", "onnx-int8")
 NAMES = {"hf-eager": "HF eager", "onnx-fp32": "ONNX fp32", "onnx-int8": "ONNX int8"}
 LABELS = {**NAMES, "hf-eager": "HF eager (extractor + `get_audio_features`)"}
-ONNX_FILES = {"onnx-fp32": "audio_fp32.onnx", "onnx-int8": "audio_int8.onnx"}
+PRECISIONS = {"onnx-fp32": "fp32", "onnx-int8": "int8"}  # the bundle's audio model each ONNX variant runs
+PACKAGES = ("torch", "transformers", "onnxruntime", "numpy")
 START, END = "<!-- bench_audio_cpu:start -->", "<!-- bench_audio_cpu:end -->"
 
 Embedder = Callable[[np.ndarray], np.ndarray]
@@ -113,10 +111,11 @@ def time_embedder(embed: Embedder, clips: np.ndarray, batch: int, runs: int, war
 
 def run_worker(args: argparse.Namespace) -> None:
     clips = make_clips()
+    reference = Reference(args.reference)
     if args.worker == "hf-eager":
-        embed = hf_embedder(args.work_dir / "model")
+        embed = hf_embedder(reference.model)
     else:
-        embed = onnx_embedder(args.work_dir / "bundle" / ONNX_FILES[args.worker])
+        embed = onnx_embedder(reference.audio_file(PRECISIONS[args.worker]))
     window_ms = time_embedder(embed, clips, args.worker_batch, args.runs, args.warmup)
     # Untimed: every clip once, for the cosine figures.
     embeddings = np.concatenate([embed(clips[i : i + args.worker_batch]) for i in range(0, N_CLIPS, args.worker_batch)])
@@ -124,34 +123,12 @@ def run_worker(args: argparse.Namespace) -> None:
     print(json.dumps(asdict(timing)))
 
 
-def ensure_assets(work_dir: Path, rebuild: bool) -> None:
-    """The random-weight full-size reference model and its fp32 + int8 bundle, built once and reused."""
-    model_dir, bundle_dir = work_dir / "model", work_dir / "bundle"
-    if rebuild or not (model_dir / "config.json").exists():
-        from clapd.models.reference import save_reference_model
-
-        print(f"building the reference model in {model_dir} ...", file=sys.stderr)
-        save_reference_model("default", model_dir)
-        rebuild = True
-    if rebuild or not all((bundle_dir / name).exists() for name in [*ONNX_FILES.values(), "manifest.json"]):
-        from clapd.export.bundle import ExportRequest, export_bundle
-
-        print(f"exporting the bundle to {bundle_dir} ...", file=sys.stderr)
-        request = ExportRequest(
-            source=str(model_dir), out_dir=bundle_dir, precisions=("fp32", "int8"), overwrite=True, progress=False
-        )
-        export_bundle(request)
-
-
-def spawn_worker(variant: str, batch: int, runs: int, warmup: int, work_dir: Path) -> Timing:
-    command = [sys.executable, str(Path(__file__).resolve()), "--worker", variant, "--batch", str(batch)]
-    command += ["--runs", str(runs), "--warmup", str(warmup), "--work-dir", str(work_dir)]
-    env = {**os.environ, "OMP_NUM_THREADS": str(THREADS)}
+def spawn_worker(variant: str, batch: int, runs: int, warmup: int, reference: Reference) -> Timing:
+    options = ["--worker", variant, "--batch", str(batch), "--runs", str(runs), "--warmup", str(warmup)]
+    options += ["--reference", str(reference.directory)]
     print(f"timing {variant} at batch {batch} ({warmup} warm-up + {runs} runs) ...", file=sys.stderr)
-    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"worker {variant} batch {batch} failed:\n{done.stderr[-4000:]}")
-    return Timing(**json.loads(done.stdout.strip().splitlines()[-1]))
+    env = {"OMP_NUM_THREADS": str(THREADS)}
+    return Timing(**worker_result(Path(__file__).resolve(), options, f"worker {variant} batch {batch}", env=env))
 
 
 def max_cross_cosine(embeddings: np.ndarray) -> float:
@@ -200,19 +177,6 @@ def cosine_lines(timings: list[Timing]) -> list[str]:
     return lines
 
 
-def machine_line() -> str:
-    cpu = "unknown CPU"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    return f"{cpu}, {os.cpu_count()} cores, {platform.machine()}"
-
-
-def versions_line() -> str:
-    return ", ".join(f"{name} {version(name)}" for name in ("torch", "transformers", "onnxruntime", "numpy"))
-
-
 def section(timings: list[Timing], load: float) -> str:
     runs = sorted({(t.batch, t.warmup, t.runs) for t in timings})
     protocol = "; ".join(f"batch {b}: {w} warm-up + {r} timed runs" for b, w, r in runs)
@@ -226,9 +190,7 @@ def section(timings: list[Timing], load: float) -> str:
         "extractor; the ONNX graphs include their front end. ONNX sessions: CPUExecutionProvider, "
         "ORT_ENABLE_ALL at load, intra-op spinning off (the daemon's settings).",
         "",
-        f"- date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
-        f"- machine: {machine_line()} (1-min load average at start: {load:.2f})",
-        f"- versions: {versions_line()}",
+        *header_lines(PACKAGES, machine_note=f" (1-min load average at start: {load:.2f})"),
         f"- runs: {protocol}",
         "",
         table(timings),
@@ -241,23 +203,16 @@ def section(timings: list[Timing], load: float) -> str:
 
 def run_parent(args: argparse.Namespace) -> None:
     load = os.getloadavg()[0]
-    ensure_assets(args.work_dir, args.rebuild)
+    reference = reference_bundle("default", tuple(PRECISIONS.values()), rebuild=args.rebuild)
     batches = [int(b) for b in args.batches.split(",")]
     timings = [
-        spawn_worker(variant, batch, args.runs, args.warmup, args.work_dir) for batch in batches for variant in VARIANTS
+        spawn_worker(variant, batch, args.runs, args.warmup, reference) for batch in batches for variant in VARIANTS
     ]
-    text = section(timings, load)
-    print(text)
-    if args.write:
-        write_section(args.write, START, END, text)
-        print(f"wrote {args.write}", file=sys.stderr)
+    publish(section(timings, load), args.write, START, END)
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
-    )
-    parser.add_argument("--work-dir", type=Path, default=Path("/tmp/clapd-bench"), help="model and bundle cache")
+    parser = arg_parser(__doc__)
     parser.add_argument("--rebuild", action="store_true", help="rebuild the reference model and bundle")
     parser.add_argument("--runs", type=int, default=10, help="timed runs per variant and batch")
     parser.add_argument("--warmup", type=int, default=2, help="untimed runs before them")
@@ -265,6 +220,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--write", type=Path, help="markdown file whose bench_audio_cpu section to update")
     parser.add_argument("--worker", choices=VARIANTS, help=argparse.SUPPRESS)
     parser.add_argument("--worker-batch", "--batch", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--reference", type=Path, help=argparse.SUPPRESS)
     return parser.parse_args()
 
 

@@ -1,4 +1,4 @@
-"""The whole daemon on the CPU: event latency to a real broker, streams kept in real time, resident memory.
+r"""The whole daemon on the CPU: event latency to a real broker, streams kept in real time, resident memory.
 
 Full-size random-weight reference model (the `laion/clap-htsat-unfused` architecture). Every stream is a `pipe`
 source whose command is a small Python writer pacing s16le audio by the clock, as a live source would deliver it.
@@ -8,14 +8,17 @@ source whose command is a small Python writer pacing s16le audio by the clock, a
    The latency is from then until a subscriber has the detection's start event. The background is hiss repeating
    with the hop as period, so every window without the burst is bit-identical and scores exactly the same. The
    prompts, a single background prompt (with which a score rises exactly when (prompt - background) . embedding
-   does) and thresholds just above the background's score are chosen from offline scores of the same audio (as
-   tests/test_pipeline.py does), so a window fires as soon as it holds any of the burst: the figure is the
-   daemon's, not the model's. The daemon's debug log dates each model call, which splits the time after the window.
-2. Capacity: N streams in one daemon (in a worker process) for a minute each, N doubling until windows get skipped,
-   then one bisection step.
+   does) and thresholds just above the background's score are chosen from the scores the daemon's own `Detector`
+   gives offline for the same audio's windows, which also say on which window each start event must come, so a
+   window fires as soon as it holds any of the burst: the figure is the daemon's, not the model's. The daemon's
+   debug log dates each model call, which splits the time after the window.
+2. Capacity: N streams in one daemon (`assemble(config)` in a worker process) for a minute each, N doubling until
+   windows get skipped, then one bisection step.
 3. Memory: VmRSS and VmHWM of the daemon's process after warm-up and after the run.
 
     .venv/bin/python benchmarks/bench_daemon.py --write docs/benchmarks.md
+    .venv/bin/python benchmarks/bench_daemon.py --size small --wait-minutes 0 --latency-windows 2:0.5 \
+        --precisions int8 --onsets 3 --capacity-windows 2:1 --capacity-streams 1 --seconds 10   # a quick check
 """
 
 from __future__ import annotations
@@ -27,25 +30,43 @@ import gc
 import json
 import math
 import os
-import platform
 import re
 import resource
-import shutil
-import signal
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
-from importlib.metadata import version
+from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import yaml
-from doc_sections import write_section
+from common import (
+    Arrival,
+    CachedEmbedder,
+    Subscriber,
+    arg_parser,
+    detect_offline,
+    detection_preparer,
+    header_lines,
+    launch_daemon,
+    memory_mib,
+    mosquitto,
+    publish,
+    reference_bundle,
+    stop_daemon,
+    worker_result,
+)
+
+from clapd.daemon.detector import Detections
+from clapd.daemon.mqtt.spool import SPOOL_FILE
+
+if TYPE_CHECKING:
+    from clapd.daemon.prompts import DetectionPreparer
+    from clapd.daemon.runner import Runner
 
 RATE = 48_000  # Hz: the model's rate, and the writers' (no resampling in the daemon)
 S16_SCALE = np.float32(1.0 / 32768.0)  # the pipe source's s16le -> float scale
@@ -79,7 +100,9 @@ TOPIC_PREFIX = "bench/clapd"
 IDLE_LOAD = 1.0  # 1-min load average below which the machine counts as idle
 BUSY_PATTERN = "build_demo_model"  # another engineer's training run: timings taken meanwhile are worthless
 START, END = "<!-- bench_daemon:start -->", "<!-- bench_daemon:end -->"
-FALLBACK_BUNDLE = Path("/tmp/clapd-bench/bundle")  # bench_audio_cpu.py's: the same model, reused when it loads
+STREAM = "s"  # the latency stream's name, offline and in the daemon
+PACKAGES = ("onnxruntime", "numpy", "paho-mqtt", "pydantic", "prometheus-client")
+STOP_S = 5.0  # a capacity worker's runner is given this long to stop
 
 # Paces a raw s16le file by the clock and loops from byte `loop_from` when it ends. A chunk is written once the
 # time it covers has passed, as a capture device hands over a block. Logs the time each onset sample was written.
@@ -115,29 +138,9 @@ except (BrokenPipeError, KeyboardInterrupt):
 # --- assets ---
 
 
-def ensure_bundle(work_dir: Path, explicit: Path | None) -> Path:
-    """A bundle of the full-size reference model with fp32 and int8 audio models: reused, else built."""
-    from clapd.daemon.inference import open_bundle
-
-    candidates = [explicit] if explicit is not None else [work_dir / "bundle", FALLBACK_BUNDLE]
-    for bundle in candidates:
-        try:
-            if {"fp32", "int8"} <= open_bundle(bundle).audio.keys():
-                return bundle
-        except Exception as e:  # missing, incomplete or changed: build our own
-            print(f"not reusing {bundle}: {e}", file=sys.stderr)
-    if explicit is not None:
-        raise SystemExit(f"--bundle {explicit}: no loadable bundle with fp32 and int8 there")
-    from clapd.export.bundle import ExportRequest, export_bundle
-    from clapd.models.reference import save_reference_model
-
-    print(f"building the reference model and bundle in {work_dir} ...", file=sys.stderr)
-    save_reference_model("default", work_dir / "model")
-    request = ExportRequest(
-        source=str(work_dir / "model"), out_dir=work_dir / "bundle", precisions=("fp32", "int8"), progress=False
-    )
-    export_bundle(request)
-    return work_dir / "bundle"
+def bundle_for(args: argparse.Namespace) -> Path:
+    """--bundle, else the reference model of --size with fp32 and int8 (shared with bench_audio_cpu.py)."""
+    return args.bundle or reference_bundle(args.size, ("fp32", "int8")).bundle
 
 
 def write_raw(path: Path, samples: np.ndarray) -> None:
@@ -205,38 +208,54 @@ class Expected:
     first_window: int  # onsets caught by the first window that holds them
 
 
-def offline_embeddings(bundle: Path, precision: str, plan: Plan) -> np.ndarray:
-    """[windows, dim] on the daemon's grid, each window repeat-padded and embedded alone, as the daemon does."""
-    from clapd.daemon.config import ModelConfig
+@dataclass(frozen=True, slots=True)
+class Offline:
+    """The latency stream's audio as the daemon gets it, and what the daemon's `Detector` needs to score it."""
+
+    embedder: CachedEmbedder  # the daemon's `AudioModel`, each distinct window run once, one per call
+    preparer: DetectionPreparer  # the daemon's prompt cache in the state directory: the daemon then finds them
+    audio: np.ndarray  # float32 [samples], as the pipe source converts the s16le
+    model_window: int  # samples: the model's input
+
+    def detect(self, plan: Plan, detections: dict[str, dict], background: list[str]) -> Detections:
+        """The recording through the daemon's `Detector` with these detections (config fields) and background."""
+        from clapd.daemon.config import DetectionConfig
+
+        configs = {name: DetectionConfig.model_validate(fields) for name, fields in detections.items()}
+        prepared = self.preparer.prepare(configs, background)
+        return detect_offline(
+            self.embedder, prepared, STREAM, self.audio, plan.window, plan.hop, self.model_window, RATE
+        )
+
+
+def offline(bundle: Path, state_dir: Path, precision: str, plan: Plan) -> Offline:
+    """The daemon's model at `precision` (its `model` config), its prompts, and the plan's windows checked against
+    those the daemon will take."""
+    from clapd.daemon.assembly import PROMPT_CACHE_DIR
+    from clapd.daemon.config import ModelConfig, WindowConfig
     from clapd.daemon.inference import AudioModel, open_bundle
-    from clapd.daemon.windows import repeat_pad
+    from clapd.daemon.manifest import window_samples_for
 
     manifest = open_bundle(bundle)
-    model = AudioModel(bundle, manifest, ModelConfig(bundle=bundle, providers=["cpu"], precision=precision))
+    windows = WindowConfig(window_seconds=plan.window_s, hop_seconds=plan.hop_s)
+    if (manifest.sample_rate, *window_samples_for(windows, manifest)) != (RATE, plan.window, plan.hop):
+        raise SystemExit(f"{bundle}: a {manifest.sample_rate} Hz model; this benchmark writes {RATE} Hz")
+    model_config = ModelConfig.model_validate(model_settings(bundle, precision))
+    model = AudioModel(bundle, manifest, model_config)
     model.warm_up()
+    preparer = detection_preparer(bundle, manifest, model_config, state_dir / PROMPT_CACHE_DIR)
     audio = as_daemon_sees_it(plan.audio)
-    starts = range(0, audio.size - plan.window + 1, plan.hop)
-    windows = (repeat_pad(audio[start : start + plan.window], manifest.window_samples)[None] for start in starts)
-    return np.stack([model.embed(window)[0] for window in windows])
+    return Offline(CachedEmbedder(model), preparer, audio, manifest.window_samples)
 
 
-def candidate_scores(bundle: Path, state_dir: Path, embeddings: np.ndarray) -> np.ndarray:
-    """[background q, windows, detection p]: prompt p's score against the single background prompt q, as the
-    daemon's matcher computes it. With one background prompt the score rises exactly when (p - q) . e does."""
-    from clapd.daemon.config import DetectionConfig, ModelConfig
-    from clapd.daemon.inference import TextModel, open_bundle
-    from clapd.daemon.matcher import Matcher, PromptCache, build_detections
-
-    manifest = open_bundle(bundle)
-    text = TextModel(bundle, manifest, ModelConfig(bundle=bundle, providers=["cpu"]))
-    cache = PromptCache(text, state_dir / "prompt-cache", manifest.text.sha256)  # the daemon then finds them
-    configs = {f"p{k}": DetectionConfig(prompts=[p]) for k, p in enumerate(CANDIDATE_PROMPTS)}
-    detections, prompts = build_detections(configs, cache), cache.embed(list(CANDIDATE_PROMPTS))
-    names = [f"p{k}" for k in range(len(CANDIDATE_PROMPTS))]
+def candidate_scores(scoring: Offline, plan: Plan) -> np.ndarray:
+    """[background q, windows, detection p]: prompt p's score against the single background prompt q, by the
+    daemon's Detector. With one background prompt the score rises exactly when (p - q) . e does."""
+    candidates = {f"p{k}": {"prompts": [prompt]} for k, prompt in enumerate(CANDIDATE_PROMPTS)}
     scores = []
-    for q in range(len(CANDIDATE_PROMPTS)):
-        matcher = Matcher(detections, prompts[q : q + 1], manifest.logit_scale)
-        scores.append([[row[n] for n in names] for row in (matcher.score("s", e) for e in embeddings)])
+    for background in CANDIDATE_PROMPTS:
+        found = scoring.detect(plan, candidates, [background])
+        scores.append([[window.values[name] for name in candidates] for window in found.scores])
     return np.array(scores)
 
 
@@ -279,37 +298,28 @@ def choose_detections(plan: Plan, scores: np.ndarray, q: int) -> tuple[dict[str,
     return detections, int(covered.sum())
 
 
-def expected_events(plan: Plan, scores: np.ndarray, detections: dict[str, dict]) -> dict[int, int]:
-    """Onset -> end sample of the window whose start event the daemon must publish first, by the daemon's own
-    event tracker fed the offline scores [windows, candidates]."""
-    from clapd.daemon.config import DetectionConfig
-    from clapd.daemon.events import EventTracker, StreamClock
-    from clapd.daemon.records import Scores
-
-    configs = {name: DetectionConfig(**d) for name, d in detections.items()}
-    clock = StreamClock(datetime(2026, 1, 1, tzinfo=timezone.utc), RATE)
-    tracker = EventTracker(configs, {"s": clock}, plan.hop)
+def expected_events(scoring: Offline, plan: Plan, detections: dict[str, dict], background: list[str]) -> dict[int, int]:
+    """Onset -> end sample of the window whose start event the daemon must publish first, by its own Detector."""
     ends: dict[int, int] = {}
-    for i, row in enumerate(scores):
-        start = i * plan.hop
-        values = {name: float(row[int(name[1:])]) for name in configs}
-        for event in tracker.feed(Scores("s", start, start + plan.window, values)):
-            onset = onset_of(plan, event.start_sample + plan.hop // 2)
-            if event.kind == "start" and onset is not None:
-                ends.setdefault(onset, event.start_sample + plan.hop // 2)
+    for event in scoring.detect(plan, detections, background).events:
+        end = event.start_sample + plan.hop // 2  # smoothing 1: the onset is placed half a hop before the end
+        onset = onset_of(plan, end)
+        if event.kind == "start" and onset is not None:
+            ends.setdefault(onset, end)
     return ends
 
 
 def expect(bundle: Path, state_dir: Path, precision: str, plan: Plan) -> Expected:
     """Offline, on the audio the daemon will get: the background prompt and detections that catch the most onsets
     on their first window, and the events the daemon must then publish."""
-    embeddings = offline_embeddings(bundle, precision, plan)
-    scores = candidate_scores(bundle, state_dir, embeddings)
+    scoring = offline(bundle, state_dir, precision, plan)
+    scores = candidate_scores(scoring, plan)
     options = [(*choose_detections(plan, scores[q], q), q) for q in range(len(CANDIDATE_PROMPTS))]
     detections, caught, q = max(options, key=lambda o: (o[1], -len(o[0])))
-    ends = expected_events(plan, scores[q], detections)
+    background = [CANDIDATE_PROMPTS[q]]
+    ends = expected_events(scoring, plan, detections, background)
     first = sum(1 for onset, end in ends.items() if end - onset <= plan.hop)
-    return Expected(detections, [CANDIDATE_PROMPTS[q]], ends, first)
+    return Expected(detections, background, ends, first)
 
 
 def onset_of(plan: Plan, window_end: int) -> int | None:
@@ -319,67 +329,6 @@ def onset_of(plan: Plan, window_end: int) -> int | None:
         if onset < window_end < onset + burst + plan.window:
             return onset
     return None
-
-
-# --- broker, subscriber, process memory ---
-
-
-class TimedSubscriber:
-    """Records (arrival wall time, topic, payload) of everything on `topic_filter`."""
-
-    def __init__(self, port: int, topic_filter: str) -> None:
-        from paho.mqtt.client import Client
-        from paho.mqtt.enums import CallbackAPIVersion
-
-        self.messages: list[tuple[float, str, bytes]] = []
-        self._lock = threading.Lock()
-        self._subscribed = threading.Event()
-        self._client = Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=f"bench-{os.getpid()}")
-        self._client.on_connect = lambda client, *_: client.subscribe(topic_filter, qos=1)
-        self._client.on_subscribe = lambda *_: self._subscribed.set()
-        self._client.on_message = self._on_message
-        self._client.connect("127.0.0.1", port, keepalive=30)
-        self._client.loop_start()
-        if not self._subscribed.wait(10):
-            raise RuntimeError(f"could not subscribe to {topic_filter!r} on port {port}")
-
-    def _on_message(self, client: object, userdata: object, message: object) -> None:
-        now = time.time()
-        with self._lock:
-            self.messages.append((now, message.topic, bytes(message.payload)))  # type: ignore[attr-defined]
-
-    def wait_for(self, payload: bytes, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self._lock:
-                if any(m[2] == payload for m in self.messages):
-                    return True
-            time.sleep(0.05)
-        return False
-
-    def close(self) -> None:
-        self._client.disconnect()
-        self._client.loop_stop()
-
-
-def start_broker(directory: Path) -> object:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from mqtt_broker import MosquittoBroker
-
-    directory.mkdir(parents=True, exist_ok=True)
-    broker = MosquittoBroker(directory, persistence=False)
-    broker.start()
-    return broker
-
-
-def memory_mib(pid: int | str = "self") -> dict[str, float]:
-    """VmRSS and VmHWM of a process, in MiB."""
-    values = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, rest = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            values[key] = int(rest.split()[0]) / 1024  # kB -> MiB
-    return values
 
 
 # --- 1. latency ---
@@ -407,12 +356,14 @@ class Latency:
     errors: list[str] = field(default_factory=list)
 
 
-# `clapd run` with the runner's per-batch debug line ("N windows in M ms") on, which dates each model call.
-CLAPD_RUN_DEBUG = (
-    "import logging, sys; from clapd.cli import main; "
-    "logging.getLogger('clapd.daemon.runner').setLevel(logging.DEBUG); sys.exit(main())"
-)
+# The runner's debug line after each model call (`common.launch_daemon(batch_log=True)`): it dates every call, which
+# the metrics' histogram cannot, and so splits each onset's latency into its parts.
 BATCH_LINE = re.compile(r"^(\S+ \S+) DEBUG clapd\.daemon\.runner: (\d+) windows in (\d+) ms")
+
+
+def model_settings(bundle: Path, precision: str) -> dict:
+    """The latency runs' `model` config, offline and in the daemon."""
+    return {"bundle": str(bundle), "providers": ["cpu"], "precision": precision, "threads": 2}
 
 
 def latency_config(plan: Plan, files: dict[str, Path], precision: str, expected: Expected, port: int) -> dict:
@@ -421,9 +372,9 @@ def latency_config(plan: Plan, files: dict[str, Path], precision: str, expected:
     command = [sys.executable, "-c", WRITER, str(files["raw"]), str(LATENCY_CHUNK), str(loop_from)]
     command += [str(files["side"]), onsets]
     return {
-        "model": {"bundle": str(files["bundle"]), "providers": ["cpu"], "precision": precision, "threads": 2},
+        "model": model_settings(files["bundle"], precision),
         "windows": {"window_seconds": plan.window_s, "hop_seconds": plan.hop_s},
-        "streams": {"s": {"type": "pipe", "command": command, "sample_rate": RATE, "sample_format": "s16le"}},
+        "streams": {STREAM: {"type": "pipe", "command": command, "sample_rate": RATE, "sample_format": "s16le"}},
         "detections": expected.detections,
         "background_prompts": expected.background,
         "outputs": {"mqtt": {"host": "127.0.0.1", "port": port, "topic_prefix": TOPIC_PREFIX, "qos": 1}},
@@ -460,10 +411,10 @@ def run_latency(plan: Plan, precision: str, expected: Expected, bundle: Path, po
     files |= {"state": work_dir / "state", "bundle": bundle, "config": work_dir / f"{name}.yaml"}
     write_raw(files["raw"], plan.audio)
     files["side"].unlink(missing_ok=True)
-    for stale in files["state"].glob("event-queue.sqlite3*"):
+    for stale in files["state"].glob(f"{SPOOL_FILE}*"):
         stale.unlink()  # unsent messages of an earlier run would be replayed
     files["config"].write_text(yaml.safe_dump(latency_config(plan, files, precision, expected, port)))
-    subscriber = TimedSubscriber(port, f"{TOPIC_PREFIX}/#")
+    subscriber = Subscriber(port, f"{TOPIC_PREFIX}/#", client_id=f"bench-{os.getpid()}")
     print(f"latency: {name}, {len(plan.onsets)} onsets, {plan.audio.size / RATE:.0f} s ...", file=sys.stderr)
     log = work_dir / f"{name}.log"
     try:
@@ -471,17 +422,16 @@ def run_latency(plan: Plan, precision: str, expected: Expected, bundle: Path, po
     finally:
         subscriber.close()
     watched["errors"] += [line for line in log.read_text().splitlines() if " WARNING " in line][:5]
-    measured = measure_latency(plan, expected, subscriber.messages, read_side(files["side"])[0], model_calls(log))
+    measured = measure_latency(plan, expected, subscriber.received(), read_side(files["side"])[0], model_calls(log))
     return Latency(window_s=plan.window_s, hop_s=plan.hop_s, precision=precision, **measured, **watched)
 
 
-def watch_daemon(files: dict[str, Path], subscriber: TimedSubscriber, log: Path, timeout: float) -> dict:
+def watch_daemon(files: dict[str, Path], subscriber: Subscriber, log: Path, timeout: float) -> dict:
     """Run `clapd run` until its writer has written all the planned audio: start-up time, memory, errors."""
     errors: list[str] = []
     with log.open("w") as stderr:
         launched = time.monotonic()
-        command = [sys.executable, "-c", CLAPD_RUN_DEBUG, "-v", "run", "-c", str(files["config"])]
-        daemon = subprocess.Popen(command, stderr=stderr)
+        daemon = launch_daemon(files["config"], stdout=None, stderr=stderr, batch_log=True)
         try:
             if not subscriber.wait_for(b"online", 180):
                 errors.append("the daemon never said online")
@@ -493,8 +443,7 @@ def watch_daemon(files: dict[str, Path], subscriber: TimedSubscriber, log: Path,
             time.sleep(2.0)  # the last window's event, if any, is long published by now
             memory_end = memory_mib(daemon.pid) if daemon.poll() is None else {}
         finally:
-            daemon.send_signal(signal.SIGTERM)
-            if daemon.wait(60) != 0:
+            if stop_daemon(daemon) != 0:
                 errors.append(f"clapd run exited with {daemon.returncode}")
     return {"startup_s": startup, "memory_start": memory_start, "memory_end": memory_end, "errors": errors}
 
@@ -502,16 +451,17 @@ def watch_daemon(files: dict[str, Path], subscriber: TimedSubscriber, log: Path,
 def measure_latency(
     plan: Plan,
     expected: Expected,
-    messages: list[tuple[float, str, bytes]],
+    messages: list[Arrival],
     written: dict[int, float],
     calls: list[tuple[float, float]],
 ) -> dict:
     """The fields of `Latency` from the events received, the onsets' write times and the daemon's model calls."""
     first: dict[int, tuple[float, int]] = {}  # onset -> (arrival, window end) of its earliest start event
     false_starts = 0
-    for arrival, topic, payload in messages:
-        if not topic.endswith("/event") or (event := json.loads(payload))["kind"] != "start":
+    for message in messages:
+        if not message.topic.endswith("/event") or (event := json.loads(message.payload))["kind"] != "start":
             continue
+        arrival = message.at
         end = round(event["start_offset_seconds"] * RATE) + plan.hop // 2  # smoothing 1: onset = end - hop/2
         onset = onset_of(plan, end)
         if onset is None:
@@ -554,7 +504,7 @@ class Capacity:
     skipped: int
     restarts: int
     batch_sizes: list[int]
-    batch_ms: list[float]  # model call + matching, per batch
+    batch_ms: list[float]  # model call, matching and event tracking, per batch
     lag_s: list[float]  # per batch: audio written after the oldest window of the batch ended, once it was done
     cpu_s: float  # the daemon process, all threads
     writers_cpu_s: float
@@ -582,41 +532,53 @@ def capacity_config(args: argparse.Namespace, raw: Path) -> dict:
     }
 
 
+class BatchProbe:
+    """`Runner.on_inference`, called after each model call: its windows and time, and the result lag (audio
+    written after the batch's oldest window ended, once the batch was done), from the runner's stream counters."""
+
+    def __init__(self, runner: Runner, window: int, hop: int) -> None:
+        self._runner, self._window, self._hop = runner, window, hop
+        self._produced: dict[str, int] = {}  # stream -> windows run up to the last call
+        self.sizes: list[int] = []
+        self.ms: list[float] = []
+        self.lag_s: list[float] = []
+
+    def __call__(self, seconds: float, windows: int) -> None:
+        self.sizes.append(windows)
+        self.ms.append(1000 * seconds)
+        lags = []
+        for stats in self._runner.stream_stats():
+            counts, before = stats.windows, self._produced.get(stats.name, 0)
+            self._produced[stats.name] = counts.produced
+            if counts.produced > before:  # this call ran windows of this stream; skipping comes before them
+                oldest_end = (before + counts.skipped) * self._hop + self._window
+                lags.append(stats.source.samples_written - oldest_end)
+        self.lag_s.append(max(lags, default=0) / RATE)
+
+
 def run_capacity_worker(args: argparse.Namespace) -> None:
-    """In this process: load, start N streams, run `--seconds`, report counts, batch times and memory as JSON."""
+    """In this process: assemble a daemon of N streams, run it `--seconds`, report counts, batch times and memory
+    as JSON."""
+    from clapd.daemon.assembly import assemble
     from clapd.daemon.config import parse_config
-    from clapd.daemon.runner import Daemon
-    from clapd.daemon.service import build_publishers
 
     config = parse_config(capacity_config(args, args.work_dir / "capacity.s16le"))
     launched = time.monotonic()
-    daemon = Daemon(config, args.bundle, build_publishers(config))
-    daemon.load()
-    daemon.start()
+    runner = assemble(config).runner
+    probe = BatchProbe(runner, round(args.window * RATE), round(args.hop * RATE))
+    runner.on_inference = probe
+    runner.start()
     startup = time.monotonic() - launched
     memory_start = memory_mib()
-    window = round(args.window * RATE)
-    rings = {s.name: s.ring for s in daemon._streams}
-    sizes, ms, lag = [], [], []
-    infer = daemon._infer
-
-    def timed(windows: list) -> None:
-        started = time.perf_counter()
-        infer(windows)
-        ms.append(1000 * (time.perf_counter() - started))
-        sizes.append(len(windows))
-        lag.append(max(rings[w.stream].total_written - w.start_sample - window for w in windows) / RATE)
-
-    daemon._infer = timed  # type: ignore[method-assign]
-    stop = threading.Event()
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
-    threading.Timer(args.seconds, stop.set).start()
-    daemon.run(stop)
+    time.sleep(args.seconds)  # the writers loop their file: the streams never end
     cpu1 = resource.getrusage(resource.RUSAGE_SELF)
     memory_end = memory_mib()
-    counts = [s.windows.counts() for s in daemon._streams]
-    restarts = sum(s.source.status().restarts for s in daemon._streams)
-    daemon.shutdown()
+    stats = runner.stream_stats()
+    running = runner.running()
+    runner.stop(STOP_S)
+    if not running:
+        raise SystemExit("the daemon's inference loop ended before the run did (see the log above)")
     ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim(0)  # what of VmRSS is heap freed but kept by glibc
     rss_trimmed = memory_mib()["VmRSS"]
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -625,12 +587,12 @@ def run_capacity_worker(args: argparse.Namespace) -> None:
         args.hop,
         args.capacity_worker,
         args.seconds,
-        sum(c.produced for c in counts),
-        sum(c.skipped for c in counts),
-        restarts,
-        sizes,
-        ms,
-        lag,
+        sum(s.windows.produced for s in stats),
+        sum(s.windows.skipped for s in stats),
+        sum(s.source.restarts for s in stats),
+        probe.sizes,
+        probe.ms,
+        probe.lag_s,
         cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime,
         children.ru_utime + children.ru_stime,
         startup,
@@ -644,14 +606,11 @@ def run_capacity_worker(args: argparse.Namespace) -> None:
 def spawn_capacity(
     n: int, window_s: float, hop_s: float, seconds: float, bundle: Path, port: int, work: Path
 ) -> Capacity:
-    command = [sys.executable, str(Path(__file__).resolve()), "--capacity-worker", str(n), "--window", str(window_s)]
-    command += ["--hop", str(hop_s), "--seconds", str(seconds), "--bundle", str(bundle)]
-    command += ["--broker-port", str(port), "--work-dir", str(work)]
+    options = ["--capacity-worker", str(n), "--window", str(window_s), "--hop", str(hop_s)]
+    options += ["--seconds", str(seconds), "--bundle", str(bundle), "--broker-port", str(port), "--work-dir", str(work)]
     print(f"capacity: {n} streams, window {window_s:g} s, hop {hop_s:g} s, {seconds:g} s ...", file=sys.stderr)
-    done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=seconds + 300)
-    if done.returncode != 0:
-        raise RuntimeError(f"capacity worker ({n} streams) failed:\n{done.stderr[-4000:]}")
-    result = Capacity(**json.loads(done.stdout.strip().splitlines()[-1]))
+    script = Path(__file__).resolve()
+    result = Capacity(**worker_result(script, options, f"capacity worker ({n} streams)", timeout=seconds + 300))
     print(f"  -> skipped {result.skipped}, median batch {median(result.batch_ms):.0f} ms", file=sys.stderr)
     return result
 
@@ -713,27 +672,6 @@ def wait_until_idle(max_minutes: float, poll_s: float = 30.0) -> tuple[float, fl
 
 def busy_now() -> bool:
     return subprocess.run(["pgrep", "-f", BUSY_PATTERN], capture_output=True, check=False).returncode == 0
-
-
-def machine_line() -> str:
-    cpu = "unknown CPU"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    memory = int(Path("/proc/meminfo").read_text().split()[1]) / 1024**2  # kB -> GiB
-    return f"{cpu}, {os.cpu_count()} cores, {memory:.0f} GiB, {platform.machine()}, Linux {platform.release()}"
-
-
-def versions_line() -> str:
-    names = ("onnxruntime", "numpy", "paho-mqtt", "pydantic")
-    packages = ", ".join(f"{name} {version(name)}" for name in names)
-    mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    try:
-        banner = subprocess.run([mosquitto, "-h"], capture_output=True, text=True, timeout=5).stdout.splitlines()[0]
-    except (OSError, IndexError, subprocess.SubprocessError):
-        banner = "mosquitto ?"
-    return f"Python {platform.python_version()}, {packages}, {banner.strip()}"
 
 
 # --- the report ---
@@ -842,15 +780,16 @@ def summary(latency: list[Latency], capacity: list[Capacity]) -> list[str]:
     if trimmed:
         r = trimmed[0]
         lines.append(
-            f"- memory: VmHWM {r.memory_start['VmHWM']:.0f} MiB is reached at start-up, loading the 500 MB text "
-            f"model (loaded even when every prompt is in the cache); it is freed, but glibc keeps the heap: "
-            f"VmRSS {r.memory_end['VmRSS']:.0f} MiB after the run, {r.rss_trimmed:.0f} MiB after malloc_trim(0). "
+            f"- memory: VmHWM {r.memory_start['VmHWM']:.0f} MiB after start-up (the text model, about 500 MB at full "
+            "size, is loaded only for prompts missing from the prompt cache, and released after them); VmRSS "
+            f"{r.memory_end['VmRSS']:.0f} MiB after the run, {r.rss_trimmed:.0f} MiB after malloc_trim(0) (heap freed "
+            "but kept by glibc). "
             "More streams add little (a 30 s ring is 5.5 MiB each)."
         )
     return lines
 
 
-def section(latency: list[Latency], capacity: list[Capacity], notes: list[str], seconds: float) -> str:
+def section(latency: list[Latency], capacity: list[Capacity], model: str, notes: list[str], seconds: float) -> str:
     best = best_streams(capacity)
     capacity_line = ", ".join(f"{w:g} s window: {n} streams" for w, n in sorted(best.items())) or "none"
     problems = [f"- {r.window_s:g} s {r.precision}: {e}" for r in latency for e in r.errors]
@@ -858,14 +797,13 @@ def section(latency: list[Latency], capacity: list[Capacity], notes: list[str], 
         START,
         "## The whole daemon on the CPU: event latency, streams in real time, memory",
         "",
-        "Written by `benchmarks/bench_daemon.py`: random-weight full-size reference model, CPUExecutionProvider, "
+        f"Written by `benchmarks/bench_daemon.py`: {model}, CPUExecutionProvider, "
         "2 threads per model call; every stream a `pipe` source whose writer paces s16le at 48 kHz by the clock "
         f"({LATENCY_CHUNK // 48} ms writes for latency, {CAPACITY_CHUNK // 48} ms for capacity); mosquitto on "
         "loopback, QoS 1 (the daemon's spool, `synchronous=FULL`, in between).",
         "",
-        f"- date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}; whole run {seconds / 60:.0f} min",
-        f"- machine: {machine_line()}",
-        f"- versions: {versions_line()}",
+        *header_lines(PACKAGES, mosquitto=True),
+        f"- whole run: {seconds / 60:.0f} min",
         *[f"- {note}" for note in notes],
         "",
         "### 1. Latency: a planted onset to the start event at a subscriber (`clapd run`, one stream)",
@@ -873,19 +811,19 @@ def section(latency: list[Latency], capacity: list[Capacity], notes: list[str], 
         f"Noise bursts ({BURST} amplitude) planted over hiss that repeats with the hop as period, each onset at a "
         "random phase against the hop grid. The writer logs when it wrote each onset; the daemon's debug log dates "
         "each model call. Every window without a burst is bit-identical, so it scores exactly the same; the "
-        "detections (at most 4 prompts) and the single background prompt are chosen offline, from the same audio's "
-        "scores, so that a score rises in the first window that holds a burst, thresholds just above the "
-        "background's score, `smoothing_windows: 1`: a window fires once it holds any of the burst, and with random "
-        "weights the figure is the daemon's, not a model's sensitivity. *As offline*: fired on exactly the window "
-        "that the offline scores predict. *Wait for the window*: from the onset written to the last chunk of the "
-        "detecting window written.",
+        "detections (at most 4 prompts) and the single background prompt are chosen offline, from the scores the "
+        "daemon's own `Detector` gives the same audio's windows, so that a score rises in the first window that "
+        "holds a burst, thresholds just above the background's score, `smoothing_windows: 1`: a window fires once "
+        "it holds any of the burst, and with random weights the figure is the daemon's, not a model's sensitivity. "
+        "*As offline*: fired on exactly the window on which the offline `Detector` started its event. *Wait for the "
+        "window*: from the onset written to the last chunk of the detecting window written.",
         "",
         latency_table(latency),
         "",
         "### 2. Streams kept in real time at a 1 s hop (int8, one daemon)",
         "",
         "N pipe streams in one daemon process for the given seconds; N doubles until windows are skipped "
-        '(`StreamWindows.counts().skipped`, i.e. the daemon logged "inference is behind"), then one bisection '
+        '(the streams\' skipped-window counts, i.e. the daemon logged "inference is behind"), then one bisection '
         "step. *Result lag*: audio written after a batch's oldest window ended, by the time the batch was done. "
         "*Writers CPU*: the N writer processes, which share the same 2 cores.",
         "",
@@ -955,13 +893,14 @@ def run_capacity_all(args: argparse.Namespace, bundle: Path, port: int) -> list[
 def run_parent(args: argparse.Namespace) -> None:
     began = time.monotonic()
     args.work_dir.mkdir(parents=True, exist_ok=True)
-    bundle = ensure_bundle(args.work_dir, args.bundle)
+    bundle = bundle_for(args)
     waited, load, idle = wait_until_idle(args.wait_minutes) if args.wait_minutes > 0 else (0.0, 0.0, True)
     notes = [
         f"bundle: `{bundle}`; load before the run: {load:.2f} after waiting {waited / 60:.0f} min"
         + ("" if idle else f" (**not idle**: {BUSY_PATTERN} running or load >= {IDLE_LOAD}; figures are suspect)")
     ]
-    broker = start_broker(args.work_dir / "broker")
+    broker = mosquitto(args.work_dir / "broker", persistence=False)
+    broker.start()
     try:
         latency = [] if args.skip_latency else run_latency_all(args, bundle, broker.port)
         busy_mid = busy_now()
@@ -971,19 +910,23 @@ def run_parent(args: argparse.Namespace) -> None:
     if busy_mid or busy_now():
         notes.append(f"**{BUSY_PATTERN} was running during part of the run; figures are suspect**")
     notes.append(f"1-min load average at the end: {os.getloadavg()[0]:.2f} (this benchmark's own load included)")
-    text = section(latency, capacity, notes, time.monotonic() - began)
-    print(text)
-    if args.write:
-        write_section(args.write, START, END, text)
-        print(f"wrote {args.write}", file=sys.stderr)
+    publish(section(latency, capacity, model_words(args), notes, time.monotonic() - began), args.write, START, END)
+
+
+def model_words(args: argparse.Namespace) -> str:
+    if args.bundle is not None:
+        return f"the bundle `{args.bundle}`"
+    size = "full-size" if args.size == "default" else f"`{args.size}`"
+    return f"random-weight {size} reference model"
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    parser = arg_parser(__doc__)
+    parser.add_argument("--work-dir", type=Path, default=Path("/tmp/clapd-bench-daemon"), help="audio, state, logs")
+    parser.add_argument("--bundle", type=Path, help="a bundle with fp32 and int8 (default: the reference model's)")
+    parser.add_argument(
+        "--size", choices=("small", "default", "base"), default="default", help="the reference model (small: a check)"
     )
-    parser.add_argument("--work-dir", type=Path, default=Path("/tmp/clapd-bench-daemon"), help="cache and logs")
-    parser.add_argument("--bundle", type=Path, help="a bundle with fp32 and int8 (default: reuse or build one)")
     parser.add_argument("--latency-windows", default="2:0.5,10:1", help="window:hop seconds, comma-separated")
     parser.add_argument("--precisions", default="int8,fp32", help="for the latency runs")
     parser.add_argument("--onsets", type=int, help="planted onsets per latency run (default 16 at 2 s, 10 at 10 s)")

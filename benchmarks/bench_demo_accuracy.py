@@ -16,19 +16,14 @@ sounds lasting 1 s and 10 s in a 10 s window (and a 1 s clip repeat-padded, the 
 
 from __future__ import annotations
 
-import argparse
 import os
-import platform
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
-from doc_sections import write_section
+from common import arg_parser, header_lines, publish
 
 from clapd.daemon.config import ClapdConfig, ModelConfig
 from clapd.daemon.inference import AudioModel, TextModel, open_bundle
@@ -44,6 +39,7 @@ WINDOW_SECONDS = 10.0  # s: the daemon's default window
 SNR_DB = (5.0, 30.0)  # dB: level and length sets, a clearly present sound
 THREADS = 2
 START, END = "<!-- bench_demo_accuracy:start -->", "<!-- bench_demo_accuracy:end -->"
+PACKAGES = ("onnxruntime", "numpy")
 WANT_ZERO_SHOT, WANT_RECALL = 0.95, 0.90
 BACKGROUND_PROMPTS: list[str] = ClapdConfig.model_fields["background_prompts"].get_default(call_default_factory=True)
 
@@ -238,15 +234,6 @@ def class_table(report: Report) -> list[str]:
     return lines
 
 
-def machine_line() -> str:
-    cpu = "unknown CPU"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    return f"{cpu}, {os.cpu_count()} cores, {platform.machine()}"
-
-
 def section(report: Report, bundle: Path) -> str:
     main = report.results[0]
     verdict = (
@@ -264,9 +251,8 @@ def section(report: Report, bundle: Path) -> str:
         "in other phrasings). Paraphrases: descriptions in words no training caption uses. R@1: galleries of one "
         "clip per class, the top clip for each class prompt.",
         "",
-        f"- date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
-        f"- machine: {machine_line()} (1-min load average at start: {report.load:.2f}); {report.seconds:.0f} s",
-        f"- versions: onnxruntime {version('onnxruntime')}, numpy {version('numpy')}",
+        *header_lines(PACKAGES, machine_note=f" (1-min load average at start: {report.load:.2f})"),
+        f"- run time: {report.seconds:.0f} s",
         f"- bundle: `{bundle.name}`, {report.precision} audio model, created {report.manifest.created_utc}",
         f"- result: {verdict}",
         "",
@@ -279,18 +265,14 @@ def section(report: Report, bundle: Path) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = arg_parser(__doc__)
     parser.add_argument("--bundle", type=Path, default=BUNDLE)
     parser.add_argument("--precision", choices=("auto", "fp32", "int8"), default="auto", help="as the daemon")
     parser.add_argument("--clips-per-class", type=int, default=30, help="per condition")
     parser.add_argument("--write", type=Path, help="markdown file whose bench_demo_accuracy section to update")
     args = parser.parse_args()
     report = run(args.bundle, args.precision, args.clips_per_class)
-    text = section(report, args.bundle)
-    print(text)
-    if args.write:
-        write_section(args.write, START, END, text)
-        print(f"wrote {args.write}", file=sys.stderr)
+    publish(section(report, args.bundle), args.write, START, END)
     main_result = report.results[0]
     return 0 if main_result.zero_shot >= WANT_ZERO_SHOT and main_result.recall_at_1 >= WANT_RECALL else 1
 

@@ -1,7 +1,7 @@
 """The audio model on one GPU: ONNX fp32 and fp16 on onnxruntime's CUDAExecutionProvider, held against PyTorch fp32;
 the daemon's own provider and precision choice; per-window times beside PyTorch eager on the same GPU.
 
-The parent builds the random-weight reference model and its fp32 + fp16 bundle (as bench_audio_cpu.py does) and
+The parent builds the random-weight reference model and its fp32 + fp16 bundle (`common.reference_bundle`) and
 computes PyTorch fp32 embeddings on the CPU (the reference that export verification uses). Each path then runs in a
 fresh process (`--worker`), so that each has its own CUDA context and its GPU memory can be read alone. Raw results go
 to `--json`; the docs section is written from them (`--write`, or later, elsewhere, with `--from-json`).
@@ -23,22 +23,28 @@ import re
 import subprocess
 import sys
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import numpy as np
-from doc_sections import write_section
+from common import (
+    Reference,
+    arg_parser,
+    machine_line,
+    package_version,
+    publish,
+    reference_bundle,
+    run_script,
+    utc_date,
+)
 
 START, END = "<!-- bench_gpu:start -->", "<!-- bench_gpu:end -->"
 THREADS = 2  # the daemon's default CPU threads per model call
 N_RANDOM_CLIPS = 4
 PARITY_BATCH = 8
 MIB = 1024 * 1024
-ONNX_FILES = {"fp32": "audio_fp32.onnx", "fp16": "audio_fp16.onnx"}
+PRECISIONS = ("fp32", "fp16")  # the bundle's audio models
 # Paths timed and checked. "-notf32": the CUDA EP's TF32 math (on by default) off, which the fp32 front end of both
 # models needs for parity. "daemon-nopreload": the daemon as it ships, no onnxruntime.preload_dlls() and no torch
 # import, so CUDA libraries are found only by the loader.
@@ -124,7 +130,7 @@ def onnx_worker(args: argparse.Namespace, variant: str, notes: list[str]) -> tup
     from clapd.daemon.inference import session_options
 
     precision = "fp16" if variant.startswith("onnx-fp16") else "fp32"
-    path = args.work_dir / "bundle" / ONNX_FILES[precision]
+    path = Reference(args.reference).audio_file(precision)
     notes.append(f"available providers: {', '.join(ort.get_available_providers())}")
     start = time.perf_counter()
     if args.device == "cuda":
@@ -162,7 +168,7 @@ def torch_worker(args: argparse.Namespace, notes: list[str]) -> tuple[Embedder, 
     from clapd.models.encoders import AudioEncoder
 
     start = time.perf_counter()
-    checkpoint = load_checkpoint(str(args.work_dir / "model"))
+    checkpoint = load_checkpoint(str(Reference(args.reference).model))
     encoder = AudioEncoder(checkpoint.model, checkpoint.front_end).eval().to(args.device)
     moved = masks_to(encoder, args.device)
     load_s = time.perf_counter() - start
@@ -217,7 +223,7 @@ def daemon_worker(args: argparse.Namespace, variant: str, notes: list[str]) -> t
 
     if variant == "daemon" and args.device == "cuda":
         preload_cuda(ort, notes)
-    bundle = args.work_dir / "bundle"
+    bundle = Reference(args.reference).bundle
     config = ModelConfig(bundle=bundle, providers=args.daemon_providers.split(","))
     start = time.perf_counter()
     model = AudioModel(bundle, open_bundle(bundle), config)
@@ -285,37 +291,6 @@ def nvidia_smi(query: str) -> list[str]:
 # ---------------------------------------------------------------- the parent: assets, reference, workers, results
 
 
-def ensure_assets(work_dir: Path, size: str, rebuild: bool) -> float:
-    """The random-weight reference model and its fp32 + fp16 bundle, built once; seconds spent building."""
-    start = time.perf_counter()
-    model_dir, bundle_dir = work_dir / "model", work_dir / "bundle"
-    stamp = work_dir / "size.txt"
-    rebuild = rebuild or not stamp.exists() or stamp.read_text() != size
-    if rebuild or not (model_dir / "config.json").exists():
-        from clapd.models.reference import save_reference_model
-
-        print(f"building the {size} reference model in {model_dir} ...", file=sys.stderr)
-        save_reference_model(size, model_dir)
-        rebuild = True
-    if rebuild or not all((bundle_dir / name).exists() for name in [*ONNX_FILES.values(), "manifest.json"]):
-        from clapd.export.bundle import ExportRequest, export_bundle
-
-        print(f"exporting the fp32 + fp16 bundle to {bundle_dir} ...", file=sys.stderr)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the fp16 converter warns about every small constant it clamps
-            export_bundle(
-                ExportRequest(
-                    source=str(model_dir),
-                    out_dir=bundle_dir,
-                    precisions=tuple(ONNX_FILES),
-                    overwrite=True,
-                    progress=False,
-                )
-            )
-    stamp.write_text(size)
-    return time.perf_counter() - start
-
-
 def parity_clips(sample_rate: int, window_samples: int, seed: int = 1) -> dict[str, np.ndarray]:
     """export/verify.py's clips plus random ones: noise at a random level over random tones, each 10 s."""
     from clapd.export.verify import verification_clips
@@ -330,14 +305,14 @@ def parity_clips(sample_rate: int, window_samples: int, seed: int = 1) -> dict[s
     return clips
 
 
-def reference_embeddings(work_dir: Path) -> list[str]:
+def reference_embeddings(model: Path, work_dir: Path) -> list[str]:
     """PyTorch fp32 on the CPU, from a fresh load (export mutates the modules it traced); clip names in order."""
     import torch
 
     from clapd.models.checkpoints import load_checkpoint
     from clapd.models.encoders import AudioEncoder
 
-    checkpoint = load_checkpoint(str(work_dir / "model"))
+    checkpoint = load_checkpoint(str(model))
     settings = checkpoint.front_end
     clips = parity_clips(settings.sample_rate, settings.window_samples)
     batch = np.stack(list(clips.values()))
@@ -351,27 +326,23 @@ def reference_embeddings(work_dir: Path) -> list[str]:
     return list(clips)
 
 
-def spawn_worker(variant: str, args: argparse.Namespace) -> dict:
+def spawn_worker(variant: str, args: argparse.Namespace, reference: Reference) -> dict:
     """One path in a fresh process; its result, or its error, with the lines of its output worth keeping."""
     result_path = args.work_dir / f"result_{variant}.json"
     result_path.unlink(missing_ok=True)
-    command = [sys.executable, str(Path(__file__).resolve()), "--worker", variant, "--result", str(result_path)]
-    command += ["--device", args.device, "--work-dir", str(args.work_dir), "--batches", args.batches]
-    command += ["--runs", str(args.runs), "--warmup", str(args.warmup), "--daemon-providers", args.daemon_providers]
+    options = ["--worker", variant, "--result", str(result_path), "--reference", str(reference.directory)]
+    options += ["--device", args.device, "--work-dir", str(args.work_dir), "--batches", args.batches]
+    options += ["--runs", str(args.runs), "--warmup", str(args.warmup), "--daemon-providers", args.daemon_providers]
     print(f"running {variant} ...", file=sys.stderr, flush=True)
     start = time.perf_counter()
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=args.worker_timeout, check=False)
-        output, code = done.stdout + done.stderr, done.returncode
-    except subprocess.TimeoutExpired as e:
-        output, code = f"{e.stdout or ''}{e.stderr or ''} [timed out after {args.worker_timeout} s]", -1
-    output = output if isinstance(output, str) else output.decode(errors="replace")
+    run = run_script(Path(__file__).resolve(), options, timeout=args.worker_timeout)
+    output = run.output + run.errors
     kept = [ANSI.sub("", line)[:600] for line in output.splitlines() if NOTICE.search(line)][:30]
     entry: dict = {"variant": variant, "wall_s": time.perf_counter() - start, "output": kept}
-    if code == 0 and result_path.exists():
+    if run.returncode == 0 and result_path.exists():
         entry["result"] = json.loads(result_path.read_text())
     else:
-        entry["error"] = f"exit {code}: " + "\n".join(output.splitlines()[-25:])
+        entry["error"] = f"exit {run.returncode}: " + "\n".join(output.splitlines()[-25:])
     print(json.dumps({k: v for k, v in entry.items() if k != "result"}, indent=1)[:3000], file=sys.stderr, flush=True)
     return entry
 
@@ -388,13 +359,6 @@ def add_parity(entry: dict, reference: np.ndarray) -> None:
     del entry["result"]["embeddings"]  # the figures are enough; the JSON stays small
 
 
-def package_version(name: str) -> str | None:
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return None
-
-
 def environment(args: argparse.Namespace) -> dict:
     import onnxruntime as ort
     import torch
@@ -404,11 +368,11 @@ def environment(args: argparse.Namespace) -> dict:
     cuda_line = re.search(r"CUDA Version:\s*([\d.]+)", smi.stdout) if smi else None
     ort_build = ort.get_build_info() if hasattr(ort, "get_build_info") else None
     return {
-        "date_utc": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date_utc": utc_date(),
         "device": args.device,
         "gpu": gpu[0] if gpu else None,  # name, driver, total MiB, used MiB before the workers
         "driver_cuda": cuda_line.group(1) if cuda_line else None,
-        "host": f"{platform.machine()}, {os.cpu_count()} cores, Linux {platform.release()}",
+        "host": machine_line(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "torch_cuda": torch.version.cuda,
@@ -425,15 +389,16 @@ def environment(args: argparse.Namespace) -> dict:
 def run_parent(args: argparse.Namespace) -> None:
     results: dict = {"env": environment(args), "size": args.size, "batches": args.batches, "runs": args.runs}
     results["warmup"], results["threads"] = args.warmup, THREADS
-    results["build_s"] = ensure_assets(args.work_dir, args.size, args.rebuild)
-    results["clips"] = reference_embeddings(args.work_dir)
+    assets = reference_bundle(args.size, PRECISIONS, rebuild=args.rebuild)
+    results["build_s"] = assets.built_s
+    results["clips"] = reference_embeddings(assets.model, args.work_dir)
     reference = np.load(args.work_dir / "reference.npy").astype(np.float64)
     normed = reference / np.linalg.norm(reference, axis=1, keepdims=True)
     results["max_cross_cosine"] = float(np.max((normed @ normed.T)[~np.eye(len(normed), dtype=bool)]))
     variants = [v for v in ORDER if args.device == "cuda" or v not in GPU_ONLY]
     results["workers"] = {}
     for variant in variants:
-        entry = spawn_worker(variant, args)
+        entry = spawn_worker(variant, args, assets)
         add_parity(entry, reference)
         results["workers"][variant] = entry
         if args.json:  # after every worker, so that a later failure or timeout keeps what was measured
@@ -442,11 +407,7 @@ def run_parent(args: argparse.Namespace) -> None:
 
 
 def finish(results: dict, args: argparse.Namespace) -> None:
-    text = section(results)
-    print(text)
-    if args.write:
-        write_section(args.write, START, END, text)
-        print(f"wrote {args.write}", file=sys.stderr)
+    publish(section(results), args.write, START, END)
 
 
 # ---------------------------------------------------------------- the docs section, from the JSON alone
@@ -571,7 +532,7 @@ def fallback_lines(entry: dict, result: dict) -> list[str]:
 def tf32_lines(results: dict) -> list[str]:
     """The CUDA EP's TF32 default against use_tf32=0, per precision, where both ran."""
     lines, workers = [], results["workers"]
-    for precision in ONNX_FILES:
+    for precision in PRECISIONS:
         on, off = workers.get(f"onnx-{precision}", {}), workers.get(f"onnx-{precision}-notf32", {})
         if "parity" not in on or "parity" not in off:
             continue
@@ -642,12 +603,12 @@ def section(results: dict) -> str:
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
-    )
+    parser = arg_parser(__doc__)
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda", help="cpu: a dry run on the CPU EP")
     parser.add_argument("--size", choices=("small", "default", "base"), default="default", help="reference size")
-    parser.add_argument("--work-dir", type=Path, default=Path("/tmp/clapd-bench-gpu"), help="model and bundle cache")
+    parser.add_argument(
+        "--work-dir", type=Path, default=Path("/tmp/clapd-bench-gpu"), help="clips, references, results"
+    )
     parser.add_argument("--rebuild", action="store_true", help="rebuild the reference model and bundle")
     parser.add_argument("--batches", default="1,8,64", help="comma-separated batch sizes")
     parser.add_argument("--runs", type=int, default=20, help="timed calls per path and batch")
@@ -659,6 +620,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--write", type=Path, help="markdown file whose bench_gpu section to update")
     parser.add_argument("--worker", choices=(*TIMED, *DAEMON), help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--reference", type=Path, help=argparse.SUPPRESS)
     return parser.parse_args()
 
 

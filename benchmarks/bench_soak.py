@@ -1,24 +1,25 @@
 """Soak: half an hour of audio through `clapd run` into a real mosquitto that is restarted every few minutes.
 
-The shipped demo bundle and the demo detections (`service.DEMO_DETECTIONS`, `default_config`'s thresholds and
-windows) on a generated demo stream (`models.demo_stream`, fixed seed) with a planted sound every ~23 s. The stream
-is a `file` source with `realtime: false`: that source waits for the windower before it overwrites the ring, so
-the daemon sees every sample exactly once, as fast as the model runs, and the events it must publish can be
-computed offline. (A `pipe` fed faster than real time is a live source: where inference falls behind on the
+The shipped demo bundle and the demo detections (`clapd.daemon.demo`: `DEMO_DETECTIONS` with `DEMO_EVENT_SETTINGS`,
+on `DEMO_WINDOWS`) on a generated demo stream (`models.demo_stream`, fixed seed) with a planted sound every ~23 s.
+The stream is a `file` source with `realtime: false`: that source waits for the windower before it overwrites the
+ring, so the daemon sees every sample exactly once, as fast as the model runs, and the events it must publish can
+be computed offline. (A `pipe` fed faster than real time is a live source: where inference falls behind on the
 shared cores, windows are skipped by design, which would blur "lost" between the windower and the MQTT path.)
-The daemon publishes to mosquitto on loopback (QoS 1, through its disk queue) and writes the same events to
+The daemon publishes to mosquitto on loopback (QoS 1, through its spool) and writes the same events to
 stdout. The broker (persistence on) is stopped for a few seconds every few minutes of audio; a subscriber with a
 persistent QoS 1 session keeps its subscription across the restarts. Three truths are compared:
 
 - transport: every event the daemon wrote to stdout (by event id and kind) must reach the subscriber;
-- offline: the events computed from the same audio with the daemon's own classes (windows, model, matcher,
-  event tracker) must be exactly the events the daemon wrote;
+- offline: the events the daemon's own `Detector` gives for the same recording's windows (`clip_windows`, the
+  same model, detections and thresholds) must be exactly the events the daemon wrote;
 - plan: the planted sounds, for context (what the demo model finds, misses and invents).
 
-The daemon's VmRSS, VmHWM, threads and open files are sampled from /proc, its disk queue's depth from SQLite.
+How far the daemon has got, its broker connection and its spool's depth are read from its metrics endpoint;
+its VmRSS, VmHWM, threads and open files from /proc.
 
     .venv/bin/python benchmarks/bench_soak.py --write docs/benchmarks.md          # 30 min of audio
-    .venv/bin/python benchmarks/bench_soak.py --minutes 3 --restart-every 0.25 --down-seconds 1  # a quick check
+    .venv/bin/python benchmarks/bench_soak.py --minutes 5 --restart-every 0.25 --down-seconds 1  # a quick check
 """
 
 from __future__ import annotations
@@ -27,67 +28,66 @@ import argparse
 import json
 import math
 import os
-import platform
 import re
 import shutil
-import signal
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
-from importlib.metadata import version
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import soundfile
 import yaml
-from doc_sections import write_section
-from paho.mqtt.client import Client, MQTTMessage
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from common import (
+    METRICS_CONFIG,
+    Arrival,
+    CachedEmbedder,
+    DaemonMetrics,
+    Subscriber,
+    arg_parser,
+    detect_offline,
+    detection_preparer,
+    header_lines,
+    launch_daemon,
+    mosquitto,
+    proc_status,
+    publish,
+    stop_daemon,
+)
 
 import clapd
 from clapd.daemon.config import parse_config
-from clapd.daemon.events import EventTracker, StreamClock
-from clapd.daemon.inference import AudioModel, TextModel, open_bundle
-from clapd.daemon.matcher import Matcher, PromptCache, build_detections
-from clapd.daemon.records import Scores
-from clapd.daemon.service import DEMO_DETECTIONS, DEMO_EVENT_SETTINGS
-from clapd.daemon.windows import repeat_pad
+from clapd.daemon.demo import DEMO_DETECTIONS, DEMO_EVENT_SETTINGS, DEMO_WINDOWS
+from clapd.daemon.inference import AudioModel, open_bundle
+from clapd.daemon.manifest import window_samples_for
+from clapd.daemon.mqtt.spool import SPOOL_FILE
 from clapd.models.demo_stream import DEFAULT_LAYOUT, PlannedEvent, make_demo_stream
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from mqtt_broker import MosquittoBroker  # noqa: E402  (the tests' real broker)
+if TYPE_CHECKING:
+    from mqtt_broker import MosquittoBroker  # the tests' real broker (`common.mosquitto`)
 
 RATE = 48_000  # Hz: the demo model's rate and the stream's
-WINDOW_S, HOP_S = 2.0, 0.5  # service.default_config's windows
+WINDOW_S, HOP_S = DEMO_WINDOWS["window_seconds"], DEMO_WINDOWS["hop_seconds"]
 WINDOW, HOP = round(WINDOW_S * RATE), round(HOP_S * RATE)
-THRESHOLDS = DEMO_EVENT_SETTINGS  # service.default_config's
+THRESHOLDS = DEMO_EVENT_SETTINGS
 DEMO_BUNDLE = Path(clapd.__file__).parent / "demo_bundle"
 SEED = 31  # the stream's seed: neither the demo model's training seed (0) nor the tests' (11-13)
 GAP_S = (10.0, 25.0)  # s of background before each planted sound: one sound every ~23 s on average
 SOUND_S = {e.class_name: e.end_s - e.start_s for e in DEFAULT_LAYOUT}  # the demo layout's lengths, 2-10 s
 WARM_UP_AUDIO_S = 60.0  # memory "at the start" is the first sample after this much audio
-POLL_S = 0.2  # how often the log is read and a broker restart considered
+POLL_S = 0.2  # how often the metrics are read and a broker restart considered
 END_MARGIN_S = 3.0  # s of wall time the daemon keeps, beyond twice the outage, before its file ends
 CATCH_UP_S = 30.0  # after the daemon exits, how long the subscriber may take to receive the rest
 STREAM = "soak"
 TOPIC_PREFIX = "soak/clapd"
 START, END = "<!-- bench_soak:start -->", "<!-- bench_soak:end -->"
-
-# `clapd run` (-v: INFO) with the runner's per-batch debug line, which says how far the audio has got.
-CLAPD_RUN_DEBUG = (
-    "import logging, sys; from clapd.cli import main; "
-    "logging.getLogger('clapd.daemon.runner').setLevel(logging.DEBUG); sys.exit(main())"
-)
-STAMP = r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) "
-BATCH_LINE = re.compile(r" DEBUG clapd\.daemon\.runner: (\d+) windows in \d+ ms")
-CONNECTED_LINE = re.compile(STAMP + r"INFO clapd\.daemon\.mqtt_publisher: MQTT: connected to \S+, (\d+) messages")
-LEFT_LINE = re.compile(r"MQTT: stopped, (\d+) messages stay queued")
+PACKAGES = ("clapd", "onnxruntime", "numpy", "paho-mqtt", "prometheus-client")
+STAMP = r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) "  # the daemon's text log: each line's date
 
 
 # --- the recording and what the daemon must publish ---
@@ -123,13 +123,14 @@ def ensure_recording(work_dir: Path, minutes: float, seed: int) -> tuple[Path, l
 def soak_config(wav: Path, port: int, state_dir: Path) -> dict:
     return {
         "model": {"bundle": str(DEMO_BUNDLE), "providers": ["cpu"], "threads": 2},
-        "windows": {"window_seconds": WINDOW_S, "hop_seconds": HOP_S},
+        "windows": DEMO_WINDOWS,
         "streams": {STREAM: {"type": "file", "path": str(wav), "realtime": False}},
         "detections": {name: {"prompts": [prompt], **THRESHOLDS} for name, prompt in DEMO_DETECTIONS.items()},
         "outputs": {
             "mqtt": {"host": "127.0.0.1", "port": port, "topic_prefix": TOPIC_PREFIX, "qos": 1, "client_id": "soak"},
             "stdout": True,
         },
+        "metrics": METRICS_CONFIG,
         "state_dir": str(state_dir),
     }
 
@@ -143,25 +144,28 @@ def payload_key(p: dict) -> tuple:
     return event_key(p["detection"], p["kind"], round(p["start_offset_seconds"] * RATE), end)
 
 
-def offline_events(wav: Path, config: dict) -> list[tuple]:
-    """What the daemon must publish for the file, by its own classes: windows, model, matcher, event tracker."""
+@dataclass(frozen=True, slots=True)
+class Offline:
+    events: list[tuple]  # event_key of every event, sorted
+    windows: int  # in the whole file
+
+
+def offline_events(wav: Path, config: dict) -> Offline:
+    """What the daemon must publish for the file: the daemon's `Detector` with the config's model, detections and
+    windows, on the file's windows as a stream gets them, one window per model call."""
     parsed = parse_config(config)
     manifest = open_bundle(DEMO_BUNDLE)
-    model = AudioModel(DEMO_BUNDLE, manifest, parsed.model)  # int8 on the CPU: one window per call, as the daemon
-    cache = PromptCache(TextModel(DEMO_BUNDLE, manifest, parsed.model), None, manifest.text.sha256)
-    background = cache.embed(list(parsed.background_prompts))
-    matcher = Matcher(build_detections(parsed.detections, cache), background, manifest.logit_scale)
+    window, hop = window_samples_for(parsed.windows, manifest)
+    if (manifest.sample_rate, window, hop) != (RATE, WINDOW, HOP):
+        raise RuntimeError(f"the demo bundle's rate and windows {manifest.sample_rate, window, hop} are not this one's")
+    model = AudioModel(DEMO_BUNDLE, manifest, parsed.model)  # int8 on the CPU, as the daemon
+    preparer = detection_preparer(DEMO_BUNDLE, manifest, parsed.model)
+    detections = preparer.prepare(parsed.detections, list(parsed.background_prompts))
     audio, rate = soundfile.read(wav, dtype="float32")
     assert rate == RATE, rate
-    clock = StreamClock(datetime(2026, 1, 1, tzinfo=timezone.utc), RATE)
-    tracker = EventTracker(parsed.detections, {STREAM: clock}, HOP)
-    events = []
-    for start in range(0, audio.size - WINDOW + 1, HOP):
-        window = repeat_pad(audio[start : start + WINDOW], manifest.window_samples)[None]
-        values = matcher.score(STREAM, model.embed(window)[0])
-        events += tracker.feed(Scores(STREAM, start, start + WINDOW, values))
-    events += tracker.close(STREAM, audio.size)
-    return sorted(event_key(e.detection, e.kind, e.start_sample, e.end_sample) for e in events)
+    found = detect_offline(CachedEmbedder(model), detections, STREAM, audio, window, hop, manifest.window_samples, RATE)
+    keys = sorted(event_key(e.detection, e.kind, e.start_sample, e.end_sample) for e in found.events)
+    return Offline(keys, len(found.scores))
 
 
 # --- watching the daemon ---
@@ -170,19 +174,19 @@ def offline_events(wav: Path, config: dict) -> list[tuple]:
 @dataclass(frozen=True, slots=True)
 class Sample:
     wall_s: float  # since the daemon was launched
-    audio_s: float  # end of the last window the daemon has run
+    audio_s: float  # end of the last window the daemon has taken
     rss_mib: float
     hwm_mib: float
     threads: int
     fds: int
     cpu_s: float  # user + system, all threads
-    queued: int | None  # messages in the daemon's disk queue (None: not readable just then)
+    queued: int | None  # messages in the daemon's spool (None: not read yet)
     load: float  # 1-min load average
 
 
-def process_sample(pid: int, wall_s: float, audio_s: float, queue: Path) -> Sample | None:
+def process_sample(pid: int, wall_s: float, progress: Progress) -> Sample | None:
     try:
-        status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+        status = proc_status(pid)
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         fds = len(os.listdir(f"/proc/{pid}/fd"))
     except (OSError, ValueError):
@@ -190,11 +194,11 @@ def process_sample(pid: int, wall_s: float, audio_s: float, queue: Path) -> Samp
     mib = {k: int(status[k].split()[0]) / 1024 for k in ("VmRSS", "VmHWM")}  # kB -> MiB
     cpu_s = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
     threads, load = int(status["Threads"]), os.getloadavg()[0]
-    return Sample(wall_s, audio_s, mib["VmRSS"], mib["VmHWM"], threads, fds, cpu_s, queue_depth(queue), load)
+    return Sample(wall_s, progress.audio_s, mib["VmRSS"], mib["VmHWM"], threads, fds, cpu_s, progress.queued, load)
 
 
 def queue_depth(path: Path) -> int | None:
-    """A read-only look at the daemon's SQLite queue (a read holds its writer up for at most this short query)."""
+    """A read-only look at the daemon's SQLite spool (after it has exited: what it left there)."""
     try:
         with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=0.2) as db:
             return int(db.execute("SELECT COUNT(*) FROM messages").fetchone()[0])
@@ -202,72 +206,32 @@ def queue_depth(path: Path) -> int | None:
         return None
 
 
-@dataclass(frozen=True, slots=True)
-class Arrival:
-    at: float  # time.time() when the subscriber got it
-    topic: str
-    payload: bytes
-    dup: bool  # the MQTT DUP flag: the broker re-sent it to the subscriber
+@dataclass(slots=True)
+class Progress:
+    """How far the daemon has got, from its metrics endpoint: windows taken, and its sessions with the broker."""
 
+    metrics: DaemonMetrics
+    windows: int = 0  # `clapd_windows_total{outcome="processed"}`: taken from the ring for the model
+    read_s: float = math.nan  # wall s since launch of the last successful read
+    connected: bool = False
+    queued: int | None = None  # `clapd_queue_depth`: messages in the spool
+    connects: list[tuple[float, int | None]] = field(default_factory=list)  # (read at, queued the read before)
 
-class SoakSubscriber:
-    """A paho client (MQTT 3.1.1) with a persistent QoS 1 session, which the broker keeps across its restarts
-    (persistence on), reconnecting within a second; records every message with its arrival time and DUP flag."""
-
-    def __init__(self, port: int, topic_filter: str) -> None:
-        self.arrivals: list[Arrival] = []
-        self._lock = threading.Lock()
-        self._subscribed = threading.Event()
-        self._client = Client(
-            callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id="soak-subscriber",
-            protocol=MQTTProtocolVersion.MQTTv311,
-            clean_session=False,
-        )
-        self._client.reconnect_delay_set(1, 1)
-        self._client.on_connect = lambda client, *_: client.subscribe(topic_filter, qos=1)
-        self._client.on_subscribe = lambda *_: self._subscribed.set()
-        self._client.on_message = self._on_message
-        self._client.connect("127.0.0.1", port, keepalive=10)
-        self._client.loop_start()
-        if not self._subscribed.wait(10):
-            raise RuntimeError(f"could not subscribe to {topic_filter!r} on port {port}")
-
-    def _on_message(self, client: Client, userdata: object, message: MQTTMessage) -> None:
-        arrival = Arrival(time.time(), message.topic, bytes(message.payload), bool(message.dup))
-        with self._lock:
-            self.arrivals.append(arrival)
-
-    def received(self) -> list[Arrival]:
-        with self._lock:
-            return list(self.arrivals)
-
-    def close(self) -> None:
-        self._client.disconnect()
-        self._client.loop_stop()
-
-
-class LogTail:
-    """Follows the daemon's log: windows run so far (hence how far the audio has got), connections made."""
-
-    def __init__(self, path: Path) -> None:
-        self._file = path.open()
-        self._partial = ""
-        self.windows = 0
-        self.connects = 0
-
-    def read(self) -> None:
-        lines = (self._partial + self._file.read()).split("\n")
-        self._partial = lines.pop()
-        self.windows += sum(int(m[1]) for line in lines if (m := BATCH_LINE.search(line)))
-        self.connects += sum(1 for line in lines if CONNECTED_LINE.match(line))
+    def read(self, wall_s: float) -> bool:
+        reading = self.metrics.read()
+        if reading is None:
+            return False
+        self.windows = int(reading.total("clapd_windows_total", stream=STREAM, outcome="processed"))
+        connected = reading.total("clapd_broker_connected") > 0
+        if connected and not self.connected:  # the broker is down for seconds, reads come every POLL_S
+            self.connects.append((wall_s, self.queued))
+        self.connected, self.read_s = connected, wall_s
+        self.queued = int(reading.total("clapd_queue_depth")) if reading.has("clapd_queue_depth") else None
+        return True
 
     @property
     def audio_s(self) -> float:
         return ((self.windows - 1) * HOP + WINDOW) / RATE if self.windows else 0.0
-
-    def close(self) -> None:
-        self._file.close()
 
 
 @dataclass(slots=True)
@@ -287,17 +251,18 @@ class BrokerCycler:
         """Wall seconds the file must still last at a stop: the outage, the back-off (about as long again)."""
         return 2 * self.down_s + END_MARGIN_S
 
-    def step(self, tail: LogTail, wall_s: float, speed: float) -> None:
+    def step(self, progress: Progress, wall_s: float, speed: float) -> None:
         if not self.broker.running:
             if wall_s >= self.restarts[-1]["stopped"] + self.down_s:
                 self.broker.start()
                 self.restarts[-1]["started"] = wall_s
             return
         due = (self.restarts[-1]["audio_s"] if self.restarts else 0.0) + self.every_s
-        rest_wall_s = (self.total_s - tail.audio_s) / speed if speed > 0 else 0.0
-        if tail.audio_s >= due and tail.connects > len(self.restarts) and rest_wall_s > self.margin_s:
+        rest_wall_s = (self.total_s - progress.audio_s) / speed if speed > 0 else 0.0
+        reconnected = len(progress.connects) > len(self.restarts)
+        if progress.audio_s >= due and reconnected and rest_wall_s > self.margin_s:
             self.broker.stop()
-            self.restarts.append({"audio_s": tail.audio_s, "stopped": wall_s, "started": None})
+            self.restarts.append({"audio_s": progress.audio_s, "stopped": wall_s, "started": None})
 
 
 @dataclass(slots=True)
@@ -306,10 +271,13 @@ class Run:
 
     returncode: int | None
     wall_s: float  # launch -> exit
-    first_window_s: float  # launch -> the first window run (loading, warm-up)
-    windows: int
+    first_window_s: float  # launch -> the first window taken (loading, warm-up)
+    windows: int  # taken at the last read of the metrics
+    read_s: float  # launch -> that read
     samples: list[Sample]
     restarts: list[dict]
+    connects: list[tuple[float, int | None]]  # sessions with the broker: (seen at, s since launch; queued before)
+    left_queued: int | None  # messages in the spool after the daemon exited
     produced: list[dict]  # the daemon's stdout
     received: list[dict]  # event payloads at the subscriber, duplicates included, with "_at" (s since launch), "_dup"
     others: dict[str, int]  # other messages at the subscriber by the topic's last level (state, status, level)
@@ -318,20 +286,18 @@ class Run:
 
 
 def run_soak(config_path: Path, broker: MosquittoBroker, paths: dict[str, Path], args: argparse.Namespace) -> Run:
-    subscriber = SoakSubscriber(broker.port, f"{TOPIC_PREFIX}/#")
+    subscriber = Subscriber(broker.port, f"{TOPIC_PREFIX}/#", client_id="soak-subscriber", persistent=True)
     cycler = BrokerCycler(broker, 60 * args.restart_every, 60 * args.minutes, args.down_seconds)
-    command = [sys.executable, "-c", CLAPD_RUN_DEBUG, "-v", "run", "-c", str(config_path)]
     try:
         with paths["stdout"].open("w") as out, paths["log"].open("w") as log:
             launched, launched_at = time.monotonic(), time.time()
-            daemon = subprocess.Popen(command, stdout=out, stderr=log)
+            daemon = launch_daemon(config_path, stdout=out, stderr=log)
             try:
-                samples, first = watch(daemon, cycler, paths, launched, args)
+                samples, first, progress = watch(daemon, cycler, paths, launched, args)
             finally:
                 if daemon.poll() is None:
                     print("the daemon did not finish in time: stopping it", file=sys.stderr)
-                    daemon.send_signal(signal.SIGTERM)
-                    daemon.wait(60)
+                stop_daemon(daemon)
             wall_s = time.monotonic() - launched
         if not broker.running:
             broker.start()
@@ -344,9 +310,12 @@ def run_soak(config_path: Path, broker: MosquittoBroker, paths: dict[str, Path],
         returncode=daemon.returncode,
         wall_s=wall_s,
         first_window_s=first,
-        windows=sum(int(m[1]) for line in paths["log"].read_text().splitlines() if (m := BATCH_LINE.search(line))),
+        windows=progress.windows,
+        read_s=progress.read_s,
         samples=samples,
         restarts=cycler.restarts,
+        connects=progress.connects,
+        left_queued=queue_depth(paths["queue"]),
         produced=produced,
         received=[{**json.loads(r.payload), "_at": r.at - launched_at, "_dup": r.dup} for r in messages if is_event(r)],
         others=others,
@@ -357,27 +326,24 @@ def run_soak(config_path: Path, broker: MosquittoBroker, paths: dict[str, Path],
 
 def watch(
     daemon: subprocess.Popen, cycler: BrokerCycler, paths: dict[str, Path], launched: float, args: argparse.Namespace
-) -> tuple[list[Sample], float]:
-    """Until the daemon exits (its file has ended): restart the broker on schedule, sample the process."""
-    tail, samples = LogTail(paths["log"]), []
+) -> tuple[list[Sample], float, Progress]:
+    """Until the daemon exits (its file has ended): read its progress, restart the broker on schedule, sample
+    the process."""
+    progress, samples = Progress(DaemonMetrics(paths["log"])), []
     first, next_sample = math.nan, 0.0
     timeout = 60 * args.minutes + 300  # slower than real time plus start-up would be a failure in itself
-    try:
-        while daemon.poll() is None and (wall_s := time.monotonic() - launched) < timeout:
-            tail.read()
-            if tail.windows and math.isnan(first):
-                first = wall_s
-            cycler.step(tail, wall_s, tail.audio_s / (wall_s - first) if wall_s > first else 0.0)
-            if wall_s >= next_sample and (sample := process_sample(daemon.pid, wall_s, tail.audio_s, paths["queue"])):
-                samples.append(sample)
-                next_sample = wall_s + args.sample_seconds
-            time.sleep(POLL_S)
-    finally:
-        tail.close()
-    return samples, first
+    while daemon.poll() is None and (wall_s := time.monotonic() - launched) < timeout:
+        if progress.read(wall_s) and progress.windows and math.isnan(first):
+            first = wall_s
+        cycler.step(progress, wall_s, progress.audio_s / (wall_s - first) if wall_s > first else 0.0)
+        if wall_s >= next_sample and (sample := process_sample(daemon.pid, wall_s, progress)):
+            samples.append(sample)
+            next_sample = wall_s + args.sample_seconds
+        time.sleep(POLL_S)
+    return samples, first, progress
 
 
-def catch_up(subscriber: SoakSubscriber, produced: set[tuple[str, str]]) -> list[Arrival]:
+def catch_up(subscriber: Subscriber, produced: set[tuple[str, str]]) -> list[Arrival]:
     """Everything received, once every produced event is in or CATCH_UP_S has passed."""
     deadline = time.monotonic() + CATCH_UP_S
     while True:
@@ -515,79 +481,60 @@ def memory(samples: list[Sample]) -> dict:
     }
 
 
-def broker_outages(run: Run, log: Path) -> dict:
-    """Per restart: how long after the broker was back the daemon reconnected, and what it had queued then."""
-    connects = []
-    for line in log.read_text().splitlines():
-        if m := CONNECTED_LINE.match(line):
-            at = datetime.strptime(m[1], "%Y-%m-%d %H:%M:%S,%f").timestamp() - run.launched_at  # local, as logged
-            connects.append((at, int(m[2])))
+def broker_outages(run: Run) -> dict:
+    """Per restart: how long after the broker was back the daemon was seen connected again (to within POLL_S), and
+    what its spool held at the last read before (while it was away)."""
     reconnect_s, queued = [], []
     for r in run.restarts:
-        later = [c for c in connects if r["started"] is not None and c[0] >= r["started"] - 1.0]  # log ms vs poll
+        later = [c for c in run.connects if r["started"] is not None and c[0] >= r["started"]]
         if later:
-            reconnect_s.append(max(0.0, later[0][0] - r["started"]))
+            reconnect_s.append(later[0][0] - r["started"])
             queued.append(later[0][1])
     down_s = [r["started"] - r["stopped"] for r in run.restarts if r["started"] is not None]
     return {
         "restarts": len(run.restarts),
-        "connects": len(connects),
+        "connects": len(run.connects),
         "down_s": down_s,
         "reconnect_after_back_s": reconnect_s,
-        "queued_at_reconnect": queued,
+        "queued_at_reconnect": [q for q in queued if q is not None],
     }
 
 
 def log_findings(log: Path) -> dict:
-    """Warnings and errors of the daemon, by message with numbers blanked; tracebacks; what stayed queued."""
+    """Warnings and errors of the daemon, by message with numbers blanked; tracebacks."""
     kinds: Counter[str] = Counter()
-    tracebacks, left = 0, None
+    tracebacks = 0
     for line in log.read_text().splitlines():
         if m := re.match(STAMP + r"(WARNING|ERROR|CRITICAL) (.*)$", line):
             kinds[f"{m[2]} " + re.sub(r"\d+", "N", m[3])] += 1
         tracebacks += line.startswith("Traceback")
-        if m := LEFT_LINE.search(line):
-            left = int(m[1])
-    return {"messages": dict(kinds.most_common()), "tracebacks": tracebacks, "left_queued": left}
+    return {"messages": dict(kinds.most_common()), "tracebacks": tracebacks}
 
 
-def figures(run: Run, expected: list[tuple], planned: list[PlannedEvent], log: Path) -> dict:
+def figures(run: Run, expected: Offline, planned: list[PlannedEvent], log: Path) -> dict:
     busy_s = run.wall_s - run.first_window_s
-    audio_s = ((run.windows - 1) * HOP + WINDOW) / RATE if run.windows else 0.0
+    audio_s = ((expected.windows - 1) * HOP + WINDOW) / RATE  # the whole file: its windows all run, see "offline"
     return {
         "returncode": run.returncode,
-        "windows": run.windows,
+        "windows": expected.windows,
+        "windows_last_read": run.windows,
+        "last_read_before_exit_s": run.wall_s - run.read_s,
         "audio_s": audio_s,
         "wall_s": run.wall_s,
         "first_window_s": run.first_window_s,
         "speed": audio_s / busy_s if busy_s > 0 else math.nan,
         "cpu_s": run.samples[-1].cpu_s if run.samples else math.nan,
         "transport": transport(run),
-        "offline": versus_offline(expected, run),
+        "offline": versus_offline(expected.events, run),
         "plan": versus_plan(planned, run),
         "memory": memory(run.samples),
-        "broker": broker_outages(run, log),
+        "broker": broker_outages(run),
         "log": log_findings(log),
+        "left_queued": run.left_queued,
     }
 
 
 # --- the report ---
-
-
-def machine_line() -> str:
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
-    memory_gib = int(Path("/proc/meminfo").read_text().split()[1]) / 1024**2  # kB -> GiB
-    return f"{cpu}, {os.cpu_count()} cores, {memory_gib:.0f} GiB, {platform.machine()}, Linux {platform.release()}"
-
-
-def versions_line() -> str:
-    packages = ", ".join(f"{n} {version(n)}" for n in ("clapd", "onnxruntime", "numpy", "paho-mqtt"))
-    mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    try:
-        banner = subprocess.run([mosquitto, "-h"], capture_output=True, text=True, timeout=5).stdout.splitlines()[0]
-    except (OSError, IndexError, subprocess.SubprocessError):
-        banner = "mosquitto ?"
-    return f"Python {platform.python_version()}, {packages}, {banner.strip()}; {source_line()}"
 
 
 def bundle_line() -> str:
@@ -596,24 +543,17 @@ def bundle_line() -> str:
     return f"demo bundle: created {manifest['created_utc']}, {int8['file']} sha256 {int8['sha256'][:12]}"
 
 
-def source_line() -> str:
-    """The commit the daemon's code came from, and whether its folders had uncommitted changes."""
-    git = ["git", "-C", str(Path(__file__).resolve().parents[1])]
-    try:
-        head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
-        dirty = subprocess.run([*git, "status", "--porcelain", "--", "daemon", "clapd"], capture_output=True, text=True)
-    except (OSError, subprocess.CalledProcessError):
-        return "source: not a git checkout"
-    changes = "with uncommitted changes in daemon/ or clapd/" if dirty.stdout.strip() else "daemon/ and clapd/ clean"
-    return f"source: commit {head.stdout.strip()}, {changes}"
-
-
 def results_table(f: dict) -> list[str]:
     t, o, p, m, b = f["transport"], f["offline"], f["plan"], f["memory"], f["broker"]
     start, end = m["start"], m["end"]
     wrong = most(f"{n} in {c}" for n, _, c in p["wrong_class"])
     rows = [
-        ("audio run", f"{f['audio_s'] / 60:.1f} min, {f['windows']} windows ({WINDOW_S:g} s, {HOP_S:g} s hop)"),
+        (
+            "audio run",
+            f"{f['audio_s'] / 60:.1f} min, {f['windows']} windows ({WINDOW_S:g} s, {HOP_S:g} s hop); "
+            f"{f['windows_last_read']} taken at the last metrics read, {f['last_read_before_exit_s']:.1f} s before "
+            "the daemon exited",
+        ),
         (
             "wall time",
             f"{f['wall_s']:.0f} s ({f['first_window_s']:.1f} s to the first window), "
@@ -621,12 +561,12 @@ def results_table(f: dict) -> list[str]:
         ),
         (
             "broker restarts",
-            f"{b['restarts']}, down {fmt_range(b['down_s'], 's')} each; the daemon reconnected "
-            f"{fmt_range(b['reconnect_after_back_s'], 's')} after the broker was back",
+            f"{b['restarts']}, down {fmt_range(b['down_s'], 's')} each; the daemon was connected again "
+            f"{fmt_range(b['reconnect_after_back_s'], 's')} after the broker was back (read every {POLL_S:g} s)",
         ),
         (
             "queue depth",
-            f"at reconnects {fmt_range(b['queued_at_reconnect'], 'messages', 0)}; sampled peak "
+            f"last read before each reconnect {fmt_range(b['queued_at_reconnect'], 'messages', 0)}; read peak "
             f"{m['queued_max']} messages",
         ),
         ("**events lost** (stdout vs subscriber)", f"**{len(t['lost'])}** of {t['produced']}"),
@@ -707,9 +647,9 @@ def meaning(f: dict, args: argparse.Namespace) -> list[str]:
         + f" {duplicates_line(t)}",
         f"- Reconnection: the daemon retries with back-off from 1 s, doubling (up to 60 s), so after a "
         f"{args.down_seconds:g} s outage it is back {fmt_range(b['reconnect_after_back_s'], 's')} after the broker; "
-        "meanwhile events wait in its disk queue (the depths above), and leave it in order once it is connected.",
+        "meanwhile events wait in its spool (the depths above), and leave it in order once it is connected.",
         f"- Completeness: {o['same']} of the {o['expected']} events computed offline from the same file with the "
-        "daemon's own classes came out of the daemon identical (detection, kind, start and end sample)"
+        "daemon's own `Detector` came out of the daemon identical (detection, kind, start and end sample)"
         + (
             ", so every window was run and nothing was dropped before the publishers."
             if o["same"] == o["expected"] and not o["extra"]
@@ -733,7 +673,7 @@ def meaning(f: dict, args: argparse.Namespace) -> list[str]:
         lines.append(f"- The daemon's warnings and errors (numbers blanked): {shown}.")
     lines.append(
         f"- Tracebacks in the daemon's log: {log['tracebacks']}; exit status {f['returncode']}; messages "
-        f"left in the disk queue at exit: {log['left_queued']}."
+        f"left in the spool at exit: {f['left_queued']}."
     )
     return lines
 
@@ -751,16 +691,15 @@ def section(f: dict, args: argparse.Namespace, notes: list[str]) -> str:
         "~23 s over room tone) as a `file` source with `realtime: false`: lossless, the source waits for the "
         "windower, so the daemon runs as fast as the model allows and its events can be computed offline (a "
         "`pipe` fed faster than real time would skip windows by design whenever inference fell behind). Events go "
-        "to mosquitto on loopback (QoS 1 through the disk queue, persistence on) and to stdout. The broker is "
+        "to mosquitto on loopback (QoS 1 through the spool, persistence on) and to stdout. The broker is "
         f"stopped (SIGTERM) for {args.down_seconds:g} s of wall time {args.restart_every:g} min of audio after its "
         "last stop, once the daemon has reconnected, and while the rest of the file takes more than "
         f"{2 * args.down_seconds + END_MARGIN_S:g} s (so the daemon is connected when its file ends); a subscriber "
-        "with a persistent QoS 1 session keeps its subscription across restarts. /proc is sampled every "
-        f"{args.sample_seconds:g} s; the disk queue's depth is read from its SQLite file then.",
+        "with a persistent QoS 1 session keeps its subscription across restarts. The daemon's progress, its broker "
+        f"connection and its spool's depth are read from its metrics endpoint every {POLL_S:g} s; /proc is sampled "
+        f"every {args.sample_seconds:g} s.",
         "",
-        f"- date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
-        f"- machine: {machine_line()}",
-        f"- versions: {versions_line()}",
+        *header_lines(PACKAGES, mosquitto=True),
         *[f"- {note}" for note in notes],
         "",
         *results_table(f),
@@ -785,7 +724,7 @@ def prepare(work_dir: Path) -> dict[str, Path]:
         "config": work_dir / "soak.yaml",
         "stdout": work_dir / "daemon-stdout.jsonl",
         "log": work_dir / "daemon.log",
-        "queue": work_dir / "state" / "event-queue.sqlite3",
+        "queue": work_dir / "state" / SPOOL_FILE,
     }
 
 
@@ -794,7 +733,7 @@ def main() -> int:
     args.work_dir.mkdir(parents=True, exist_ok=True)
     wav, planned = ensure_recording(args.work_dir, args.minutes, args.seed)
     paths = prepare(args.work_dir)
-    broker = MosquittoBroker(args.work_dir / "broker", persistence=True)
+    broker = mosquitto(args.work_dir / "broker", persistence=True)
     config = soak_config(wav, broker.port, args.work_dir / "state")
     paths["config"].write_text(yaml.safe_dump(config))
     print(f"offline events of {wav.name} ...", file=sys.stderr)
@@ -802,7 +741,7 @@ def main() -> int:
     expected = offline_events(wav, config)
     offline_s = time.monotonic() - began
     load_before = os.getloadavg()[0]
-    print(f"{len(expected)} events expected ({offline_s:.0f} s); soak, load {load_before:.2f} ...", file=sys.stderr)
+    print(f"{len(expected.events)} events expected ({offline_s:.0f} s); load {load_before:.2f}", file=sys.stderr)
     broker.start()
     try:
         run = run_soak(paths["config"], broker, paths, args)
@@ -816,23 +755,18 @@ def main() -> int:
         bundle_line(),
     ]
     text = section(f, args, notes)
-    print(text)
+    publish(text, args.write, START, END)
     if args.out_json:
         args.out_json.write_text(
             json.dumps({"figures": f, "restarts": run.restarts, "samples": [asdict(s) for s in run.samples]}, indent=1)
         )
-    if args.write:
-        write_section(args.write, START, END, text)
-        print(f"wrote {args.write}", file=sys.stderr)
     faults = f["transport"]["lost"] or f["offline"]["missing"] or f["offline"]["extra"]
     return 0 if run.returncode == 0 and not faults else 1
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
-    )
-    parser.add_argument("--minutes", type=float, default=30.0, help="audio to play (3 for a quick check)")
+    parser = arg_parser(__doc__)
+    parser.add_argument("--minutes", type=float, default=30.0, help="audio to play (5 for a quick check)")
     parser.add_argument("--restart-every", type=float, default=2.5, help="minutes of audio between broker restarts")
     parser.add_argument("--down-seconds", type=float, default=3.0, help="wall seconds the broker stays down")
     parser.add_argument("--sample-seconds", type=float, default=1.0, help="wall seconds between /proc samples")
