@@ -90,7 +90,7 @@ def child(work: Path) -> dict[str, object]:
 
     ring = RingBuffer(30 * MODEL_RATE)  # the whole run: read back at the end
     backoff = RecordingBackoff(*BACKOFF)
-    source = mic.MicInput("attic", MicSource(type="mic", device="clapd_test"), ring, backoff=backoff)
+    source = mic.MicInput("attic", MicSource(type="mic", device="clapd_test"), ring, MODEL_RATE, backoff=backoff)
     result: dict[str, object] = {"stall_seconds": mic.STALL_SECONDS}
     source.start()
     result["tone"] = wait_for(lambda: ring.total_written >= 1.5 * MODEL_RATE, 10)

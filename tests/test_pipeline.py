@@ -7,6 +7,7 @@ whatever the source and however the audio is chunked. What is detected is checke
 
 from __future__ import annotations
 
+import contextlib
 import ctypes.util
 import io
 import json
@@ -22,16 +23,16 @@ import numpy as np
 import pytest
 import soundfile
 import yaml
-from mqtt_broker import broker_fixture, brokers_fixture, subscribers_fixture  # noqa: F401  (fixtures, by name)
+from virtual_alsa import VirtualAlsaDevice, alsa_environment
 
-from clapd.daemon.config import ClapdConfig, DetectionConfig, ModelConfig, parse_config
-from clapd.daemon.events import EventTracker, StreamClock
-from clapd.daemon.inference import AudioModel, TextModel, open_bundle
-from clapd.daemon.matcher import Matcher, PromptCache, build_detections
-from clapd.daemon.records import Scores
-from clapd.daemon.runner import Daemon
-from clapd.daemon.stdout_publisher import StdoutPublisher
-from clapd.daemon.windows import repeat_pad
+from clapd.daemon.assembly import assemble
+from clapd.daemon.config import ClapdConfig, ModelConfig, parse_config
+from clapd.daemon.detector import Detector
+from clapd.daemon.events import StreamClock
+from clapd.daemon.inference import AudioModel, LazyTextModel, open_bundle
+from clapd.daemon.prompts import DetectionPreparer
+from clapd.daemon.records import DetectionEvent, Scores
+from clapd.daemon.windows import clip_windows
 
 RATE = 48_000
 WINDOW_S, HOP_S = 2.0, 0.5
@@ -51,27 +52,34 @@ def recording() -> np.ndarray:
     return (np.round(np.clip(audio, -1, 1) * 32767) / 32768).astype(np.float32)
 
 
-def offline_scores(bundle: Path, audio: np.ndarray, background: list[str]) -> list[Scores]:
+def offline_detector(config: dict, clock: StreamClock) -> Detector:
+    """The daemon's Detector, built for `config` as `clapd classify` builds it: no stream, no thread."""
+    bundle = Path(config["model"]["bundle"])
     manifest = open_bundle(bundle)
-    model_config = ModelConfig(bundle=bundle, providers=["cpu"], precision="fp32")
-    cache = PromptCache(TextModel(bundle, manifest, model_config), None, manifest.text.sha256)
-    detections = build_detections({k: DetectionConfig(prompts=[v]) for k, v in PROMPTS.items()}, cache)
-    matcher = Matcher(detections, cache.embed(background), manifest.logit_scale)
-    model = AudioModel(bundle, manifest, model_config)
-    scores = []
-    for start in range(0, len(audio) - WINDOW + 1, HOP):
-        embedding = model.embed(repeat_pad(audio[start : start + WINDOW], manifest.window_samples)[None])[0]
-        scores.append(Scores("s", start, start + WINDOW, matcher.score("s", embedding)))
-    return scores
+    model_config = ModelConfig.model_validate(config["model"])
+    detections = parse_config({**config, "streams": {"s": {"type": "mic"}}}).detections
+    preparer = DetectionPreparer(
+        LazyTextModel(bundle, manifest, model_config), None, manifest.text.sha256, manifest.logit_scale
+    )
+    prepared = preparer.prepare(detections, config["background_prompts"])
+    return Detector(AudioModel(bundle, manifest, model_config), prepared, {"s": clock}, HOP)
+
+
+def offline_run(config: dict, audio: np.ndarray) -> tuple[list[Scores], list[DetectionEvent]]:
+    """The recording's windows through the Detector one at a time, as `clapd classify` sees them."""
+    detector = offline_detector(config, StreamClock(datetime(2026, 1, 1, tzinfo=timezone.utc), RATE))
+    manifest = open_bundle(Path(config["model"]["bundle"]))
+    scores, events = [], []
+    for window in clip_windows("s", audio, WINDOW, HOP, manifest.window_samples):
+        found = detector.process([window])
+        scores += found.scores
+        events += found.events
+    return scores, events + detector.close("s", len(audio))
 
 
 def offline_events(config: dict, audio: np.ndarray) -> list[tuple]:
-    """What the daemon must publish for `audio`, computed without it: windows, scores, event tracking."""
-    scores = offline_scores(Path(config["model"]["bundle"]), audio, config["background_prompts"])
-    clock = StreamClock(datetime(2026, 1, 1, tzinfo=timezone.utc), RATE)
-    detections = parse_config({**config, "streams": {"s": {"type": "mic"}}}).detections
-    tracker = EventTracker(detections, {"s": clock}, HOP)
-    events = [e for s in scores for e in tracker.feed(s)] + tracker.close("s", len(audio))
+    """What the daemon must publish for `audio`, computed without it."""
+    _, events = offline_run(config, audio)
     return sorted(_key(e.kind, e.detection, e.start_sample, e.end_sample) for e in events)
 
 
@@ -79,7 +87,9 @@ def offline_events(config: dict, audio: np.ndarray) -> list[tuple]:
 def scenario(small_bundle_dir: Path, recording: np.ndarray) -> dict:
     """Thresholds chosen from the offline scores so that each detection starts and ends at least once."""
     background = ["silence"]
-    scores = offline_scores(small_bundle_dir, recording, background)
+    model = {"bundle": str(small_bundle_dir), "providers": ["cpu"], "precision": "fp32"}
+    loose = {name: {"prompts": [prompt]} for name, prompt in PROMPTS.items()}
+    scores, _ = offline_run({"model": model, "background_prompts": background, "detections": loose}, recording)
     detections = {}
     for name, prompt in PROMPTS.items():
         values = np.array([s.values[name] for s in scores])
@@ -91,7 +101,7 @@ def scenario(small_bundle_dir: Path, recording: np.ndarray) -> dict:
             "smoothing_windows": 1,
         }
     config = {
-        "model": {"bundle": str(small_bundle_dir), "providers": ["cpu"], "precision": "fp32"},
+        "model": model,
         "windows": {"window_seconds": WINDOW_S, "hop_seconds": HOP_S},
         "background_prompts": background,
         "detections": detections,
@@ -116,24 +126,19 @@ def _keys_from_payloads(payloads: list[dict]) -> list[tuple]:
 
 
 def run_in_process(config: ClapdConfig, stop_when_consumed: int | None = None, timeout: float = 120) -> list[dict]:
-    """The daemon in this process with a stdout publisher on a buffer; JSON lines back."""
+    """The daemon's assembly and runner in this process, its stdout output on a buffer; JSON lines back."""
     out = io.StringIO()
-    daemon = Daemon(config, config.model.bundle, [StdoutPublisher(out)])
-    daemon.load()
-    daemon.start()
-    stop = threading.Event()
-    if stop_when_consumed is not None:  # a pipe never ends by itself: stop once its audio has all been windowed
-
-        def watch() -> None:
-            deadline = time.monotonic() + timeout
-            windows = daemon._streams[0].windows  # noqa: SLF001 (the test's view of progress)
-            while time.monotonic() < deadline and windows.next_start + WINDOW <= stop_when_consumed:
-                time.sleep(0.05)
-            stop.set()
-
-        threading.Thread(target=watch, daemon=True).start()
-    daemon.run(stop)
-    daemon.shutdown()
+    with contextlib.redirect_stdout(out):
+        runner = assemble(config).runner
+        runner.start()
+        deadline = time.monotonic() + timeout
+        while runner.running() and time.monotonic() < deadline:
+            if stop_when_consumed is not None:  # a pipe never ends by itself: stop once its audio is all windowed
+                counts = runner.stream_stats()[0].windows
+                if (counts.produced + counts.skipped) * HOP + WINDOW > stop_when_consumed:
+                    break
+            time.sleep(0.05)
+        runner.stop()
     return [json.loads(line) for line in out.getvalue().splitlines()]
 
 
@@ -210,15 +215,7 @@ def test_mqtt_end_to_end(scenario: dict, recording: np.ndarray, tmp_path: Path, 
     assert status[0] == b"online" and status[-1] == b"offline"
 
 
-ALSA_DEVICE = """\
-pcm.clapd_e2e {
-  type plug
-  slave {
-    pcm { type file slave.pcm "null" file "/dev/null" infile "%s" format "raw" }
-    format S16_LE rate 48000 channels 1
-  }
-}
-"""
+MICROPHONE = VirtualAlsaDevice("clapd_e2e", rate=RATE, channels=1)
 
 
 class Feeder(threading.Thread):
@@ -258,10 +255,10 @@ def test_microphone_through_portaudio_to_the_broker(
 ) -> None:
     fifo = tmp_path / "mic.fifo"
     os.mkfifo(fifo)
-    (tmp_path / "asound.conf").write_text(ALSA_DEVICE % fifo)
+    MICROPHONE.define(tmp_path / "asound.conf", fifo)
     config = {
         **scenario["config"],
-        "streams": {"s": {"type": "mic", "device": "clapd_e2e", "sample_rate": RATE}},
+        "streams": {"s": {"type": "mic", "device": MICROPHONE.name, "sample_rate": MICROPHONE.rate}},
         "outputs": {"mqtt": {"host": "127.0.0.1", "port": broker.port, "topic_prefix": "mic/clapd"}},
         "state_dir": str(tmp_path / "state"),
     }
@@ -270,7 +267,7 @@ def test_microphone_through_portaudio_to_the_broker(
     subscriber = subscribers(broker.port, "mic/clapd/#")
     feeder = Feeder(fifo, recording)
     feeder.start()
-    env = dict(os.environ, ALSA_CONFIG_PATH=f"/usr/share/alsa/alsa.conf:{tmp_path / 'asound.conf'}")
+    env = alsa_environment(tmp_path / "asound.conf")
     command = [sys.executable, "-m", "clapd", "run", "-c", str(path)]
     daemon = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

@@ -23,12 +23,13 @@ import soundfile as sf
 from virtual_alsa import alsa_environment
 
 from clapd.daemon.config import FileSource, PipeSource
-from clapd.daemon.resample import MODEL_RATE, Conditioner
+from clapd.daemon.resample import Conditioner
 from clapd.daemon.ring import RingBuffer
 from clapd.daemon.sources import SourceError, build_source
 from clapd.daemon.sources.file import FileInput
 from clapd.daemon.sources.pipe import PipeInput
 
+MODEL_RATE = 48_000  # Hz: the model's rate these tests give the sources and the conditioner
 TONE_HZ = 1000.0
 
 
@@ -70,7 +71,7 @@ def condition_in_blocks(conditioner: Conditioner, frames: np.ndarray, sizes: lis
 
 @pytest.mark.parametrize("rate", [44100, 16000, 48000])
 def test_resampling_keeps_frequency_and_level(rate: int) -> None:
-    out = condition_in_blocks(Conditioner(rate, 1), tone(rate, 2.0), [])
+    out = condition_in_blocks(Conditioner(rate, 1, out_rate=MODEL_RATE), tone(rate, 2.0), [])
     assert abs(out.shape[0] - 2 * MODEL_RATE) <= 2
     middle = out[4800:-4800]  # away from the filter's start and end
     assert peak_hz(middle) == pytest.approx(TONE_HZ, abs=2.0)
@@ -81,20 +82,22 @@ def test_resampling_keeps_frequency_and_level(rate: int) -> None:
 def test_results_do_not_depend_on_the_block_sizes(rate: int) -> None:
     rng = np.random.default_rng(rate)
     frames = rng.uniform(-0.5, 0.5, size=(rate, 2)).astype(np.float32)
-    whole = condition_in_blocks(Conditioner(rate, 2), frames, [])
+    whole = condition_in_blocks(Conditioner(rate, 2, out_rate=MODEL_RATE), frames, [])
     for max_block in (7, 160, 4096):
         sizes = list(rng.integers(1, max_block + 1, size=2 * rate // max_block))
-        split = condition_in_blocks(Conditioner(rate, 2), frames, [int(size) for size in sizes])
+        split = condition_in_blocks(Conditioner(rate, 2, out_rate=MODEL_RATE), frames, [int(size) for size in sizes])
         np.testing.assert_allclose(split, whole, rtol=0, atol=1e-6)
 
 
 def test_channel_selection_and_downmix() -> None:
     left, right = tone(48000, 0.1), tone(48000, 0.1, amplitude=0.1)
     frames = np.stack([left, right], axis=1)
-    np.testing.assert_array_equal(Conditioner(48000, 2, channel=1).process(frames), right)
-    np.testing.assert_allclose(Conditioner(48000, 2).process(frames), (left + right) / 2, atol=1e-7)
+    np.testing.assert_array_equal(Conditioner(48000, 2, channel=1, out_rate=MODEL_RATE).process(frames), right)
+    np.testing.assert_allclose(
+        Conditioner(48000, 2, out_rate=MODEL_RATE).process(frames), (left + right) / 2, atol=1e-7
+    )
     with pytest.raises(ValueError, match="channel 2 does not exist"):
-        Conditioner(48000, 2, channel=2)
+        Conditioner(48000, 2, channel=2, out_rate=MODEL_RATE)
 
 
 # --- file source -------------------------------------------------------------------------------------------------
@@ -124,7 +127,7 @@ def drain(ring: RingBuffer, total: int, pause: float, timeout: float) -> np.ndar
 
 def test_file_arrives_at_48k_mono_with_the_right_length(stereo_wav: Path) -> None:
     ring = RingBuffer(5 * MODEL_RATE)
-    source = build_source("file", FileSource(type="file", path=stereo_wav, realtime=False), ring)
+    source = build_source("file", FileSource(type="file", path=stereo_wav, realtime=False), ring, MODEL_RATE)
     source.start()
     try:
         assert isinstance(source, FileInput)
@@ -143,9 +146,9 @@ def test_file_as_fast_as_possible_is_lossless_with_a_slow_reader(tmp_path: Path)
     audio = rng.uniform(-0.5, 0.5, size=44100 * 3).astype(np.float32)
     path = tmp_path / "noise.wav"
     sf.write(path, audio, 44100, subtype="FLOAT")
-    expected = condition_in_blocks(Conditioner(44100, 1), audio, [])
+    expected = condition_in_blocks(Conditioner(44100, 1, out_rate=MODEL_RATE), audio, [])
     ring = RingBuffer(MODEL_RATE // 2)  # a sixth of the file: the writer must wait for the reader
-    source = FileInput("fast", FileSource(type="file", path=path, realtime=False), ring)
+    source = FileInput("fast", FileSource(type="file", path=path, realtime=False), ring, MODEL_RATE)
     source.start()
     try:
         got = drain(ring, expected.shape[0], pause=0.002, timeout=20.0)
@@ -167,7 +170,7 @@ class ManualClock:
 def test_file_paced_by_the_clock(stereo_wav: Path) -> None:
     clock = ManualClock()
     ring = RingBuffer(5 * MODEL_RATE)
-    source = FileInput("paced", FileSource(type="file", path=stereo_wav, realtime=True), ring, clock=clock)
+    source = FileInput("paced", FileSource(type="file", path=stereo_wav, realtime=True), ring, MODEL_RATE, clock=clock)
     source.start()
     try:
         time.sleep(0.2)
@@ -189,7 +192,7 @@ def test_file_loops_and_missing_file_fails_fast(tmp_path: Path) -> None:
     path = tmp_path / "short.flac"
     sf.write(path, tone(16000, 0.2), 16000)
     ring = RingBuffer(MODEL_RATE)
-    source = FileInput("loop", FileSource(type="file", path=path, realtime=False, loop=True), ring)
+    source = FileInput("loop", FileSource(type="file", path=path, realtime=False, loop=True), ring, MODEL_RATE)
     source.start()
     try:
         got = drain(ring, 3 * MODEL_RATE, pause=0.0, timeout=10.0)
@@ -197,7 +200,7 @@ def test_file_loops_and_missing_file_fails_fast(tmp_path: Path) -> None:
         source.stop()
     assert got.shape[0] >= 3 * MODEL_RATE  # fifteen times the file
     assert not source.finished.is_set()
-    missing = FileInput("gone", FileSource(type="file", path=tmp_path / "nope.wav"), ring)
+    missing = FileInput("gone", FileSource(type="file", path=tmp_path / "nope.wav"), ring, MODEL_RATE)
     with pytest.raises(SourceError, match="cannot read sound file"):
         missing.start()
 
@@ -226,7 +229,7 @@ def test_pipe_s16le_arrives_intact() -> None:
         time.sleep(30)
     """
     ring = RingBuffer(2 * MODEL_RATE)
-    source = build_source("cam", pipe_config(script, channels=2, channel=1), ring)
+    source = build_source("cam", pipe_config(script, channels=2, channel=1), ring, MODEL_RATE)
     source.start()
     try:
         assert wait_for(lambda: ring.total_written >= 48000, 10.0)
@@ -253,7 +256,7 @@ def test_pipe_restarts_with_growing_backoff_and_logs_stderr(caplog: pytest.LogCa
         return [r.getMessage() for r in caplog.records if r.getMessage() == "door: camera unreachable"]
 
     ring = RingBuffer(MODEL_RATE)
-    source = PipeInput("door", pipe_config(script, sample_rate=16000), ring, backoff_initial=0.05)
+    source = PipeInput("door", pipe_config(script, sample_rate=16000), ring, MODEL_RATE, backoff_initial=0.05)
     source.start()
     try:
         # Four runs have ended and their stderr is logged (by a thread of each run's own, so waited for too).
@@ -270,7 +273,7 @@ def test_pipe_restarts_with_growing_backoff_and_logs_stderr(caplog: pytest.LogCa
 def test_pipe_backoff_resets_after_a_healthy_run(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, logger="clapd.daemon.sources.pipe")
     config = pipe_config("import time; time.sleep(0.3)")
-    source = PipeInput("flaky", config, RingBuffer(MODEL_RATE), backoff_initial=0.05, healthy_after=0.2)
+    source = PipeInput("flaky", config, RingBuffer(MODEL_RATE), MODEL_RATE, backoff_initial=0.05, healthy_after=0.2)
     source.start()
     try:
         assert wait_for(lambda: source.status().restarts >= 3, 10.0)
@@ -288,7 +291,7 @@ def test_pipe_stop_kills_a_command_that_ignores_sigterm(caplog: pytest.LogCaptur
         time.sleep(60)
     """
     caplog.set_level(logging.WARNING, logger="clapd.daemon.sources.pipe")
-    source = PipeInput("stubborn", pipe_config(script), RingBuffer(MODEL_RATE), terminate_seconds=0.5)
+    source = PipeInput("stubborn", pipe_config(script), RingBuffer(MODEL_RATE), MODEL_RATE, terminate_seconds=0.5)
     source.start()
     # Its handler is installed once it says so on stderr, which the source logs.
     assert wait_for(lambda: any(r.getMessage() == "stubborn: ready" for r in caplog.records), 10.0)
@@ -306,7 +309,7 @@ def test_pipe_stop_kills_a_command_that_ignores_sigterm(caplog: pytest.LogCaptur
 def test_pipe_missing_command_fails_fast() -> None:
     config = PipeSource(type="pipe", command=["no-such-command-clapd"], sample_rate=48000)
     with pytest.raises(SourceError, match="not found"):
-        PipeInput("x", config, RingBuffer(MODEL_RATE)).start()
+        PipeInput("x", config, RingBuffer(MODEL_RATE), MODEL_RATE).start()
 
 
 # --- microphone through real PortAudio on a virtual ALSA device ------------------------------------------------
@@ -362,12 +365,12 @@ def main():
 
     result = {"devices": [(d.name, d.default_rate, d.host_api) for d in mic.list_input_devices()]}
     try:
-        mic.MicInput("m", MicSource(type="mic", device="no-such-mic"), RingBuffer(48000)).start()
+        mic.MicInput("m", MicSource(type="mic", device="no-such-mic"), RingBuffer(48000), 48000).start()
     except mic.DeviceNotFoundError as e:
         result["missing_error"] = str(e)
     ring = RingBuffer(10 * 48000)
     backoff = RecordingBackoff(0.2, 1.0)
-    source = mic.MicInput("kitchen", MicSource(type="mic", device="clapd_test"), ring, backoff=backoff)
+    source = mic.MicInput("kitchen", MicSource(type="mic", device="clapd_test"), ring, 48000, backoff=backoff)
     source.start()
     result["tone_arrived"] = wait_for(lambda: ring.total_written >= 72000, 10)
     np.save(WORK / "tone.npy", ring.read(24000, 48000))
