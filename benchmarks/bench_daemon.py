@@ -45,9 +45,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import yaml
 from common import (
-    Arrival,
     CachedEmbedder,
-    Subscriber,
     arg_parser,
     detect_offline,
     detection_preparer,
@@ -58,6 +56,7 @@ from common import (
     publish,
     reference_bundle,
     stop_daemon,
+    subscriber,
     worker_result,
 )
 
@@ -65,6 +64,8 @@ from clapd.daemon.detector import Detections
 from clapd.daemon.mqtt.spool import SPOOL_FILE
 
 if TYPE_CHECKING:
+    from mqtt_broker import Received, Subscriber  # the tests' subscriber (`common.subscriber`)
+
     from clapd.daemon.prompts import DetectionPreparer
     from clapd.daemon.runner import Runner
 
@@ -414,15 +415,15 @@ def run_latency(plan: Plan, precision: str, expected: Expected, bundle: Path, po
     for stale in files["state"].glob(f"{SPOOL_FILE}*"):
         stale.unlink()  # unsent messages of an earlier run would be replayed
     files["config"].write_text(yaml.safe_dump(latency_config(plan, files, precision, expected, port)))
-    subscriber = Subscriber(port, f"{TOPIC_PREFIX}/#", client_id=f"bench-{os.getpid()}")
+    listener = subscriber(port, f"{TOPIC_PREFIX}/#", client_id=f"bench-{os.getpid()}")
     print(f"latency: {name}, {len(plan.onsets)} onsets, {plan.audio.size / RATE:.0f} s ...", file=sys.stderr)
     log = work_dir / f"{name}.log"
     try:
-        watched = watch_daemon(files, subscriber, log, plan.audio.size / RATE + 60)
+        watched = watch_daemon(files, listener, log, plan.audio.size / RATE + 60)
     finally:
-        subscriber.close()
+        listener.close()
     watched["errors"] += [line for line in log.read_text().splitlines() if " WARNING " in line][:5]
-    measured = measure_latency(plan, expected, subscriber.received(), read_side(files["side"])[0], model_calls(log))
+    measured = measure_latency(plan, expected, listener.received(), read_side(files["side"])[0], model_calls(log))
     return Latency(window_s=plan.window_s, hop_s=plan.hop_s, precision=precision, **measured, **watched)
 
 
@@ -433,7 +434,9 @@ def watch_daemon(files: dict[str, Path], subscriber: Subscriber, log: Path, time
         launched = time.monotonic()
         daemon = launch_daemon(files["config"], stdout=None, stderr=stderr, batch_log=True)
         try:
-            if not subscriber.wait_for(b"online", 180):
+            try:
+                subscriber.wait_for(lambda got: any(m.payload == b"online" for m in got), 180, "online")
+            except AssertionError:
                 errors.append("the daemon never said online")
             startup = time.monotonic() - launched
             memory_start = memory_mib(daemon.pid) if daemon.poll() is None else {}
@@ -451,7 +454,7 @@ def watch_daemon(files: dict[str, Path], subscriber: Subscriber, log: Path, time
 def measure_latency(
     plan: Plan,
     expected: Expected,
-    messages: list[Arrival],
+    messages: list[Received],
     written: dict[int, float],
     calls: list[tuple[float, float]],
 ) -> dict:

@@ -45,10 +45,8 @@ import soundfile
 import yaml
 from common import (
     METRICS_CONFIG,
-    Arrival,
     CachedEmbedder,
     DaemonMetrics,
-    Subscriber,
     arg_parser,
     detect_offline,
     detection_preparer,
@@ -58,6 +56,7 @@ from common import (
     proc_status,
     publish,
     stop_daemon,
+    subscriber,
 )
 
 import clapd
@@ -69,7 +68,11 @@ from clapd.daemon.mqtt.spool import SPOOL_FILE
 from clapd.models.demo_stream import DEFAULT_LAYOUT, PlannedEvent, make_demo_stream
 
 if TYPE_CHECKING:
-    from mqtt_broker import MosquittoBroker  # the tests' real broker (`common.mosquitto`)
+    from mqtt_broker import (  # the tests' (`common.mosquitto`, `common.subscriber`)
+        MosquittoBroker,
+        Received,
+        Subscriber,
+    )
 
 RATE = 48_000  # Hz: the demo model's rate and the stream's
 WINDOW_S, HOP_S = DEMO_WINDOWS["window_seconds"], DEMO_WINDOWS["hop_seconds"]
@@ -286,7 +289,7 @@ class Run:
 
 
 def run_soak(config_path: Path, broker: MosquittoBroker, paths: dict[str, Path], args: argparse.Namespace) -> Run:
-    subscriber = Subscriber(broker.port, f"{TOPIC_PREFIX}/#", client_id="soak-subscriber", persistent=True)
+    listener = subscriber(broker.port, f"{TOPIC_PREFIX}/#", client_id="soak-subscriber", persistent=True)
     cycler = BrokerCycler(broker, 60 * args.restart_every, 60 * args.minutes, args.down_seconds)
     try:
         with paths["stdout"].open("w") as out, paths["log"].open("w") as log:
@@ -302,9 +305,9 @@ def run_soak(config_path: Path, broker: MosquittoBroker, paths: dict[str, Path],
         if not broker.running:
             broker.start()
         produced = [json.loads(line) for line in paths["stdout"].read_text().splitlines()]
-        messages = catch_up(subscriber, {(p["event_id"], p["kind"]) for p in produced})
+        messages = catch_up(listener, {(p["event_id"], p["kind"]) for p in produced})
     finally:
-        subscriber.close()
+        listener.close()
     others, states = other_messages(messages)
     return Run(
         returncode=daemon.returncode,
@@ -343,7 +346,7 @@ def watch(
     return samples, first, progress
 
 
-def catch_up(subscriber: Subscriber, produced: set[tuple[str, str]]) -> list[Arrival]:
+def catch_up(subscriber: Subscriber, produced: set[tuple[str, str]]) -> list[Received]:
     """Everything received, once every produced event is in or CATCH_UP_S has passed."""
     deadline = time.monotonic() + CATCH_UP_S
     while True:
@@ -354,11 +357,11 @@ def catch_up(subscriber: Subscriber, produced: set[tuple[str, str]]) -> list[Arr
         time.sleep(POLL_S)
 
 
-def is_event(message: Arrival) -> bool:
+def is_event(message: Received) -> bool:
     return message.topic.endswith("/event")
 
 
-def other_messages(received: list[Arrival]) -> tuple[dict[str, int], dict[str, str]]:
+def other_messages(received: list[Received]) -> tuple[dict[str, int], dict[str, str]]:
     """Messages other than events, counted by their topic's last level; each state topic's last payload."""
     counts = Counter(r.topic.rsplit("/", 1)[-1] for r in received if not is_event(r))
     states = {r.topic: r.payload.decode() for r in received if r.topic.endswith("/state")}

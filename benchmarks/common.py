@@ -18,7 +18,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
@@ -29,8 +28,6 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
 import numpy as np
-from paho.mqtt.client import Client, MQTTMessage
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from prometheus_client.parser import text_string_to_metric_families
 
 from clapd.daemon.config import ModelConfig
@@ -42,7 +39,7 @@ from clapd.daemon.records import Window
 from clapd.daemon.windows import clip_windows
 
 if TYPE_CHECKING:
-    from mqtt_broker import MosquittoBroker
+    from mqtt_broker import MosquittoBroker, Subscriber
 
 REPO = Path(__file__).resolve().parents[1]
 CODE_FOLDERS = ("clapd", "daemon", "export", "models", "benchmarks")  # what a measured figure depends on
@@ -325,60 +322,14 @@ def mosquitto_banner() -> str:
     return banner.strip()
 
 
-@dataclass(frozen=True, slots=True)
-class Arrival:
-    at: float  # time.time() when the subscriber got it
-    topic: str
-    payload: bytes
-    dup: bool  # the MQTT DUP flag: the broker sent it again
-
-
-class Subscriber:
-    """A paho client (MQTT 3.1.1, QoS 1) recording every message on `topic_filter` with its arrival time;
-    reconnects within a second. `persistent`: clean_session off, so a broker with persistence keeps the
+def subscriber(port: int, topic_filter: str, *, client_id: str, persistent: bool = False) -> Subscriber:
+    """The tests' recording subscriber (MQTT 3.1.1, QoS 1; each message with its arrival time and DUP flag),
+    connected and subscribed. `persistent`: clean_session off, so a broker with persistence keeps the
     subscription, and queues what arrives meanwhile, across its restarts."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from mqtt_broker import Subscriber
 
-    def __init__(self, port: int, topic_filter: str, *, client_id: str, persistent: bool = False) -> None:
-        self._arrivals: list[Arrival] = []
-        self._lock = threading.Lock()
-        self._subscribed = threading.Event()
-        self._client = Client(
-            callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=client_id,
-            protocol=MQTTProtocolVersion.MQTTv311,
-            clean_session=not persistent,
-        )
-        self._client.reconnect_delay_set(1, 1)
-        self._client.on_connect = lambda client, *_: client.subscribe(topic_filter, qos=1)
-        self._client.on_subscribe = lambda *_: self._subscribed.set()
-        self._client.on_message = self._on_message
-        self._client.connect("127.0.0.1", port, keepalive=10)
-        self._client.loop_start()
-        if not self._subscribed.wait(10):
-            self.close()
-            raise RuntimeError(f"could not subscribe to {topic_filter!r} on port {port}")
-
-    def _on_message(self, client: Client, userdata: object, message: MQTTMessage) -> None:
-        arrival = Arrival(time.time(), message.topic, bytes(message.payload), bool(message.dup))
-        with self._lock:
-            self._arrivals.append(arrival)
-
-    def received(self) -> list[Arrival]:
-        with self._lock:
-            return list(self._arrivals)
-
-    def wait_for(self, payload: bytes, timeout: float) -> bool:
-        """Whether a message with this payload arrived within `timeout` s."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if any(a.payload == payload for a in self.received()):
-                return True
-            time.sleep(0.05)
-        return False
-
-    def close(self) -> None:
-        self._client.disconnect()
-        self._client.loop_stop()
+    return Subscriber(port, topic_filter, client_id=client_id, persistent=persistent).connect(10)
 
 
 # --- a process's memory ---

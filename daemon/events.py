@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from clapd.daemon.config import DetectionConfig
-from clapd.daemon.records import DetectionEvent, Scores
+from clapd.daemon.records import DetectionEvent, EventKind, Scores
 
 
 class StreamClock:
@@ -114,10 +114,10 @@ class DetectionTracker:
         last = active.last_heard
         return max(active.onset + self._hop, (last.start_sample if last else active.onset) + self._hop // 2)
 
-    def _event(self, kind: str, active: _Active, end: int | None) -> DetectionEvent:
+    def _event(self, kind: EventKind, active: _Active, end: int | None) -> DetectionEvent:
         return DetectionEvent(
             event_id=active.event_id,
-            kind=kind,  # type: ignore[arg-type]
+            kind=kind,
             stream=self.stream,
             detection=self.detection,
             start_sample=active.onset,

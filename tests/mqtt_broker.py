@@ -189,6 +189,8 @@ class Received:
     topic: str
     payload: bytes
     retain: bool
+    at: float = 0.0  # time.time() when the subscriber got it
+    dup: bool = False  # the MQTT DUP flag: the broker sent it again
 
 
 class Subscriber:
@@ -263,7 +265,10 @@ class Subscriber:
 
     def _on_message(self, client: Client, userdata: object, message: MQTTMessage) -> None:
         with self._changed:
-            self._received.append(Received(message.topic, bytes(message.payload), bool(message.retain)))
+            received = Received(
+                message.topic, bytes(message.payload), bool(message.retain), time.time(), bool(message.dup)
+            )
+            self._received.append(received)
             self._changed.notify_all()
 
 

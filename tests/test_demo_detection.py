@@ -12,11 +12,11 @@ from helpers import run_clapd
 
 import clapd
 from clapd.daemon.manifest import Manifest
-from clapd.daemon.service import DEMO_DETECTIONS, DEMO_EVENT_SETTINGS
+from clapd.daemon.demo import DEMO_DETECTIONS, DEMO_EVENT_SETTINGS, DEMO_WINDOWS
 from clapd.models.demo_stream import PlannedEvent, make_demo_stream
 
 DEMO_BUNDLE = Path(clapd.__file__).parent / "demo_bundle"
-WINDOW_S, HOP_S = 2.0, 0.5
+WINDOW_S, HOP_S = DEMO_WINDOWS["window_seconds"], DEMO_WINDOWS["hop_seconds"]
 
 
 def test_shipped_demo_bundle_matches_its_manifest() -> None:
