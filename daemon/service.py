@@ -138,6 +138,9 @@ class Service:
         if store is not None:
             config = config.model_copy(update={"detections": _merged(store, file_detections, config)})
         service = cls(config, config_path, assemble(config), notifier, store, file_detections)
+        control = service._assembly.control
+        if control is not None and store is not None:
+            control.listen(service._requests.put)  # before connecting: "online" means requests are heard
         try:
             if config.metrics.enabled:
                 service._metrics = MetricsServer(config.metrics, service._runner, service._assembly.outputs)
@@ -146,9 +149,6 @@ class Service:
             service.stop()
             raise
         service._announce()
-        control = service._assembly.control
-        if control is not None and store is not None:
-            control.listen(service._requests.put)
         notifier.ready(service._status_line())
         logger.info("running: %d streams, %d detections", len(config.streams), len(config.detections))
         return service

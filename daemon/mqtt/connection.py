@@ -201,6 +201,13 @@ class MqttConnection:
             return
         if self._state is not ConnectionState.RUNNING:
             return  # closing; "online" now would outlive us (a clean disconnect sends no will)
+        try:
+            # Subscribed before "online" goes out, on the same socket: whoever waits for "online" before sending a
+            # control request finds it heard (the broker handles one client's packets in order).
+            for topic in self._subscriptions:
+                client.subscribe(topic, qos=1)
+        except Exception:  # raised out of a callback, it would end paho's network thread
+            logger.exception("MQTT: subscribing failed")
         client.publish(self._status_topic, STATUS_ONLINE, qos=1, retain=True)
         with self._counts_lock:
             self._connects += 1
@@ -210,12 +217,10 @@ class MqttConnection:
             "MQTT: connected to %s:%d, %d messages spooled", self._config.host, self._config.port, self._spooled()
         )
         try:
-            for topic in self._subscriptions:
-                client.subscribe(topic, qos=1)
             for listener in self._on_session:
                 listener()
         except Exception:  # raised out of a callback, it would end paho's network thread
-            logger.exception("MQTT: subscribing or announcing to Home Assistant failed")
+            logger.exception("MQTT: announcing to Home Assistant or waking the sender failed")
 
     def _on_connect_fail(self, client: Client, userdata: object) -> None:
         error = sys.exc_info()[1]  # paho calls this from its `except OSError:`, so the error says why
