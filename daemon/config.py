@@ -27,10 +27,22 @@ class ConfigError(Exception):
         self.problems = problems
 
 
-class Section(BaseModel):
-    """A block of the configuration file: unknown keys are errors, values are frozen once loaded."""
+MAX_CHANNEL = 63  # highest channel index (from 0): inputs have at most 64 channels
+MAX_EVENT_SECONDS = 86_400.0  # a day: the longest minimum duration or cooldown of an event
+MAX_INTERVAL_SECONDS = 3_600.0  # an hour: the longest back-off or publishing interval
+MIN_RESTART_SECONDS = 0.1  # the shortest back-off: a command that dies at once restarts at most 10 times a second
+MIN_LEVEL_INTERVAL_SECONDS = 1.0  # levels are measured once a second (`clapd.daemon.runner.LEVEL_SECONDS`)
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+
+class Section(BaseModel):
+    """A block of the configuration file: unknown keys are errors, values are frozen once loaded.
+
+    Every number must be finite: `allow_inf_nan=False` refuses infinity and NaN (YAML's `.inf` and `.nan`, JSON's
+    `Infinity`, `NaN` and `1e999`) in every float field of every section, and of every model built on a section's
+    fields (the control channel's detection changes); bounds on each field keep finite values sane.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class TensorRTConfig(Section):
@@ -117,7 +129,10 @@ class MicSource(Section):
     )
     channels: int | None = Field(None, ge=1, le=64, description="channels to open; default: the device's, at most 2")
     channel: int | None = Field(
-        None, ge=0, description="use this channel only (numbered from 0); default: average all channels (downmix)"
+        None,
+        ge=0,
+        le=MAX_CHANNEL,
+        description="use this channel only (numbered from 0); default: average all channels (downmix)",
     )
     block_seconds: float = Field(
         0.05, ge=0.005, le=1.0, description="seconds of audio PortAudio delivers per capture callback"
@@ -134,7 +149,10 @@ class FileSource(Section):
     )
     loop: bool = Field(False, description="start again from the beginning at the end; false: the stream ends")
     channel: int | None = Field(
-        None, ge=0, description="use this channel only (numbered from 0); default: average all channels (downmix)"
+        None,
+        ge=0,
+        le=MAX_CHANNEL,
+        description="use this channel only (numbered from 0); default: average all channels (downmix)",
     )
 
 
@@ -154,12 +172,17 @@ class PipeSource(Section):
         "s16le", description="sample encoding: signed 16-bit or 32-bit float, little-endian"
     )
     channel: int | None = Field(
-        None, ge=0, description="use this channel only (numbered from 0); default: average all channels (downmix)"
+        None,
+        ge=0,
+        le=MAX_CHANNEL,
+        description="use this channel only (numbered from 0); default: average all channels (downmix)",
     )
     restart_max_seconds: float = Field(
         60.0,
-        gt=0,
-        description="longest wait in seconds between restarts of a dead command (back-off from 1 s, doubling)",
+        ge=MIN_RESTART_SECONDS,
+        le=MAX_INTERVAL_SECONDS,
+        description="longest wait in seconds between restarts of a dead command (back-off from 1 s, doubling); "
+        "at least 0.1, so a command that dies at once is restarted at most 10 times a second",
     )
 
 
@@ -187,10 +210,13 @@ class DetectionConfig(Section):
     )
     smoothing_windows: int = Field(3, ge=1, le=100, description="moving average of the score over this many windows")
     min_duration_seconds: float = Field(
-        0.0, ge=0.0, description="events shorter than this many seconds are dropped; 0: keep all"
+        0.0, ge=0.0, le=MAX_EVENT_SECONDS, description="events shorter than this many seconds are dropped; 0: keep all"
     )
     cooldown_seconds: float = Field(
-        0.0, ge=0.0, description="seconds after an event ends before a new one may start on the same stream"
+        0.0,
+        ge=0.0,
+        le=MAX_EVENT_SECONDS,
+        description="seconds after an event ends before a new one may start on the same stream",
     )
     streams: list[Name] | None = Field(None, description="names of the streams to watch; default: all")
 
@@ -235,6 +261,13 @@ class ControlConfig(Section):
     enabled: bool = Field(
         False, description="accept detection changes on `{prefix}/control/set` (needs an authenticated broker)"
     )
+    max_detections: int = Field(
+        200,
+        ge=1,
+        le=10_000,
+        description="most detections in force that a control request may lead to: a `set` adding a detection "
+        "beyond it is refused (updates and removals are always taken); the config file itself is not limited",
+    )
 
 
 class MqttConfig(Section):
@@ -257,14 +290,27 @@ class MqttConfig(Section):
     keepalive_seconds: int = Field(
         60, ge=5, le=3600, description="seconds between keep-alive pings; the broker drops a silent client after 1.5x"
     )
-    queue_max_events: int = Field(10000, ge=1, description="events kept on disk while the broker is away")
+    queue_max_events: int = Field(10000, ge=1, le=1_000_000, description="events kept on disk while the broker is away")
     level_interval_seconds: float = Field(
-        5.0, ge=0.0, description="publish each stream's input level (dBFS) this often; 0: never"
+        5.0,
+        ge=0.0,
+        le=MAX_INTERVAL_SECONDS,
+        description="publish each stream's input level (dBFS) this often; 0: never; else at least 1 (levels are "
+        "measured once a second)",
     )
     home_assistant: HomeAssistantConfig = Field(
         default_factory=HomeAssistantConfig, description="Home Assistant MQTT discovery"
     )
     control: ControlConfig = Field(default_factory=ControlConfig, description="detection changes over MQTT")
+
+    @field_validator("level_interval_seconds")
+    @classmethod
+    def _level_interval_never_or_measured(cls, value: float) -> float:
+        if 0 < value < MIN_LEVEL_INTERVAL_SECONDS:
+            raise ValueError(
+                f"must be 0 (never) or at least {MIN_LEVEL_INTERVAL_SECONDS} (levels are measured once a second)"
+            )
+        return value
 
     @model_validator(mode="after")
     def _one_password_source(self) -> MqttConfig:
@@ -305,7 +351,8 @@ class LoggingConfig(Section):
 
 
 class ClapdConfig(Section):
-    """The whole file. Names of streams and detections become MQTT topic levels: letters, digits, `_` and `-`."""
+    """The whole file. Names of streams and detections become MQTT topic levels: letters, digits, `_` and `-`.
+    Every number must be finite (`.inf` and `.nan` are refused) and within its bounds."""
 
     model: ModelConfig = Field(default_factory=ModelConfig, description="the model bundle and how to run it")
     windows: WindowConfig = Field(default_factory=WindowConfig, description="window length and hop, every stream")

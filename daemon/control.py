@@ -6,7 +6,10 @@ anything malformed with a `ControlResult` at once. `apply_request` runs where th
 main thread): it checks the request against the current detections and streams, as the config file is checked,
 and returns the new detections. `ControlStore` keeps the changes so that they survive restarts.
 
-Every problem is worded as the config file's are: key path, value, reason.
+Every problem is worded as the config file's are: key path, value, reason. Numbers are checked as the config
+file's are (finite, within bounds: `DetectionChanges` shares `DetectionConfig`'s fields and model config), and a
+`set` adding a detection beyond `mqtt.control.max_detections` is refused. Requests still queued when the daemon
+stops are dropped, neither applied nor answered, and counted in the log: without a result, assume nothing changed.
 """
 
 from __future__ import annotations
@@ -99,9 +102,10 @@ class ControlChannel(Protocol):
 
 
 # The fields of a detection, each optional: an update names only those it changes (read with `exclude_unset`).
+# Its config is DetectionConfig's own, so it refuses what the config file refuses (unknown keys, infinity, NaN).
 DetectionChanges = create_model(
     "DetectionChanges",
-    __config__=ConfigDict(extra="forbid", frozen=True),
+    __config__=ConfigDict(**DetectionConfig.model_config),
     **{
         name: (info.annotation, FieldInfo.merge_field_infos(info, default=None, default_factory=None))
         for name, info in DetectionConfig.model_fields.items()
@@ -171,12 +175,16 @@ def _config_problems(request: ControlRequest) -> list[str]:
 
 
 def apply_request(
-    detections: Mapping[str, DetectionConfig], request: ControlRequest, stream_names: Collection[str]
+    detections: Mapping[str, DetectionConfig],
+    request: ControlRequest,
+    stream_names: Collection[str],
+    max_detections: int | None = None,
 ) -> dict[str, DetectionConfig]:
     """The detections after `request`, validated as the config file's are; raises `ControlError` with every problem.
 
     `detections` is not changed. Removing an unknown detection, or the last one, is refused; so is an update of a
-    detection that does not exist (use set to add one).
+    detection that does not exist (use set to add one), and a set that would add one beyond `max_detections`
+    (`mqtt.control.max_detections`; None: no limit).
     """
     name = request.detection
     if request.action == "remove":
@@ -188,6 +196,13 @@ def apply_request(
     if request.action == "update" and name not in detections:
         raise ControlError(
             [f"detection = {name!r}: no such detection to update (there are: {_names(detections)}); use set to add"]
+        )
+    if name not in detections and max_detections is not None and len(detections) >= max_detections:
+        raise ControlError(
+            [
+                f"detection = {name!r}: {len(detections)} detections in force, the limit "
+                f"(mqtt.control.max_detections = {max_detections}); remove one first, or raise the limit"
+            ]
         )
     changed = _validated_detection(detections.get(name), request)
     unknown = sorted(set(changed.streams or []) - set(stream_names))

@@ -56,6 +56,10 @@ def run_config(config: ClapdConfig, config_path: Path | None = None) -> int:
     notifier.status("loading the model")
     try:
         service = Service.start(config, config_path, notifier)
+    except ControlError as e:  # a bad control.json: like a bad config, a restart cannot fix it
+        print(f"clapd run: {e}; nothing started", file=sys.stderr)
+        notifier.stopping(f"start-up failed: {e}")
+        return EXIT_CONFIG
     except (BundleError, SourceError, OSError, ValueError) as e:
         print(f"clapd run: {e}", file=sys.stderr)
         notifier.stopping(f"start-up failed: {e}")
@@ -154,18 +158,20 @@ class Service:
         return service
 
     def serve(self, signals: _Signals) -> None:
-        """Until a stop signal or the end of every (finite) source; reloads on SIGHUP."""
+        """Until a stop signal or the end of every (finite) source; reloads on SIGHUP. The signals are looked at
+        between two control requests, so a queue of them holds up neither a stop nor a reload."""
         while self._runner.running() and not signals.terminate:
             if signals.reload:
                 signals.reload = False
                 self.reload()
-            self._serve_control_requests()
+            self._serve_control_requests(signals)
             time.sleep(CONTROL_POLL_SECONDS)  # a signal cuts the sleep short only for its handler: poll briefly
 
     def stop(self, timeout: float = STOP_SECONDS) -> None:
         """Stop capture, end open events, flush or persist what is queued, say "offline"; within `timeout` s."""
         self._notifier.stopping("stopping")
         self._runner.stop(timeout)
+        self._drop_control_requests()
         if self._metrics is not None:
             self._metrics.close()
         self._notifier.close()
@@ -196,20 +202,36 @@ class Service:
             logger.exception("reload failed; the running config stays")
         self._notifier.ready(self._status_line())
 
-    def _serve_control_requests(self) -> None:
+    def _serve_control_requests(self, signals: _Signals) -> None:
+        """The queued requests, one at a time, until none is left or a signal (or the runner's end) needs the loop."""
         control = self._assembly.control
-        while control is not None:
+        while control is not None and self._runner.running() and not (signals.terminate or signals.reload):
             try:
                 request = self._requests.get_nowait()
             except queue.Empty:
                 return
             control.answer(self._control_request(request))
 
+    def _drop_control_requests(self) -> None:
+        """Requests still queued at the stop are dropped: not applied, not answered (a result for each would hold up
+        the outputs' last messages within the stop time); a requester without a result must not assume success."""
+        dropped = 0
+        while True:
+            try:
+                self._requests.get_nowait()
+            except queue.Empty:
+                break
+            dropped += 1
+        if dropped:
+            logger.warning("stopping: %d queued control request(s) dropped, not applied and not answered", dropped)
+
     def _control_request(self, request: ControlRequest) -> ControlResult:
         """Apply one change made over MQTT: validated as the config is, live from the next model call, saved."""
         assert self._saved_changes is not None, "requests are taken only with a store"
+        mqtt = self._config.outputs.mqtt
+        limit = mqtt.control.max_detections if mqtt is not None else None
         try:
-            detections = apply_request(self._runner.detections, request, list(self._config.streams))
+            detections = apply_request(self._runner.detections, request, list(self._config.streams), limit)
             self._apply(detections, list(self._config.background_prompts))
             self._saved_changes.save(detections, self._file_detections)
         except ControlError as e:

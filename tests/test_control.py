@@ -437,3 +437,64 @@ def test_levels_are_published_live_only(authenticated: MosquittoBroker, links, s
     wait_until(lambda: output.stats().connected, 15, "the reconnection")
     time.sleep(QUIET)
     assert len(live.received()) == 2
+
+
+# --- finite numbers, the saved file, the limit on detections (issue 10, items 1 and 5) ---
+
+
+@pytest.mark.parametrize(
+    ("payload", "expected"),
+    [
+        # Python's JSON reads 1e999 as infinity, and NaN and Infinity as the floats they name.
+        (
+            b'{"action":"update","detection":"smoke","config":{"cooldown_seconds":1e999}}',
+            "config.cooldown_seconds = inf",
+        ),
+        (b'{"action":"update","detection":"smoke","config":{"threshold_on":NaN}}', "config.threshold_on = nan"),
+        (
+            b'{"action":"update","detection":"smoke","config":{"min_duration_seconds":-Infinity}}',
+            "config.min_duration_seconds = -inf",
+        ),
+        (
+            b'{"action":"set","detection":"x","config":{"prompts":["x"],"threshold_off":Infinity}}',
+            "config.threshold_off = inf",
+        ),
+    ],
+)
+def test_infinity_and_nan_are_refused_naming_the_key(payload: bytes, expected: str) -> None:
+    result = refused(payload)
+    assert result.errors == [f"{expected}: Input should be a finite number"], result.errors
+
+
+def test_a_request_built_in_code_with_infinity_is_refused() -> None:
+    unchecked = ControlRequest(action="update", detection="smoke", config={"cooldown_seconds": math.inf})
+    with pytest.raises(ControlError, match="config.cooldown_seconds = inf: Input should be a finite number"):
+        apply_request(DETECTIONS, unchecked, STREAMS)
+
+
+def test_a_saved_infinity_is_refused_at_load(tmp_path: Path) -> None:
+    """control.json as an older version saved an accepted 1e999: `Infinity`, which Python's JSON reads back."""
+    saved = {"version": 1, "detections": {"smoke": {"prompts": ["a smoke alarm"], "cooldown_seconds": math.inf}}}
+    (tmp_path / "control.json").write_text(json.dumps({**saved, "removed": []}))
+    assert "Infinity" in (tmp_path / "control.json").read_text()
+    with pytest.raises(ControlError) as caught:
+        ControlStore(tmp_path / "control.json").merge(DETECTIONS)
+    assert caught.value.problems[0] == "detections.smoke.cooldown_seconds = inf: Input should be a finite number"
+    assert "fix or remove" in caught.value.problems[-1]
+
+
+def test_the_number_of_detections_is_limited() -> None:
+    add = parsed(request(action="set", detection="glass", config={"prompts": ["g"]}))
+    with pytest.raises(ControlError) as caught:
+        apply_request(DETECTIONS, add, STREAMS, max_detections=2)
+    assert caught.value.problems == [
+        "detection = 'glass': 2 detections in force, the limit (mqtt.control.max_detections = 2); "
+        "remove one first, or raise the limit"
+    ]
+    assert sorted(apply_request(DETECTIONS, add, STREAMS, max_detections=3)) == ["dog", "glass", "smoke"]
+    # At the limit, what does not add is taken: replacing, updating, removing.
+    replace = parsed(request(action="set", detection="dog", config={"prompts": ["woof"]}))
+    assert apply_request(DETECTIONS, replace, STREAMS, max_detections=2)["dog"].prompts == ["woof"]
+    update = parsed(request(action="update", detection="dog", config={"threshold_on": 0.8}))
+    assert apply_request(DETECTIONS, update, STREAMS, max_detections=1)["dog"].threshold_on == 0.8
+    assert list(apply_request(DETECTIONS, parsed(request(action="remove", detection="dog")), STREAMS, 1)) == ["smoke"]

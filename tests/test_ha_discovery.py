@@ -390,3 +390,68 @@ def test_no_discovery_when_off(broker: MosquittoBroker, outputs, subscribers, tm
     time.sleep(0.3)
     assert [m.topic for m in live.received()] == ["clapd/status", "homeassistant/status"]
     assert not (tmp_path / ANNOUNCED_FILE).exists()
+
+
+# --- only what changed, while connected (issue 10, item 5) ---
+
+
+class Acknowledged:
+    """Stands in for paho's delivery of a message the broker acknowledged at once."""
+
+    def is_published(self) -> bool:
+        return True
+
+
+def test_a_change_sends_only_what_changed(tmp_path: Path) -> None:
+    announcements = Announcements(tmp_path / ANNOUNCED_FILE)
+    sent: list[tuple[str, bytes]] = []
+
+    def send(topic: str, payload: bytes) -> Acknowledged:
+        sent.append((topic, payload))
+        return Acknowledged()
+
+    def round_of(messages: dict[str, bytes], *, only_changes: bool = True) -> list[tuple[str, bytes]]:
+        sent.clear()
+        announcements.update(messages)
+        announcements.publish(send, only_changes=only_changes)
+        return list(sent)
+
+    a, b, c = (f"homeassistant/event/n/{x}/config" for x in "abc")
+    assert round_of({a: b"1"}, only_changes=False) == [(a, b"1")]
+    assert round_of({a: b"1", b: b"2"}) == [(b, b"2")]  # added
+    assert round_of({a: b"1", b: b"3"}) == [(b, b"3")]  # changed
+    assert round_of({a: b"1", b: b"3"}) == []  # nothing changed
+    assert round_of({b: b"3", c: b"4"}) == [(a, b""), (c, b"4")]  # removed and added
+    assert round_of({b: b"3", c: b"4"}) == []  # the removal waits for its acknowledgement, not sent again
+    assert round_of({b: b"3", c: b"4"}, only_changes=False) == [(a, b""), (b, b"3"), (c, b"4")]  # a connect: all
+    announcements.confirm()  # the removal is acknowledged: a is forgotten
+    assert round_of({b: b"3", c: b"4"}, only_changes=False) == [(b, b"3"), (c, b"4")]
+    assert round_of({a: b"1", b: b"3", c: b"4"}) == [(a, b"1")]  # announced again after its removal
+    assert announced_file(tmp_path) == {a, b, c}
+
+
+def test_announcing_more_detections_sends_only_theirs(brokers, outputs, subscribers) -> None:
+    """Detections added one at a time (as control requests add them): each announce sends its two new configs, not
+    every config again; Home Assistant coming online, and a reconnect, still get them all."""
+    broker: MosquittoBroker = brokers(persistence=False)  # a restart forgets the retained configs
+    live = subscribers(broker.port, "homeassistant/#")
+    output = outputs(broker.port)
+    output.start()
+    wait_until(lambda: output.stats().connected, TIMEOUT, "the connection")
+    detections: dict[str, DetectionConfig] = {}
+    for n in range(20):
+        detections[f"d{n}"] = DetectionConfig(prompts=["x"])
+        output.announce(["kitchen"], detections)
+    got = live.wait_for(lambda got: len(configs(got)) == 40, TIMEOUT, "forty configs")
+    time.sleep(0.3)  # anything more would come now
+    assert len(live.received()) == 40 and len(got) == 40
+    assert set(retained_configs(broker.port, subscribers)) == topics_of(detections)
+
+    paho.mqtt.publish.single("homeassistant/status", "online", hostname="127.0.0.1", port=broker.port)
+    live.wait_for(lambda got: len(got) == 40 + 1 + 40, TIMEOUT, "every config again for Home Assistant")
+    broker.stop()
+    wait_until(lambda: not output.stats().connected, TIMEOUT, "the output to notice")
+    broker.start()
+    # The subscriber reconnects by itself: live or retained, the configs it gets were sent after the restart.
+    again = live.wait_for(lambda got: len(configs(got[81:])) == 40, 15, "every config again after the reconnect")
+    assert set(configs(again[81:])) == topics_of(detections)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -24,6 +25,8 @@ import soundfile as sf
 import yaml
 from mqtt_broker import MosquittoBroker, Subscriber, free_port
 from paho.mqtt import publish
+from paho.mqtt.client import Client
+from paho.mqtt.enums import CallbackAPIVersion
 from prometheus_client.parser import text_string_to_metric_families
 
 RATE = 48_000
@@ -33,6 +36,9 @@ STOP_SLACK = 1.5  # the interpreter's own exit after the daemon has stopped (imp
 WATCHDOG_USEC = 1_000_000  # pings are due every half of this
 # Scored against its own prompt as the only background prompt, this detection scores exactly 0.5 in every window.
 ALWAYS = {"prompts": ["anything at all"], "threshold_on": 0.4, "threshold_off": 0.3, "smoothing_windows": 1}
+ADMIN = {"username": "admin", "password": "adm1n"}  # may publish control requests
+QUEUED_REQUESTS = 1500
+STOP_BUDGET = 10.0  # seconds from a signal to its effect while requests queue; systemd's TimeoutStopSec is 20
 
 
 class NotifySocket:
@@ -332,3 +338,255 @@ def _publish(port: int, topic: str, payload: dict) -> None:
 
 def _results(received: list) -> list[dict]:
     return [json.loads(r.payload) for r in received if r.topic == "clapd/control/result"]
+
+
+# --- hostile control traffic (issue 10, items 1, 4 and 5) ---
+
+USERS = {"clapd": "s3cret", "admin": "adm1n"}
+
+
+def _controlled(tmp_path: Path, broker: MosquittoBroker, **mqtt: object) -> dict:
+    """MQTT with control on, authenticated as `clapd`; `mqtt` adds or overrides fields."""
+    (tmp_path / "password").write_text(USERS["clapd"] + "\n")
+    return {
+        "host": "127.0.0.1",
+        "port": broker.port,
+        "username": "clapd",
+        "password_file": str(tmp_path / "password"),
+        "control": {"enabled": True},
+        **mqtt,
+    }
+
+
+def _start_logged(config_path: Path, log: Path, **env: str) -> subprocess.Popen[str]:
+    """As `_start`, with stdout and stderr to `log`: thousands of log lines never fill a pipe nobody reads."""
+    with log.open("w") as file:
+        return subprocess.Popen(
+            [sys.executable, "-m", "clapd", "run", "-c", str(config_path)],
+            env=dict(os.environ, **env),
+            stdout=file,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
+
+def _stopped_within(daemon: subprocess.Popen[str], seconds: float, log: Path) -> None:
+    """SIGTERM, then a bounded wait for the exit."""
+    daemon.send_signal(signal.SIGTERM)
+    try:
+        daemon.wait(seconds)
+    except subprocess.TimeoutExpired:
+        daemon.kill()
+        daemon.wait(10)
+        raise AssertionError(f"no exit {seconds} s after SIGTERM: {log.read_text()[-3000:]}") from None
+
+
+def _strict_json(path: Path) -> dict:
+    """JSON as any other reader takes it: Infinity and NaN are not JSON."""
+
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"{path} holds {constant}")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def test_control_refuses_infinity_and_nan_naming_the_key(
+    tmp_path: Path, small_bundle_dir: Path, noise_wav: Path, brokers, subscribers, running: list
+) -> None:
+    """1e999 (infinity to Python's JSON), NaN and -Infinity are refused naming the key and never saved (an older
+    version took 1e999, saved Infinity, and its inference loop died when the event ended, at every start)."""
+    broker: MosquittoBroker = brokers(users=USERS)
+    path = _write(
+        tmp_path / "clapd.yaml",
+        _config(tmp_path, small_bundle_dir, noise_wav, outputs={"mqtt": _controlled(tmp_path, broker)}),
+    )
+    watcher: Subscriber = subscribers(broker.port, "clapd/#", username="admin", password="adm1n")
+    daemon = _start(path)
+    running.append(daemon)
+    watcher.wait_for(lambda got: b"online" in [r.payload for r in got], START_TIMEOUT, "online")
+
+    raw = [  # as sent by hand: 1e999, NaN and -Infinity are what Python's JSON reads
+        b'{"request_id":"inf","action":"update","detection":"alarm","config":{"cooldown_seconds":1e999}}',
+        b'{"request_id":"nan","action":"update","detection":"alarm","config":{"threshold_on":NaN}}',
+        b'{"request_id":"-inf","action":"set","detection":"second","config":{"prompts":["x"],'
+        b'"min_duration_seconds":-Infinity}}',
+        b'{"request_id":"upd","action":"update","detection":"alarm","config":{"cooldown_seconds":1e3}}',
+    ]
+    for payload in raw:
+        publish.single("clapd/control/set", payload, qos=1, hostname="127.0.0.1", port=broker.port, auth=ADMIN)
+    got = _results(watcher.wait_for(lambda got: len(_results(got)) == len(raw), 60, "every result"))
+    assert {r["request_id"]: (r["ok"], r["errors"]) for r in got} == {
+        "inf": (False, ["config.cooldown_seconds = inf: Input should be a finite number"]),
+        "nan": (False, ["config.threshold_on = nan: Input should be a finite number"]),
+        "-inf": (False, ["config.min_duration_seconds = -inf: Input should be a finite number"]),
+        "upd": (True, []),
+    }, got
+
+    _, stderr = _stop(daemon)
+    assert daemon.returncode == 0, stderr[-3000:]
+    saved = _strict_json(tmp_path / "state" / "control.json")
+    assert saved["detections"]["alarm"]["cooldown_seconds"] == 1000 and list(saved["detections"]) == ["alarm"]
+
+
+def test_control_refuses_a_detection_beyond_the_limit(
+    tmp_path: Path, small_bundle_dir: Path, noise_wav: Path, brokers, subscribers, running: list
+) -> None:
+    """`max_detections`: a set adding one more is refused naming the limit; replacing and updating are taken."""
+    broker: MosquittoBroker = brokers(users=USERS)
+    mqtt = _controlled(tmp_path, broker, control={"enabled": True, "max_detections": 2})
+    path = _write(tmp_path / "clapd.yaml", _config(tmp_path, small_bundle_dir, noise_wav, outputs={"mqtt": mqtt}))
+    watcher: Subscriber = subscribers(broker.port, "clapd/#", username="admin", password="adm1n")
+    daemon = _start(path)
+    running.append(daemon)
+    watcher.wait_for(lambda got: b"online" in [r.payload for r in got], START_TIMEOUT, "online")
+
+    for request in [
+        {"request_id": "add", "action": "set", "detection": "second", "config": {"prompts": ["a dog barking"]}},
+        {"request_id": "over", "action": "set", "detection": "third", "config": {"prompts": ["a cat"]}},
+        {"request_id": "replace", "action": "set", "detection": "second", "config": {"prompts": ["a dog"]}},
+        {"request_id": "upd", "action": "update", "detection": "alarm", "config": {"cooldown_seconds": 5}},
+    ]:
+        _publish(broker.port, "clapd/control/set", request)
+    got = _results(watcher.wait_for(lambda got: len(_results(got)) == 4, 60, "four results"))
+    assert {r["request_id"]: (r["ok"], r["errors"]) for r in got} == {
+        "add": (True, []),
+        "over": (
+            False,
+            [
+                "detection = 'third': 2 detections in force, the limit (mqtt.control.max_detections = 2); "
+                "remove one first, or raise the limit"
+            ],
+        ),
+        "replace": (True, []),
+        "upd": (True, []),
+    }, got
+    _, stderr = _stop(daemon)
+    assert daemon.returncode == 0, stderr[-3000:]
+    assert sorted(_strict_json(tmp_path / "state" / "control.json")["detections"]) == ["alarm", "second"]
+
+
+def test_a_saved_infinity_stops_the_start_with_one_line(
+    tmp_path: Path, small_bundle_dir: Path, noise_wav: Path, brokers, subscribers
+) -> None:
+    """control.json holding Infinity (saved by an older version) is refused at start: exit 2 (a bad config, which a
+    restart cannot fix), one line naming the file and the key, nothing started."""
+    broker: MosquittoBroker = brokers(users=USERS)
+    path = _write(
+        tmp_path / "clapd.yaml",
+        _config(tmp_path, small_bundle_dir, noise_wav, outputs={"mqtt": _controlled(tmp_path, broker)}),
+    )
+    control = tmp_path / "state" / "control.json"
+    control.parent.mkdir()
+    detection = {**ALWAYS, "cooldown_seconds": float("inf")}
+    control.write_text(json.dumps({"version": 1, "detections": {"alarm": detection}, "removed": []}))
+    assert "Infinity" in control.read_text()
+    watcher: Subscriber = subscribers(broker.port, "clapd/#", username="admin", password="adm1n")
+    daemon = _start(path)
+    try:
+        stdout, stderr = daemon.communicate(timeout=START_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        daemon.kill()
+        daemon.communicate(timeout=10)
+        raise AssertionError("the daemon started on a control.json holding Infinity") from None
+    assert daemon.returncode == 2, stderr[-3000:]
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and str(control) in lines[0], stderr
+    assert "detections.alarm.cooldown_seconds = inf: Input should be a finite number" in lines[0]
+    assert stdout == "" and watcher.received() == []  # never connected: no "online", no state
+    assert not (tmp_path / "state" / "event-queue.sqlite3").exists()
+
+
+def test_sigterm_and_sighup_are_heard_while_control_requests_queue(
+    tmp_path: Path, small_bundle_dir: Path, noise_wav: Path, brokers, subscribers, running: list
+) -> None:
+    """1500 requests queued at once: SIGHUP reloads and SIGTERM stops within the stop budget, between two requests;
+    the requests still queued are dropped (not applied, not answered) and counted in the log."""
+    broker: MosquittoBroker = brokers(users=USERS)
+    notify = NotifySocket(tmp_path / "notify.sock")
+    path = _write(
+        tmp_path / "clapd.yaml",
+        _config(tmp_path, small_bundle_dir, noise_wav, outputs={"mqtt": _controlled(tmp_path, broker)}),
+    )
+    watcher: Subscriber = subscribers(broker.port, "clapd/#", username="admin", password="adm1n")
+    log = tmp_path / "clapd.log"
+    daemon = _start_logged(path, log, NOTIFY_SOCKET=str(notify.path))
+    running.append(daemon)
+    try:
+        notify.wait_for("READY", START_TIMEOUT)
+        requests = [
+            {"request_id": f"r{n}", "action": "set", "detection": f"d{n}", "config": {"prompts": [f"sound {n}"]}}
+            for n in range(QUEUED_REQUESTS)
+        ]
+        _publish_all(broker.port, requests)
+        watcher.wait_for(lambda got: _results(got), 60, "the first result")
+        daemon.send_signal(signal.SIGHUP)
+        notify.wait_for("RELOADING", STOP_BUDGET)
+        _stopped_within(daemon, STOP_BUDGET, log)
+    finally:
+        notify.close()
+    text = log.read_text()
+    assert daemon.returncode == 0, text[-3000:]
+    answered = len(_results(watcher.received()))
+    dropped = re.search(r"stopping: (\d+) queued control request\(s\) dropped", text)
+    assert dropped is not None or answered == QUEUED_REQUESTS, text[-3000:]
+    assert dropped is None or answered + int(dropped[1]) <= QUEUED_REQUESTS
+    assert watcher.received("clapd/status")[-1].payload == b"offline"
+    _strict_json(tmp_path / "state" / "control.json")  # whole: written atomically, whatever the stop interrupted
+
+
+def test_discovery_grows_with_each_detection_added_not_with_all_of_them(
+    tmp_path: Path, small_bundle_dir: Path, noise_wav: Path, brokers, subscribers, running: list
+) -> None:
+    """Each detection added over control announces its own two Home Assistant entities, not every entity again (an
+    older version republished all of them per request: 496 requests, 273,145 discovery messages)."""
+    broker: MosquittoBroker = brokers(users=USERS)
+    mqtt = _controlled(tmp_path, broker, home_assistant={"enabled": True, "node_id": "n"})
+    path = _write(tmp_path / "clapd.yaml", _config(tmp_path, small_bundle_dir, noise_wav, outputs={"mqtt": mqtt}))
+    watcher: Subscriber = subscribers(broker.port, "#", username="admin", password="adm1n")
+    daemon = _start(path)
+    running.append(daemon)
+    first = 3  # the alarm's event and binary sensor, the room's level sensor
+    watcher.wait_for(lambda got: len(_discovery(got)) == first, START_TIMEOUT, "the first discovery configs")
+
+    added = 50
+    _publish_all(
+        broker.port,
+        [
+            {"request_id": f"r{n}", "action": "set", "detection": f"d{n}", "config": {"prompts": ["a dog barking"]}}
+            for n in range(added)
+        ]
+        + [{"request_id": "rm", "action": "remove", "detection": "d0"}],
+    )
+    got = watcher.wait_for(lambda got: len(_results(got)) == added + 1, 120, "every result")
+    assert all(r["ok"] for r in _results(got)), _results(got)
+    watcher.wait_for(lambda got: len(_discovery(got)) >= first + 2 * added + 2, 30, "the new configs")
+    _, stderr = _stop(daemon)
+    assert daemon.returncode == 0, stderr[-3000:]
+    sent = _discovery(watcher.received())
+    # Two per request (three of slack: a reconnect would send them all again); all of them per request: 2806.
+    assert len(sent) <= first + 3 * (added + 1), f"{len(sent)} discovery messages for {added + 1} requests"
+    last = {r.topic: r.payload for r in sent}
+    assert sum(1 for payload in last.values() if payload) == first + 2 * (added - 1)  # d0 removed
+    assert sum(1 for payload in last.values() if not payload) == 2
+
+
+def _discovery(received: list) -> list:
+    return [r for r in received if r.topic.startswith("homeassistant/") and r.topic.endswith("/config")]
+
+
+def _publish_all(port: int, payloads: list[dict]) -> None:
+    """Every payload, QoS 1, in order, by one admin client as fast as the broker takes them (bounded wait)."""
+    client = Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id="test-admin")
+    client.username_pw_set("admin", "adm1n")
+    client.max_inflight_messages_set(100)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    try:
+        infos = [client.publish("clapd/control/set", json.dumps(p), qos=1) for p in payloads]
+        deadline = time.monotonic() + 60
+        for info in infos:
+            info.wait_for_publish(max(0.1, deadline - time.monotonic()))
+            assert info.is_published(), "the broker did not take every request within 60 s"
+    finally:
+        client.disconnect()
+        client.loop_stop()

@@ -15,7 +15,9 @@ discovery topic, payload, `device` and `origin`; /integrations/event.mqtt/, /int
 Names are `[A-Za-z0-9][A-Za-z0-9_-]*`, the very characters Home Assistant allows in an object id, so joining a stream
 and a detection could be ambiguous (`a_b` + `c` and `a` + `b_c`): a short hash of the pair keeps object ids apart.
 
-Discovery bypasses the spool: it is rebuilt from the current detections and re-sent on every connect; what must
+Discovery bypasses the spool: it is rebuilt from the current detections and re-sent in full on every connect and
+whenever Home Assistant says "online"; a change of detections while connected sends only the configs that changed
+(added, changed, removed), so a run of control requests costs a few messages each, not all of them each. What must
 outlive a restart, the entities to remove, is kept in `Announcements`' file.
 """
 
@@ -191,6 +193,7 @@ class Announcements:
         self._current: dict[str, bytes] = {}
         self._stale: set[str] = set()
         self._removals: dict[str, Delivery] = {}  # stale topic -> its removal, sent and not yet acknowledged
+        self._sent: dict[str, bytes] = {}  # config topic -> the payload last handed to paho, since the last full round
         self._saved = self._load()
 
     def update(self, messages: Mapping[str, bytes]) -> None:
@@ -200,14 +203,25 @@ class Announcements:
             self._current = dict(messages)
             self._save()
 
-    def publish(self, send: Callable[[str, bytes], Delivery]) -> None:
-        """Send (retained) the removals (empty payloads) first, then the configs; remember the removals' deliveries."""
+    def publish(self, send: Callable[[str, bytes], Delivery], *, only_changes: bool = False) -> None:
+        """Send (retained) the removals (empty payloads) first, then the configs; remember the removals' deliveries.
+
+        `only_changes`: skip a removal still waiting for its acknowledgement and a config sent with the same payload
+        since the last full round (a full round follows every connect, so what was sent before reached this broker
+        session or is sent again).
+        """
         with self._lock:
+            if not only_changes:
+                self._sent.clear()
             for topic in sorted(self._stale):
-                self._removals[topic] = send(topic, b"")
+                if not (only_changes and topic in self._removals):
+                    self._removals[topic] = send(topic, b"")
+                    self._sent.pop(topic, None)
             for topic, payload in sorted(self._current.items()):
-                send(topic, payload)
-                self._removals.pop(topic, None)  # announced again since: an older removal's ack means nothing now
+                if not (only_changes and self._sent.get(topic) == payload):
+                    send(topic, payload)
+                    self._sent[topic] = payload
+                    self._removals.pop(topic, None)  # announced again since: an older removal's ack means nothing now
 
     def confirm(self) -> None:
         """Forget the removals the broker has acknowledged; one that paho never sent is sent again next round."""
@@ -267,16 +281,20 @@ class Announcer:
         self._connection = connection
 
     def announce(self, streams: Iterable[str], detections: Mapping[str, DetectionConfig]) -> None:
-        """The entities of these streams and detections from now on (none while discovery is off)."""
+        """The entities of these streams and detections from now on (none while discovery is off); while connected,
+        what changed since the last announcement is sent now (the rest was sent already)."""
         messages = discovery_messages(self._settings, streams, detections) if self._enabled else {}
         self._announcements.update(messages)
         if self._connection.ready:
-            self.publish()
+            self.publish(only_changes=True)
 
-    def publish(self) -> None:
-        """Send the removals and the configs (retained, QoS 1) now; the connection must be started."""
+    def publish(self, *, only_changes: bool = False) -> None:
+        """Send the removals and the configs (retained, QoS 1) now, all of them unless `only_changes`; the
+        connection must be started."""
         connection = self._connection
-        self._announcements.publish(lambda topic, payload: connection.publish(topic, payload, qos=1, retain=True))
+        self._announcements.publish(
+            lambda topic, payload: connection.publish(topic, payload, qos=1, retain=True), only_changes=only_changes
+        )
 
     def confirm(self) -> None:
         """Forget the removals the broker has acknowledged (polled: called after every round of acknowledgements)."""
