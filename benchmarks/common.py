@@ -379,7 +379,7 @@ def detection_preparer(
     from clapd.daemon.inference import LazyTextModel  # onnxruntime: not in every worker that imports this module
 
     text = LazyTextModel(bundle, manifest, model)
-    return DetectionPreparer(text, cache_dir, manifest.text.sha256, manifest.logit_scale)
+    return DetectionPreparer(text, cache_dir, manifest.text.sha256, manifest.logit_scale, manifest.embedding_size)
 
 
 def recording_windows(

@@ -51,7 +51,9 @@ def assemble(config: ClapdConfig, *, utc_now: Callable[[], datetime] = lambda: d
     window, hop = window_samples_for(config.windows, manifest, bundle=bundle_dir)
     audio = AudioModel(bundle_dir, manifest, config.model)
     text = LazyTextModel(bundle_dir, manifest, config.model)
-    preparer = DetectionPreparer(text, config.state_dir / PROMPT_CACHE_DIR, manifest.text.sha256, manifest.logit_scale)
+    preparer = DetectionPreparer(
+        text, config.state_dir / PROMPT_CACHE_DIR, manifest.text.sha256, manifest.logit_scale, manifest.embedding_size
+    )
     detections = preparer.prepare(config.detections, list(config.background_prompts))
     audio.warm_up()
     logger.info("model ready: %s %s on %s", manifest.source, audio.precision, audio.providers[0])
@@ -82,7 +84,7 @@ def build_streams(config: ClapdConfig, manifest: Manifest, window: int, hop: int
     rate = manifest.sample_rate
     streams = []
     for name, source_config in config.streams.items():
-        ring = RingBuffer(RING_SECONDS * rate)
+        ring = RingBuffer(RING_SECONDS * rate, sanitize=True)  # where audio enters the stream: corrupt samples stop
         source = build_source(name, source_config, ring, rate)
         lossless = isinstance(source_config, FileSource) and not source_config.realtime
         windows = StreamWindows(name, ring, window, hop, manifest.window_samples, lossless=lossless)

@@ -3,11 +3,13 @@ microphone. `clapd run` and `clapd classify` without a config use these."""
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 from pathlib import Path
 
 from clapd.daemon.config import ClapdConfig
+from clapd.daemon.state_files import write_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -68,13 +70,17 @@ def _has_default_microphone() -> bool:
 
 
 def demo_recording(state_dir: Path) -> Path:
-    """The two-minute demo recording (planted sounds over room tone), generated once into `state_dir`."""
+    """The two-minute demo recording (planted sounds over room tone), generated once into `state_dir` (written
+    atomically, private to the daemon's user like every state file)."""
     path = state_dir / "demo-stream.wav"
     if not path.is_file():
+        import soundfile
+
         from clapd.models.demo_stream import make_demo_stream
 
-        state_dir.mkdir(parents=True, exist_ok=True)
         stream = make_demo_stream(seed=0)
-        stream.write_wav(path)
-        (state_dir / "demo-stream.json").write_text(stream.ground_truth_json())
+        wav = io.BytesIO()
+        soundfile.write(wav, stream.audio, stream.sample_rate, subtype="FLOAT", format="WAV")
+        write_atomically(state_dir / "demo-stream.json", stream.ground_truth_json().encode("utf-8"))
+        write_atomically(path, wav.getvalue())  # last: its presence means the pair is complete
     return path

@@ -58,6 +58,7 @@ class Detector:
         self._embedder = embedder
         self._detections = detections
         self._tracker = EventTracker(detections.configs, dict(clocks), hop)
+        self.unscored = 0  # windows whose embedding was not finite: neither scored nor tracked
 
     @property
     def detections(self) -> dict[str, DetectionConfig]:
@@ -69,13 +70,17 @@ class Detector:
         return self._tracker.pairs
 
     def process(self, windows: Sequence[Window]) -> Detections:
-        """Embed the windows in one model call, score each, and track events; windows of a stream in time order."""
+        """Embed the windows in one model call, score each, and track events; windows of a stream in time order.
+        A window whose embedding is not finite is left out (counted in `unscored`)."""
         if not windows:
             return Detections([], [])
         embeddings = self._embedder.embed(np.stack([w.samples for w in windows]))
         matcher = self._detections.matcher
         scores, events = [], []
-        for window, embedding in zip(windows, embeddings, strict=True):
+        for window, embedding, finite in zip(windows, embeddings, np.isfinite(embeddings).all(axis=1), strict=True):
+            if not finite:  # the model overflowed (fp16 on absurd audio): a NaN score would start every detection
+                self.unscored += 1
+                continue
             values = matcher.score(window.stream, embedding)
             window_scores = Scores(window.stream, window.start_sample, window.end_sample, values)
             scores.append(window_scores)

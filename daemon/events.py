@@ -26,7 +26,8 @@ class StreamClock:
     """Turns a stream's sample offsets into UTC from an anchor: (sample, UTC time it was captured).
 
     Anchored when the stream starts; re-anchored after an outage, because a microphone or pipe that was away
-    delivered no samples meanwhile and the counter alone would place later audio too early.
+    delivered no samples meanwhile and the counter alone would place later audio too early; and re-anchored when a
+    live source delivers faster than real time, which would place later audio in the future (`Stream.keep_clock`).
     """
 
     __slots__ = ("sample_rate", "_anchor_sample", "_anchor_utc")
@@ -38,9 +39,11 @@ class StreamClock:
     def reanchor(self, sample: int, utc: datetime) -> None:
         self._anchor_sample, self._anchor_utc = sample, utc
 
+    def datetime_at(self, sample: int) -> datetime:
+        return self._anchor_utc + timedelta(seconds=(sample - self._anchor_sample) / self.sample_rate)
+
     def utc(self, sample: int) -> str:
-        offset = (sample - self._anchor_sample) / self.sample_rate
-        return (self._anchor_utc + timedelta(seconds=offset)).isoformat(timespec="milliseconds")
+        return self.datetime_at(sample).isoformat(timespec="milliseconds")
 
 
 @dataclass(slots=True)
@@ -56,6 +59,7 @@ class _Active:
     onset: int
     scores: list[float] = field(default_factory=list)
     announced: bool = False
+    start_utc: str | None = None  # dated once, at the start: a clock re-anchored meanwhile must not move it
     last_heard: _Heard | None = None
 
 
@@ -115,6 +119,8 @@ class DetectionTracker:
         return max(active.onset + self._hop, (last.start_sample if last else active.onset) + self._hop // 2)
 
     def _event(self, kind: EventKind, active: _Active, end: int | None) -> DetectionEvent:
+        if active.start_utc is None:
+            active.start_utc = self._clock.utc(active.onset)
         return DetectionEvent(
             event_id=active.event_id,
             kind=kind,
@@ -122,7 +128,7 @@ class DetectionTracker:
             detection=self.detection,
             start_sample=active.onset,
             end_sample=end,
-            start_utc=self._clock.utc(active.onset),
+            start_utc=active.start_utc,
             end_utc=self._clock.utc(end) if end is not None else None,
             peak_score=max(active.scores),
             mean_score=sum(active.scores) / len(active.scores),

@@ -1,14 +1,44 @@
-"""Log set-up for `clapd run`: plain text for a terminal or journald, or one JSON object per line for collectors."""
+"""Log set-up for `clapd run`: plain text for a terminal or journald, or one JSON object per line for collectors;
+and `Throttle`, which keeps a problem that recurs at run time from flooding the log."""
 
 from __future__ import annotations
 
 import json
 import logging
+import math
+import time
+from collections.abc import Callable
 from datetime import datetime, timezone
+from typing import TYPE_CHECKING
 
-from clapd.daemon.config import LoggingConfig
+if TYPE_CHECKING:  # stdlib only at run time: the windows (numpy only) use the Throttle
+    from clapd.daemon.config import LoggingConfig
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+REPEAT_SECONDS = 30.0  # a recurring run-time problem is logged at most this often, with a count
+
+
+class Throttle:
+    """Lets a recurring message through at most once per `interval` seconds (`clock`: monotonic), counting what
+    happened meanwhile so the next message can say how often."""
+
+    __slots__ = ("interval", "_clock", "_next", "_pending")
+
+    def __init__(self, interval: float = REPEAT_SECONDS, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval = interval
+        self._clock = clock
+        self._next = -math.inf
+        self._pending = 0
+
+    def add(self, count: int = 1) -> int:
+        """Count `count` more occurrences; how many to report now (all since the last report), or 0 to stay quiet."""
+        self._pending += count
+        now = self._clock()
+        if now < self._next:
+            return 0
+        self._next = now + self.interval
+        reported, self._pending = self._pending, 0
+        return reported
 
 
 class JsonFormatter(logging.Formatter):

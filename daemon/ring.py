@@ -12,6 +12,12 @@ any of them overwritten while it copied?), so a torn copy is always detected, ne
 A writer that must not lose anything (a file read as fast as possible) waits for the reader instead: the reader
 says how far it no longer needs samples (`mark_consumed`) and such a writer calls `wait_for_space` before writing.
 A live capture never waits: the world does not pause for a slow reader.
+
+A stream's ring (`sanitize=True`) is where audio enters the stream, so it is where corrupt audio stops: samples that
+are NaN, infinite or beyond `SAMPLE_LIMIT` (full scale is 1.0) are replaced by 0 before they are committed, counted
+(`nonfinite_samples`), and remembered, so the windows holding them can be skipped (`replaced_within`). Checking a
+block costs a min and a max over it (no allocation); only a corrupt block takes the slow path. The same goes for the
+record of replaced stretches: appended by the writer, read by the reader without a lock (a reference swap prunes it).
 """
 
 from __future__ import annotations
@@ -19,6 +25,9 @@ from __future__ import annotations
 import threading
 
 import numpy as np
+
+SAMPLE_LIMIT = 1e3  # |sample| beyond this is corrupt audio, not sound: 60 dB above full scale (1.0)
+REPLACED_MERGE_SHARE = 1 / 256  # of the ring: replaced stretches closer than this are remembered as one
 
 
 class Overrun(Exception):
@@ -44,9 +53,23 @@ class NotYetWritten(Exception):
 class RingBuffer:
     """Preallocated float32 ring with an absolute sample counter."""
 
-    __slots__ = ("capacity", "_buffer", "_claimed", "total_written", "_consumed", "_space", "overruns", "lost_samples")
+    __slots__ = (
+        "capacity",
+        "_buffer",
+        "_claimed",
+        "total_written",
+        "_consumed",
+        "_space",
+        "overruns",
+        "lost_samples",
+        "_sanitize",
+        "nonfinite_samples",
+        "_replaced",
+        "_merge_gap",
+    )
 
-    def __init__(self, capacity_samples: int) -> None:
+    def __init__(self, capacity_samples: int, *, sanitize: bool = False) -> None:
+        """`sanitize`: replace corrupt samples by 0 as they are written (a stream's ring; not a ring of raw frames)."""
         if capacity_samples < 1:
             raise ValueError(f"capacity must be at least one sample, got {capacity_samples}")
         self.capacity = capacity_samples
@@ -57,6 +80,10 @@ class RingBuffer:
         self._space = threading.Condition(threading.Lock())
         self.overruns = 0  # reads that found part of their samples overwritten
         self.lost_samples = 0  # samples those reads lost
+        self._sanitize = sanitize
+        self.nonfinite_samples = 0  # samples replaced by 0: NaN, infinite or beyond SAMPLE_LIMIT
+        self._replaced: list[tuple[int, int]] = []  # [start, end) stretches holding replaced samples, oldest first
+        self._merge_gap = max(1, int(capacity_samples * REPLACED_MERGE_SHARE))
 
     @property
     def oldest_available(self) -> int:
@@ -64,7 +91,8 @@ class RingBuffer:
         return max(0, self._claimed - self.capacity)
 
     def write(self, block: np.ndarray) -> None:
-        """Append a 1-D block; called from a capture callback, so no allocation, no logging, no waiting."""
+        """Append a 1-D block; called from a capture callback, so no allocation, no logging, no waiting (a sanitizing
+        ring allocates on corrupt audio only, and is written by a capture thread)."""
         n = block.shape[0]
         if n == 0:
             return
@@ -80,7 +108,35 @@ class RingBuffer:
         self._buffer[i : i + first] = block[:first]
         if first < k:
             self._buffer[: k - first] = block[first:]
+        if self._sanitize and not -SAMPLE_LIMIT <= block.min() <= block.max() <= SAMPLE_LIMIT:  # False for a NaN
+            self._replace_corrupt(start, i, first, k)
         self.total_written = start + k
+
+    def _replace_corrupt(self, start: int, i: int, first: int, k: int) -> None:
+        """The slow path, for corrupt audio only: zero the bad samples of the block just copied to buffer index `i`
+        (`first` samples there, the rest of the `k` at 0), count them, and remember where they were."""
+        lo = hi = -1
+        for segment, at in ((self._buffer[i : i + first], start), (self._buffer[: k - first], start + first)):
+            bad = np.flatnonzero(~(np.abs(segment) <= SAMPLE_LIMIT))
+            if bad.size:
+                segment[bad] = 0.0
+                self.nonfinite_samples += int(bad.size)
+                lo = at + int(bad[0]) if lo < 0 else lo
+                hi = at + int(bad[-1]) + 1
+        if lo < 0:
+            return
+        replaced = self._replaced
+        if replaced and lo <= replaced[-1][1] + self._merge_gap:
+            replaced[-1] = (replaced[-1][0], hi)
+        else:  # a new list, not an edit: a reader may be going through the old one
+            oldest = self._claimed - self.capacity
+            self._replaced = [r for r in replaced if r[1] > oldest] + [(lo, hi)]
+
+    def replaced_within(self, start_sample: int, n: int) -> bool:
+        """Whether any of samples [start_sample, start_sample + n) was replaced by 0 as corrupt. Ask before reading
+        them: what the answer rests on is only forgotten once those samples are overwritten, which the read reports."""
+        end = start_sample + n
+        return any(lo < end and start_sample < hi for lo, hi in self._replaced)
 
     def read(self, start_sample: int, n: int, out: np.ndarray | None = None) -> np.ndarray:
         """Copy samples [start_sample, start_sample + n); into `out[:n]` when given."""

@@ -122,6 +122,7 @@ class Runner:
         for stream in self._streams:
             stream.source.stop()
             if close_events:
+                stream.keep_clock(self._utc_now)  # audio delivered since the last turn may have run ahead
                 for event in self._detector.close(stream.name, stream.ring.total_written):
                     self._put_event(event)
         self._put(None)
@@ -148,10 +149,10 @@ class Runner:
         while not self._stop.is_set():
             self._heartbeat()
             self._take_pending()
-            for stream in self._streams:
-                stream.reanchor_if_resumed(self._utc_now)
             self._measure_levels()
             due = [window for stream in self._streams for window in stream.due_windows()]
+            for stream in self._streams:
+                stream.keep_clock(self._utc_now)  # after taking the windows: the anchor is at or past all of them
             if due:
                 self._infer(due)
             elif all(stream.ended() for stream in self._streams):

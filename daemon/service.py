@@ -19,6 +19,7 @@ from clapd.daemon.manifest import BundleError
 from clapd.daemon.metrics import MetricsServer
 from clapd.daemon.notify import Notifier
 from clapd.daemon.sources import SourceError
+from clapd.daemon.state_files import private_folder
 
 logger = logging.getLogger(__name__)
 
@@ -136,7 +137,7 @@ class Service:
 
     @classmethod
     def start(cls, config: ClapdConfig, config_path: Path | None, notifier: Notifier) -> Service:
-        config.state_dir.mkdir(parents=True, exist_ok=True)
+        private_folder(config.state_dir)  # 0700 if made here: it holds event payloads and settings
         file_detections = dict(config.detections)
         store = _control_store(config)
         if store is not None:

@@ -1,5 +1,13 @@
 """How audio becomes model windows: repeat-padding to the model's input, and per-stream sliding windows over a ring
-buffer with bounded latency when inference falls behind. numpy only: the export's verification pads clips here too."""
+buffer. numpy only: the export's verification pads clips here too.
+
+A live stream's windows are all run as long as the ring still holds their audio: a source that delivers in bursts,
+or a model call that takes a while, only delays them. Only when the audio waiting for windows fills `BEHIND_SHARE`
+of the ring (the rest is room for the writer while a batch is scored) is inference truly behind; then the stream
+skips to its newest audio, counted and logged (at most every `REPEAT_SECONDS`). Each call hands out at most
+`max_batch` windows per stream, so a stream with a backlog cannot starve the others. Windows holding samples the
+ring replaced as corrupt (`RingBuffer.replaced_within`) are skipped and counted, never scored.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +17,14 @@ from typing import Protocol
 
 import numpy as np
 
+from clapd.daemon.logs import Throttle
 from clapd.daemon.records import Window
 from clapd.daemon.ring import Overrun
 
 logger = logging.getLogger(__name__)
+
+MAX_BATCH = 4  # windows handed out per stream per call
+BEHIND_SHARE = 0.75  # of the ring: audio waiting beyond this means inference is behind a live source
 
 
 def repeat_pad(clip: np.ndarray, window_samples: int) -> np.ndarray:
@@ -35,17 +47,21 @@ def repeat_pad(clip: np.ndarray, window_samples: int) -> np.ndarray:
 class SampleSource(Protocol):
     """What the windower needs of a ring buffer (`clapd.daemon.ring.RingBuffer`)."""
 
+    capacity: int
     total_written: int
 
     def read(self, start_sample: int, n: int) -> np.ndarray: ...
+
+    def replaced_within(self, start_sample: int, n: int) -> bool: ...
 
     def mark_consumed(self, sample: int) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
 class WindowCounts:
-    produced: int
-    skipped: int  # windows never run because inference was behind or the ring had moved on
+    produced: int  # windows handed out to be scored
+    skipped: int  # windows never scored: inference was behind, the ring had moved on, or their audio was corrupt
+    corrupt: int = 0  # of those skipped: windows holding samples the ring replaced (NaN, infinite, absurd)
 
 
 class StreamWindows:
@@ -60,19 +76,22 @@ class StreamWindows:
         model_window: int,
         *,
         lossless: bool = False,
-        max_backlog: int = 2,
+        max_batch: int = MAX_BATCH,
     ) -> None:
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be at least 1, got {max_batch}")
         self.stream = stream
         self._ring = ring
         self._window, self._hop, self._model_window = window, hop, model_window
-        # Live audio: when behind, keep only this many due windows, so latency stays within a few hops. A source
-        # that waits for the reader (a file read as fast as possible) is never skipped: it is handed out in
-        # batches of at most this many instead.
+        # A source that waits for the reader (a file read as fast as possible) is never skipped.
         self._lossless = lossless
-        self._max_backlog = max_backlog
+        self._max_batch = max_batch
+        self._behind_at = int(BEHIND_SHARE * ring.capacity)  # samples waiting from the next window's start
         self._next_start = 0
         self._produced = 0
         self._skipped = 0
+        self._corrupt = 0
+        self._behind_log = Throttle()
 
     @property
     def next_start(self) -> int:
@@ -82,14 +101,19 @@ class StreamWindows:
     def window(self) -> int:
         return self._window
 
+    @property
+    def lossless(self) -> bool:
+        """The source waits for the reader (a file read as fast as possible): its audio is not live."""
+        return self._lossless
+
     def due(self) -> list[Window]:
-        """Every window whose audio has all been written, the oldest first; skips ahead when far behind."""
+        """Up to `max_batch` windows whose audio has all been written, the oldest first; skips to the newest audio
+        when a live stream's waiting audio nears what the ring holds."""
         written = self._ring.total_written
-        waiting = (written - self._window - self._next_start) // self._hop + 1 if written >= self._window else 0
-        if waiting > self._max_backlog and not self._lossless:
-            self._skip(waiting - self._max_backlog)
+        if not self._lossless and written - self._next_start > self._behind_at:
+            self._skip_to_newest(written)
         windows = []
-        while self._next_start + self._window <= written and len(windows) < self._max_backlog:
+        while self._next_start + self._window <= written and len(windows) < self._max_batch:
             window = self._read(self._next_start)
             self._next_start += self._hop
             if window is not None:
@@ -98,18 +122,34 @@ class StreamWindows:
         return windows
 
     def counts(self) -> WindowCounts:
-        return WindowCounts(self._produced, self._skipped)
+        return WindowCounts(self._produced, self._skipped, self._corrupt)
 
-    def _skip(self, windows: int) -> None:
+    def _skip_to_newest(self, written: int) -> None:
+        """Leave only the newest `max_batch` full windows waiting."""
+        waiting = (written - self._window - self._next_start) // self._hop + 1
+        if waiting > self._max_batch:
+            self._next_start += (waiting - self._max_batch) * self._hop
+            self._behind(waiting - self._max_batch)
+
+    def _behind(self, windows: int) -> None:
         self._skipped += windows
-        self._next_start += windows * self._hop
-        logger.warning("%s: inference is behind; skipped %d windows (%d in all)", self.stream, windows, self._skipped)
+        if reported := self._behind_log.add(windows):
+            logger.warning(
+                "%s: inference is behind; skipped %d windows to keep up (%d in all)",
+                self.stream,
+                reported,
+                self._skipped,
+            )
 
     def _read(self, start: int) -> Window | None:
+        if self._ring.replaced_within(start, self._window):  # asked before reading: see RingBuffer.replaced_within
+            self._skipped += 1
+            self._corrupt += 1
+            return None
         try:
             samples = self._ring.read(start, self._window)
         except Overrun:  # overwritten before it was read: the ring counts the overrun
-            self._skipped += 1
+            self._behind(1)
             return None
         self._produced += 1
         return Window(self.stream, start, start + self._window, _model_input(samples, self._model_window))

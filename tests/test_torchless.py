@@ -14,7 +14,14 @@ from pathlib import Path
 
 TESTS = Path(__file__).parent
 # Fast modules that need no reference model: the daemon's stages, its config and CLI, its logs, its imports.
-DAEMON_ONLY = ("test_ring.py", "test_events.py", "test_config.py", "test_logs.py", "test_daemon_imports.py")
+DAEMON_ONLY = (
+    "test_ring.py",
+    "test_windows.py",
+    "test_events.py",
+    "test_config.py",
+    "test_logs.py",
+    "test_daemon_imports.py",
+)
 REFUSED = ("torch", "transformers")
 REFUSE_IMPORTS = f"""
 import sys
