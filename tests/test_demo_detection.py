@@ -11,8 +11,8 @@ import yaml
 from helpers import run_clapd
 
 import clapd
-from clapd.daemon.manifest import Manifest
 from clapd.daemon.demo import DEMO_DETECTIONS, DEMO_EVENT_SETTINGS, DEMO_WINDOWS
+from clapd.daemon.manifest import Manifest
 from clapd.models.demo_stream import PlannedEvent, make_demo_stream
 
 DEMO_BUNDLE = Path(clapd.__file__).parent / "demo_bundle"
