@@ -103,10 +103,16 @@ def _add_check_config(commands: argparse._SubParsersAction) -> None:
 
 
 def _run_check_config(args: argparse.Namespace) -> int:
+    """The schema, then what can be checked without starting anything: pipe commands that cannot run. (Not the
+    password file: under systemd it exists only inside the service, at /run/credentials/.)"""
     from clapd.daemon.config import ConfigError, load_config
+    from clapd.daemon.sources import command_problems
 
     try:
         config = load_config(args.config)
+        problems = command_problems(config.streams)
+        if problems:
+            raise ConfigError(str(args.config), problems)
     except ConfigError as e:
         print(f"{e.source}: {len(e.problems)} problem(s)", file=sys.stderr)
         for problem in e.problems:

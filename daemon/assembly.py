@@ -80,12 +80,15 @@ def resolve_bundle(config: ClapdConfig) -> Path:
 
 
 def build_streams(config: ClapdConfig, manifest: Manifest, window: int, hop: int, started: datetime) -> list[Stream]:
-    """Each configured stream's source, ring, windows and clock; no source started yet."""
+    """Each configured stream's source, ring, windows and clock; no source started yet. Pipe commands do not see
+    the MQTT password's environment variable."""
     rate = manifest.sample_rate
+    mqtt = config.outputs.mqtt
+    secrets = [mqtt.password_env] if mqtt is not None and mqtt.password_env is not None else []
     streams = []
     for name, source_config in config.streams.items():
         ring = RingBuffer(RING_SECONDS * rate, sanitize=True)  # where audio enters the stream: corrupt samples stop
-        source = build_source(name, source_config, ring, rate)
+        source = build_source(name, source_config, ring, rate, hidden_env=secrets)
         lossless = isinstance(source_config, FileSource) and not source_config.realtime
         windows = StreamWindows(name, ring, window, hop, manifest.window_samples, lossless=lossless)
         streams.append(Stream(name, ring, source, windows, StreamClock(started, rate)))

@@ -27,6 +27,7 @@ class OutputStats:
     connects: int = 0
     disconnects: int = 0  # sessions lost or closed
     auth_failures: int = 0  # connections refused for bad credentials or authorization
+    spool_set_aside: int = 0  # unusable spool files moved aside at start (their messages are not sent)
 
 
 class Output(ABC):

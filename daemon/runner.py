@@ -7,6 +7,10 @@
 The inference thread never touches the network; what crosses to the outputs' thread are typed records
 (`clapd.daemon.records.OutputRecord`) on a bounded queue. Detections are swapped in by the inference thread
 between two model calls, whichever thread asked for the swap.
+
+A source that is lost (a dead or stalled pipe command, a microphone gone: `SourceStatus.outages` grows) delivers no
+windows, so nothing would end its stream's events: once the windows of the audio it delivered before the outage
+have been taken, the inference thread ends that stream's events in progress where its audio stopped, as at stop.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from datetime import datetime, timezone
 from clapd.daemon.config import DetectionConfig
 from clapd.daemon.detector import DetectionSet, Detector
 from clapd.daemon.output import Output, deliver
-from clapd.daemon.records import DetectionEvent, LevelReading, OutputRecord, Scores, StateChange
+from clapd.daemon.records import DetectionEvent, LevelReading, OutputRecord, Scores, StateChange, Window
 from clapd.daemon.streams import Stream, StreamStats
 
 logger = logging.getLogger(__name__)
@@ -71,6 +75,7 @@ class Runner:
         self._delivery = threading.Thread(target=self._deliver_records, name="outputs", daemon=True)
         self._heartbeat: Callable[[], None] = lambda: None
         self._next_level = self._next_published_level = 0.0
+        self._outages_ended = {stream.name: 0 for stream in streams}  # outages whose open events have been ended
         self.crashed = False  # the inference loop died of an exception
         self.windows_processed = 0
         self.events_by_kind: Counter[tuple[str, str, str]] = Counter()  # (stream, detection, kind) -> events
@@ -150,7 +155,7 @@ class Runner:
             self._heartbeat()
             self._take_pending()
             self._measure_levels()
-            due = [window for stream in self._streams for window in stream.due_windows()]
+            due = self._due_windows()
             for stream in self._streams:
                 stream.keep_clock(self._utc_now)  # after taking the windows: the anchor is at or past all of them
             if due:
@@ -159,6 +164,21 @@ class Runner:
                 return
             else:
                 self._stop.wait(IDLE_WAIT_SECONDS)
+
+    def _due_windows(self) -> list[Window]:
+        """Every stream's due windows; a stream whose source had an outage, with no window left from before it,
+        has its events in progress ended where its audio stopped."""
+        due = []
+        for stream in self._streams:
+            outages = stream.source.status().outages  # read first: a source counts an outage after its last audio
+            windows = stream.due_windows()
+            if not windows and outages > self._outages_ended[stream.name]:
+                self._outages_ended[stream.name] = outages
+                for event in self._detector.close(stream.name, stream.ring.total_written):
+                    logger.info("%s: %s ended by the outage of its source", stream.name, event.detection)
+                    self._put_event(event)
+            due.extend(windows)
+        return due
 
     def _infer(self, windows: list) -> None:
         started = time.perf_counter()

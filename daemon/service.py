@@ -17,6 +17,8 @@ from clapd.daemon.demo import default_config, default_state_dir
 from clapd.daemon.logs import configure_logging
 from clapd.daemon.manifest import BundleError
 from clapd.daemon.metrics import MetricsServer
+from clapd.daemon.mqtt.connection import MqttSetupError
+from clapd.daemon.mqtt.spool import SpoolError
 from clapd.daemon.notify import Notifier
 from clapd.daemon.sources import SourceError
 from clapd.daemon.state_files import private_folder
@@ -61,7 +63,7 @@ def run_config(config: ClapdConfig, config_path: Path | None = None) -> int:
         print(f"clapd run: {e}; nothing started", file=sys.stderr)
         notifier.stopping(f"start-up failed: {e}")
         return EXIT_CONFIG
-    except (BundleError, SourceError, OSError, ValueError) as e:
+    except (BundleError, SourceError, MqttSetupError, SpoolError, OSError, ValueError) as e:
         print(f"clapd run: {e}", file=sys.stderr)
         notifier.stopping(f"start-up failed: {e}")
         return EXIT_STARTUP

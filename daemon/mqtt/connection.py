@@ -3,6 +3,9 @@
 
 paho's network thread runs every callback here; those of the other parts (a message on a subscribed topic, an
 acknowledgement, a new session) are called from it too, so each must be quick and must not raise.
+
+Credentials and TLS files that cannot be used raise `MqttSetupError` at `start`, naming the config key and the
+reason, never the password: `clapd run` prints that one line and exits.
 """
 
 from __future__ import annotations
@@ -33,6 +36,10 @@ MessageHandler = Callable[[MQTTMessage], None]
 AckHandler = Callable[[int, ReasonCode], None]  # (paho's message id, the broker's reason)
 
 
+class MqttSetupError(RuntimeError):
+    """The credentials or TLS files cannot be used; the message names the config key, never the password."""
+
+
 class ConnectionState(enum.Enum):
     CREATED = "created"
     RUNNING = "running"  # connected or (re)connecting in the background
@@ -50,7 +57,7 @@ class ConnectionStats:
 
 class MqttConnection:
     """Connects once started and stays connected (reconnecting with back-off) until closed; never raises for a
-    broker that is away. Bad credentials or TLS files raise at `start`."""
+    broker that is away. Credentials or TLS files that cannot be used raise `MqttSetupError` at `start`."""
 
     def __init__(
         self,
@@ -175,7 +182,7 @@ class MqttConnection:
         if self._config.username is not None:
             client.username_pw_set(self._config.username, password)
         elif password is not None:
-            raise RuntimeError("mqtt.password_file / mqtt.password_env is set but mqtt.username is not")
+            raise MqttSetupError("mqtt.password_file / mqtt.password_env is set but mqtt.username is not")
         if self._config.tls is not None:
             _configure_tls(client, self._config.tls)
         client.on_connect = self._on_connect
@@ -271,16 +278,18 @@ def _read_password(config: MqttConfig) -> str | None:
         try:
             return config.password_file.read_text(encoding="utf-8").rstrip("\r\n")
         except OSError as e:
-            raise RuntimeError(
+            raise MqttSetupError(
                 f"cannot read the MQTT password file {config.password_file} (mqtt.password_file): {e.strerror}"
             ) from e
         except UnicodeDecodeError:
             # No cause attached: the decode error would quote bytes of the password.
-            raise RuntimeError(f"the MQTT password file {config.password_file} is not UTF-8 text") from None
+            raise MqttSetupError(
+                f"the MQTT password file {config.password_file} (mqtt.password_file) is not UTF-8 text"
+            ) from None
     if config.password_env is not None:
         password = os.environ.get(config.password_env)
         if password is None:
-            raise RuntimeError(f"the environment variable {config.password_env} (mqtt.password_env) is not set")
+            raise MqttSetupError(f"the environment variable {config.password_env} (mqtt.password_env) is not set")
         return password
     return None
 
@@ -291,7 +300,7 @@ def _configure_tls(client: Client, tls: TlsConfig) -> None:
         client.tls_set(**{name: None if path is None else str(path) for name, path in files.items()})
     except (OSError, ssl.SSLError, ValueError) as e:
         named = ", ".join(f"{name}={path}" for name, path in files.items() if path is not None) or "system CAs"
-        raise RuntimeError(f"cannot set up MQTT TLS (mqtt.tls: {named}): {e}") from e
+        raise MqttSetupError(f"cannot set up MQTT TLS (mqtt.tls: {named}): {e}") from e
     if tls.insecure:
         client.tls_insecure_set(True)
         logger.warning("MQTT TLS: the broker's hostname is not verified (mqtt.tls.insecure); for testing only")

@@ -111,6 +111,7 @@ class MqttOutput(Output):
             connects=connection.connects,
             disconnects=connection.disconnects,
             auth_failures=connection.auth_failures,
+            spool_set_aside=self._spool.set_aside,
         )
 
     def _spool_message(self, message: OutgoingMessage) -> None:

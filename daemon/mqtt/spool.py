@@ -10,6 +10,12 @@ is kept and reused (PERSIST), and the spool sets aside a reserve file. When drop
 space, it gives the reserve to the journal and stops the database file from growing, so that new messages reuse the
 pages of dropped ones; once the file system has room again, it takes the reserve back and lifts the cap. (In WAL mode
 a full disk is a dead end: the log is reused only after a checkpoint, and a checkpoint needs the database to grow.)
+
+The spool holds event payloads: its file and journal (which takes the database's mode) are created 0600, and an
+existing one is made so. A file SQLite finds is not a database, is corrupt, or holds another table layout is moved
+aside (`{name}.corrupt-{UTC time}`, its journal with it), logged as an error naming both paths and counted
+(`Spool.set_aside`), and an empty spool is started; any other failure to open (no permission, a locked database)
+raises `SpoolError`, so a valid spool is never lost.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import os
 import shutil
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,12 +43,25 @@ CREATE TABLE IF NOT EXISTS messages (
     retain INTEGER NOT NULL
 )
 """
+_COLUMNS = ("id", "topic", "payload", "qos", "retain")
 SPOOL_FILE = "event-queue.sqlite3"  # in the state directory; named before "spool" was, kept for existing installs
 RESERVE_BYTES = 256 * 1024  # disk space set aside for dropping old messages when the disk is full
 _REARM_FREE_FACTOR = 4  # the reserve is taken again once this many times its size is free
 _FULL_DROP_BATCH = 16  # messages freed at a time when the disk is full (one row rarely frees a whole page)
 _FULL_MAX_BATCHES = 4  # so at most 64 old messages give way to one new one; a larger one is dropped itself
 _SQLITE_FULL_MESSAGE = "database or disk is full"  # SQLITE_FULL: the file system, or PRAGMA max_page_count
+_SQLITE_CORRUPT_CODES = (11, 26)  # SQLITE_CORRUPT, SQLITE_NOTADB (primary result codes)
+_SQLITE_CORRUPT_MESSAGES = ("file is not a database", "database disk image is malformed")  # before Python 3.11
+_SIDE_FILES = ("-journal", "-wal", "-shm")  # SQLite's files next to the database (WAL: earlier versions)
+PRIVATE_MODE = 0o600
+
+
+class SpoolError(RuntimeError):
+    """The spool cannot be opened: its folder or file cannot be used (a corrupt file is moved aside instead)."""
+
+
+class _Unusable(Exception):
+    """The spool file is not a database, is corrupt, or holds another table layout."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,16 +96,17 @@ class Spool:
         self._page_limit: int | None = None  # PRAGMA max_page_count before a full file system capped it
         self._lock = threading.Lock()
         self._dropped = 0
+        self.set_aside = 0  # unusable spool files moved aside when opening (0 or 1)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=PERSIST")  # also turns a WAL database from earlier versions
-            # FULL: a committed event survives a power cut too (events are rare, the fsync is cheap enough).
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute(_SCHEMA)
-            (self._count,) = self._db.execute("SELECT COUNT(*) FROM messages").fetchone()
-        except (OSError, sqlite3.Error) as e:
-            raise RuntimeError(f"cannot open the MQTT spool {path}: {e}") from e
+            self._db, self._count = self._open()
+        except _Unusable as e:
+            aside = self._move_aside()
+            logger.error("the MQTT spool %s is unusable (%s): moved it to %s; starting an empty spool", path, e, aside)
+            self.set_aside += 1
+            try:
+                self._db, self._count = self._open()
+            except _Unusable as again:
+                raise SpoolError(f"cannot start a new MQTT spool {path}: {again}") from again
         self._reserve.hold()
         if self._count > max_messages:
             with self._lock:
@@ -144,6 +165,48 @@ class Spool:
         """Close the database; the reserve file stays for the next open."""
         with self._lock:
             self._db.close()
+
+    def _open(self) -> tuple[sqlite3.Connection, int]:
+        """Open (or create) the database, private; raise `_Unusable` for a file that is not a spool."""
+        try:
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            _create_private(self.path)
+            db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        except (OSError, sqlite3.Error) as e:
+            raise SpoolError(f"cannot open the MQTT spool {self.path}: {e}") from e
+        try:
+            db.execute("PRAGMA journal_mode=PERSIST")  # also turns a WAL database from earlier versions
+            # FULL: a committed event survives a power cut too (events are rare, the fsync is cheap enough).
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute(_SCHEMA)
+            _check_spool(db)
+            (count,) = db.execute("SELECT COUNT(*) FROM messages").fetchone()
+        except (sqlite3.Error, _Unusable) as e:
+            db.close()
+            if isinstance(e, _Unusable):
+                raise
+            if _is_corrupt(e):
+                raise _Unusable(str(e)) from e
+            raise SpoolError(f"cannot open the MQTT spool {self.path}: {e}") from e
+        _make_private(self.path.with_name(self.path.name + "-journal"))  # kept (PERSIST) from an earlier run
+        return db, count
+
+    def _move_aside(self) -> Path:
+        """Rename the spool file (and SQLite's files next to it) to `{name}.corrupt-{UTC time}`; return the new path."""
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        n = 1
+        while aside.exists():
+            aside, n = self.path.with_name(f"{self.path.name}.corrupt-{stamp}-{n}"), n + 1
+        try:
+            self.path.rename(aside)
+            for suffix in _SIDE_FILES:
+                side = self.path.with_name(self.path.name + suffix)
+                if side.exists():
+                    side.rename(aside.with_name(aside.name + suffix))
+        except OSError as e:
+            raise SpoolError(f"the MQTT spool {self.path} is unusable and cannot be moved aside: {e}") from e
+        return aside
 
     def _insert(self, message: OutgoingMessage) -> int:
         cursor = self._db.execute(
@@ -240,7 +303,7 @@ class _Reserve:
         if self.size == 0:
             return False
         try:
-            with self.path.open("ab") as file:
+            with os.fdopen(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, PRIVATE_MODE), "ab") as file:
                 _allocate(file, self.size)
         except OSError as e:
             with contextlib.suppress(OSError):
@@ -268,6 +331,41 @@ class _Reserve:
             return self.size > 0 and shutil.disk_usage(self.path.parent).free >= _REARM_FREE_FACTOR * self.size
         except OSError:
             return False
+
+
+def _check_spool(db: sqlite3.Connection) -> None:
+    """Raise `_Unusable` unless the messages table has the spool's columns and SQLite finds the file sound."""
+    columns = tuple(row[1] for row in db.execute("PRAGMA table_info(messages)"))
+    if columns != _COLUMNS:
+        raise _Unusable(f"its messages table has the columns {columns}, not {_COLUMNS}")
+    problems = [row[0] for row in db.execute("PRAGMA quick_check")]
+    if problems != ["ok"]:
+        raise _Unusable(f"SQLite's quick_check: {'; '.join(problems[:3])}")
+
+
+def _is_corrupt(error: sqlite3.Error) -> bool:
+    code = getattr(error, "sqlite_errorcode", None)  # Python 3.11 on
+    if code is not None:
+        return code & 0xFF in _SQLITE_CORRUPT_CODES
+    return any(message in str(error) for message in _SQLITE_CORRUPT_MESSAGES)
+
+
+def _create_private(path: Path) -> None:
+    """Create the file 0600 if it is missing (SQLite would create it 0644), or make an existing one 0600."""
+    fd = os.open(path, os.O_RDONLY | os.O_CREAT, PRIVATE_MODE)
+    try:
+        if os.fstat(fd).st_mode & 0o077:
+            with contextlib.suppress(OSError):  # not ours to change: it is used as it is
+                os.fchmod(fd, PRIVATE_MODE)
+    finally:
+        os.close(fd)
+
+
+def _make_private(path: Path) -> None:
+    """Make an existing file 0600; nothing when it is missing or not ours."""
+    with contextlib.suppress(OSError):
+        if path.stat().st_mode & 0o077:
+            path.chmod(PRIVATE_MODE)
 
 
 def _is_full(error: sqlite3.Error) -> bool:

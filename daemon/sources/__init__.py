@@ -2,9 +2,13 @@
 
 The rate is the model bundle's (`Manifest.sample_rate`), given to `build_source`; each source resamples to it.
 
-A source owns its own thread(s) and recovers on its own: a lost microphone is reopened, a dead pipe command is
-restarted, both with exponential back-off, counted in `status()`. Start-up problems (no such device, file or
-command) raise `SourceError` from `start()`, so the daemon fails fast with the message.
+A source owns its own thread(s) and recovers on its own: a lost or stalled microphone is reopened, a dead or
+stalled pipe command is restarted, both with exponential back-off, counted in `status()` (each loss is one outage,
+and the state leaves "running" until audio flows again). Start-up problems (no such device, file or command) raise
+`SourceError` from `start()`, so the daemon fails fast with the message; `command_problems` finds the pipe commands
+that cannot run without starting anything (`clapd check-config`).
+
+A pipe's command runs in `child_environment`: the daemon's environment less its secrets.
 
 The concrete sources are imported lazily by `build_source`, so a daemon without a microphone never loads
 PortAudio.
@@ -12,7 +16,10 @@ PortAudio.
 
 from __future__ import annotations
 
+import os
+import shutil
 import threading
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Protocol
 
@@ -22,6 +29,9 @@ if TYPE_CHECKING:
     from clapd.daemon.ring import RingBuffer
 
 SourceState = Literal["stopped", "running", "restarting", "finished", "failed"]
+
+OWN_ENV_PREFIX = "CLAPD_"  # clapd's own variables (its secrets among them) are not handed to commands
+SYSTEMD_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")  # systemd's messages are the daemon's to send
 
 
 class SourceError(RuntimeError):
@@ -110,10 +120,42 @@ class StatusTracker:
             )
 
 
-def build_source(name: str, config: MicSource | FileSource | PipeSource, ring: RingBuffer, sample_rate: int) -> Source:
+def find_command(program: str) -> str | None:
+    """The executable a command's first word names (looked up on PATH unless it holds a `/`); None if there is none."""
+    return shutil.which(program)
+
+
+def command_problems(streams: Mapping[str, MicSource | FileSource | PipeSource]) -> list[str]:
+    """The pipe commands that cannot be run (not found on PATH, or not executable), one line each, key path first."""
+    return [
+        f"streams.{name}.command: {config.command[0]!r} not found on PATH, or not executable"
+        for name, config in streams.items()
+        if isinstance(config, PipeSource) and find_command(config.command[0]) is None
+    ]
+
+
+def child_environment(hidden: Collection[str] = ()) -> dict[str, str]:
+    """The environment a source's command runs in: the daemon's, less the variables named in `hidden` (the one
+    `mqtt.password_env` names), every `CLAPD_*` variable, and systemd's notification variables."""
+    return {
+        key: value
+        for key, value in os.environ.items()
+        if key not in hidden and not key.startswith(OWN_ENV_PREFIX) and key not in SYSTEMD_ENV
+    }
+
+
+def build_source(
+    name: str,
+    config: MicSource | FileSource | PipeSource,
+    ring: RingBuffer,
+    sample_rate: int,
+    *,
+    hidden_env: Collection[str] = (),
+) -> Source:
     """The source for one configured stream, not yet started.
 
-    It writes mono float32 to `ring` at `sample_rate` (Hz): the model's rate, `Manifest.sample_rate`.
+    It writes mono float32 to `ring` at `sample_rate` (Hz): the model's rate, `Manifest.sample_rate`. A pipe's
+    command runs without the environment variables named in `hidden_env` (see `child_environment`).
     """
     if isinstance(config, MicSource):
         from clapd.daemon.sources.mic import MicInput
@@ -126,5 +168,5 @@ def build_source(name: str, config: MicSource | FileSource | PipeSource, ring: R
     if isinstance(config, PipeSource):
         from clapd.daemon.sources.pipe import PipeInput
 
-        return PipeInput(name, config, ring, sample_rate)
+        return PipeInput(name, config, ring, sample_rate, hidden_env=hidden_env)
     raise TypeError(f"no source for {type(config).__name__}")

@@ -1,10 +1,16 @@
 """A command writing raw PCM to its stdout, e.g. `ffmpeg -i rtsp://cam/stream -f s16le -ac 1 -ar 48000 -`.
 
-One thread reads stdout and restarts the command when it dies: exponential back-off from 1 s, doubling up to
-`restart_max_seconds`, reset once a run has lasted `healthy_after` seconds. Another thread per run logs the
+One thread reads stdout and restarts the command when it dies or stalls: exponential back-off from 1 s, doubling
+up to `restart_max_seconds`, reset once a run has lasted `healthy_after` seconds. Another thread per run logs the
 command's stderr at WARNING, prefixed by the stream name and rate-limited, so a crash loop cannot flood the log.
 The command runs in its own process group, so `stop()` ends a shell and its children alike: SIGTERM, then
-SIGKILL after a bounded wait.
+SIGKILL after a bounded wait. Its environment is the daemon's less the daemon's secrets (`child_environment`).
+
+A command that stops writing without exiting, or trickles (a camera gone, a network that hangs), is stalled: each
+second of audio it delivers earns it `1 / MIN_SPEED` seconds of wall time, at most `STALL_SECONDS` banked (a new
+run gets `FIRST_AUDIO_SECONDS` for its first audio), and a command whose time runs out is killed and restarted
+like a dead one: an outage, logged and counted. So a command that keeps up with real time on average, in bursts
+up to `STALL_SECONDS` apart, runs on, and one that falls below `MIN_SPEED` of real time for good is restarted.
 """
 
 from __future__ import annotations
@@ -12,11 +18,12 @@ from __future__ import annotations
 import io
 import logging
 import os
-import shutil
+import select
 import signal
 import subprocess
 import threading
 import time
+from collections.abc import Collection
 from typing import IO
 
 import numpy as np
@@ -24,7 +31,14 @@ import numpy as np
 from clapd.daemon.config import PipeSource
 from clapd.daemon.resample import Conditioner
 from clapd.daemon.ring import RingBuffer
-from clapd.daemon.sources import Backoff, SourceError, SourceStatus, StatusTracker
+from clapd.daemon.sources import (
+    Backoff,
+    SourceError,
+    SourceStatus,
+    StatusTracker,
+    child_environment,
+    find_command,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +52,10 @@ EXIT_GRACE_SECONDS = 1.0  # how long a command that closed its stdout may take t
 STDERR_BURST = 10  # stderr lines logged per window; the rest are counted
 STDERR_WINDOW_SECONDS = 10.0
 JOIN_SECONDS = 5.0
+STALL_SECONDS = 5.0  # silence allowed after steady audio: longer than the gaps of a command that sends in bursts
+MIN_SPEED = 0.5  # audio seconds per wall-clock second: a command below this for good is stalled
+FIRST_AUDIO_SECONDS = 10.0  # a new run's time for its first audio (ffmpeg connecting to a camera takes a while)
+WAKE_SECONDS = 0.25  # the reader looks at the stall watchdog at least this often
 
 
 class LineLimiter:
@@ -65,9 +83,47 @@ class LineLimiter:
         return False, closed
 
 
+class StallWatch:
+    """Whether a command keeps up: audio earns wall time (`1 / min_speed` s per second of audio, at most
+    `stall_seconds` banked), wall time spends it, and a command that has spent it all has stalled.
+    Times are `time.monotonic()` seconds."""
+
+    def __init__(
+        self,
+        now: float,
+        *,
+        first_audio_seconds: float = FIRST_AUDIO_SECONDS,
+        stall_seconds: float = STALL_SECONDS,
+        min_speed: float = MIN_SPEED,
+    ) -> None:
+        self._stall_seconds = stall_seconds
+        self._min_speed = min_speed
+        self._deadline = now + first_audio_seconds  # stalled once the clock passes this with no more audio
+        self._since = now  # when the bank was last full (or the run began)
+        self._audio = 0.0  # seconds of audio heard since then
+
+    def heard(self, audio_seconds: float, now: float) -> None:
+        earned = max(self._deadline, now) + audio_seconds / self._min_speed
+        full = now + self._stall_seconds
+        if earned >= full:
+            self._deadline, self._since, self._audio = full, now, 0.0
+        else:
+            self._deadline = earned
+            self._audio += audio_seconds
+
+    def stalled(self, now: float) -> str | None:
+        """Why the command counts as stalled at `now`; None while it keeps up."""
+        if now <= self._deadline:
+            return None
+        return (
+            f"stalled: {self._audio:.2f} s of audio in the last {now - self._since:.1f} s "
+            f"(under {self._min_speed:.0%} of real time)"
+        )
+
+
 class PipeInput:
     """Runs a PCM-producing command, restarting it with back-off, and feeds its audio to a ring at `sample_rate`
-    (Hz, the model's)."""
+    (Hz, the model's). The command runs without the environment variables named in `hidden_env`."""
 
     def __init__(
         self,
@@ -79,6 +135,7 @@ class PipeInput:
         backoff_initial: float = 1.0,
         healthy_after: float = HEALTHY_AFTER_SECONDS,
         terminate_seconds: float = TERMINATE_SECONDS,
+        hidden_env: Collection[str] = (),
     ) -> None:
         self.name = name
         self.ring = ring
@@ -87,6 +144,7 @@ class PipeInput:
         self._backoff = Backoff(min(backoff_initial, config.restart_max_seconds), config.restart_max_seconds)
         self._healthy_after = healthy_after
         self._terminate_seconds = terminate_seconds
+        self._hidden_env = frozenset(hidden_env)
         self._status = StatusTracker(name)
         self._stderr_limit = LineLimiter(STDERR_BURST, STDERR_WINDOW_SECONDS)
         self._stop = threading.Event()
@@ -98,7 +156,7 @@ class PipeInput:
 
     def start(self) -> None:
         program = self._config.command[0]
-        if shutil.which(program) is None:
+        if find_command(program) is None:
             raise SourceError(f"{self.name}: command {program!r} not found (not executable, or not on PATH)")
         channel = self._config.channel
         if channel is not None and channel >= self._config.channels:
@@ -148,51 +206,69 @@ class PipeInput:
             return f"cannot start {self._config.command[0]!r}: {e}"
         config = self._config
         conditioner = Conditioner(config.sample_rate, config.channels, config.channel, out_rate=self.sample_rate)
+        stalled: str | None = None
         try:
-            assert isinstance(proc.stdout, io.BufferedReader)
-            self._pump(proc.stdout, conditioner)
+            assert isinstance(proc.stdout, io.FileIO)
+            stalled = self._pump(proc.stdout, conditioner)
             self._deliver(conditioner.flush())
         except Exception as e:
             logger.exception("%s: reading the command's output failed", self.name)
             return f"reading its output failed ({e})"
         finally:
+            if stalled is not None:
+                self._terminate(proc)
             self._reap(proc)
+        if stalled is not None:
+            return f"{stalled}; command killed"
         return f"command exited with status {proc.returncode}"
 
     def _spawn(self) -> subprocess.Popen[bytes]:
         proc = subprocess.Popen(
             self._config.command,
+            bufsize=0,  # stdout unbuffered: poll() on its descriptor sees all there is to read
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
+            env=child_environment(self._hidden_env),
             start_new_session=True,  # its own process group: stop() reaches the command's children too
         )
         with self._lock:
             self._proc = proc
         if self._stop.is_set():
             self._terminate(proc)
-        assert proc.stderr is not None
+        assert isinstance(proc.stderr, io.FileIO)
+        stderr = io.BufferedReader(proc.stderr)  # read by lines
         threading.Thread(
-            target=self._log_stderr, args=(proc.stderr,), name=f"clapd-pipe-{self.name}-stderr", daemon=True
+            target=self._log_stderr, args=(stderr,), name=f"clapd-pipe-{self.name}-stderr", daemon=True
         ).start()
         self._status.set_state("running")
         return proc
 
-    def _pump(self, stdout: io.BufferedReader, conditioner: Conditioner) -> None:
-        chunk = max(1, int(READ_SECONDS * self._config.sample_rate)) * self._frame_bytes
+    def _pump(self, stdout: io.FileIO, conditioner: Conditioner) -> str | None:
+        """Feed the command's output to the ring until it ends (None), it stalls, or stop() (why it stalled)."""
+        rate = self._config.sample_rate
+        chunk = max(1, int(READ_SECONDS * rate)) * self._frame_bytes
         buffer = bytearray(chunk + self._frame_bytes)
         view = memoryview(buffer)
         have = 0
-        while True:
-            n = stdout.readinto1(view[have : have + chunk])
-            if not n:
-                return
-            have += n
-            usable = have - have % self._frame_bytes
-            if usable:
-                self._deliver(conditioner.process(self._decode(view[:usable])))
-                view[: have - usable] = view[usable:have]
-                have -= usable
+        poller = select.poll()
+        poller.register(stdout.fileno(), select.POLLIN)
+        watch = StallWatch(time.monotonic())
+        while not self._stop.is_set():
+            if poller.poll(WAKE_SECONDS * 1000):
+                n = stdout.readinto(view[have : have + chunk])
+                if not n:
+                    return None
+                have += n
+                usable = have - have % self._frame_bytes
+                if usable:
+                    self._deliver(conditioner.process(self._decode(view[:usable])))
+                    view[: have - usable] = view[usable:have]
+                    have -= usable
+                    watch.heard(usable / self._frame_bytes / rate, time.monotonic())
+            if (stalled := watch.stalled(time.monotonic())) is not None:
+                return stalled
+        return None
 
     def _decode(self, data: memoryview) -> np.ndarray:
         samples = np.frombuffer(data, dtype=SAMPLE_DTYPES[self._config.sample_format]).astype(np.float32)
