@@ -57,6 +57,12 @@ class DaemonCollector(Collector):
         outages = CounterMetricFamily("clapd_source_outages", "Times the source was lost", labels=["stream"])
         restarts = CounterMetricFamily("clapd_source_restarts", "Reopen or respawn attempts", labels=["stream"])
         state = GaugeMetricFamily("clapd_source_state", "1 for the source's current state", labels=["stream", "state"])
+        nonfinite = CounterMetricFamily(
+            "clapd_nonfinite_samples", "Samples replaced by 0: NaN, infinite or absurdly large", labels=["stream"]
+        )
+        reanchors = CounterMetricFamily(
+            "clapd_clock_reanchors", "Times a live stream's clock ran ahead of the wall clock", labels=["stream"]
+        )
         for stats in self._runner.stream_stats():
             name = stats.name
             level.add_metric([name], stats.level_dbfs)
@@ -65,9 +71,11 @@ class DaemonCollector(Collector):
             windows.add_metric([name, "skipped"], stats.windows.skipped)
             outages.add_metric([name], stats.source.outages)
             restarts.add_metric([name], stats.source.restarts)
+            nonfinite.add_metric([name], stats.nonfinite_samples)
+            reanchors.add_metric([name], stats.clock_reanchors)
             for candidate in SOURCE_STATES:
                 state.add_metric([name, candidate], float(stats.source.state == candidate))
-        yield from (level, overruns, windows, outages, restarts, state)
+        yield from (level, overruns, windows, outages, restarts, state, nonfinite, reanchors)
 
     def _event_metrics(self) -> Iterator[Metric]:
         events = CounterMetricFamily("clapd_events", "Events by kind", labels=["stream", "detection", "kind"])
