@@ -219,6 +219,13 @@ class DetectionConfig(Section):
         description="seconds after an event ends before a new one may start on the same stream",
     )
     streams: list[Name] | None = Field(None, description="names of the streams to watch; default: all")
+    name: str | None = Field(
+        None,
+        max_length=100,
+        pattern=r"^\S(?:.*\S)?$",
+        description="the name Home Assistant shows (one line, no leading or trailing spaces); default: the "
+        "detection's key made readable (`dog_barking` -> `Dog barking`)",
+    )
 
     @model_validator(mode="after")
     def _hysteresis(self) -> DetectionConfig:
@@ -252,7 +259,11 @@ class HomeAssistantConfig(Section):
         pattern=TOPIC_PREFIX_PATTERN,
         description="Home Assistant's birth topic: the entities are announced again when it says 'online'",
     )
-    node_id: Name | None = Field(None, description="the device's id in Home Assistant; default: the MQTT client id")
+    node_id: Name | None = Field(
+        None,
+        description="the device's id in Home Assistant, in its discovery topics and its entities' unique ids (a new "
+        "id makes new entities), and its name (`clapd ID`); default: the MQTT client id, and the name from the node id",
+    )
 
 
 class ControlConfig(Section):
@@ -277,8 +288,12 @@ class MqttConfig(Section):
     port: int = Field(1883, ge=1, le=65535, description="the broker's TCP port (usually 8883 with TLS)")
     protocol: Literal["3.1.1", "5"] = Field("5", description="MQTT protocol version")
     qos: Literal[0, 1, 2] = Field(1, description="MQTT quality of service of events, states and discovery")
-    topic_prefix: str = Field(
-        "clapd", pattern=TOPIC_PREFIX_PATTERN, description="first level(s) of every topic clapd publishes"
+    topic_prefix: str | None = Field(
+        None,
+        pattern=TOPIC_PREFIX_PATTERN,
+        description="first level(s) of every topic clapd publishes, used as given; default: `clapd/` and the node "
+        "id (client_id if set, else the host name with characters other than letters, digits, `_` and `-` made "
+        "`_`), so that daemons sharing a broker never share a topic",
     )
     client_id: str | None = Field(
         None, pattern=r"^[A-Za-z0-9_-]{1,64}$", description="MQTT client id; default: `clapd-` and the host name"

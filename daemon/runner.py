@@ -216,7 +216,8 @@ class Runner:
         if self._level_interval > 0 and now >= self._next_published_level:
             self._next_published_level = now + self._level_interval
             for stream in self._streams:
-                self._put(LevelReading(stream.name, stream.level_dbfs))
+                if stream.level_measured:  # none before its first audio: a false -120 dBFS at every start
+                    self._put(LevelReading(stream.name, stream.level_dbfs))
 
     def _put_event(self, event: DetectionEvent) -> None:
         self.events_by_kind[(event.stream, event.detection, event.kind)] += 1

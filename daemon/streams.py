@@ -50,7 +50,8 @@ class Stream:
     source: Source
     windows: StreamWindows
     clock: StreamClock
-    level_dbfs: float = SILENCE_DBFS
+    level_dbfs: float = SILENCE_DBFS  # SILENCE_DBFS until measured
+    level_measured: bool = False  # a level was measured on audio this stream received: only then is it published
     _was_running: bool = field(default=True, repr=False)  # a return to "running" re-anchors the clock
     _reanchors: int = field(default=0, repr=False)  # re-anchored because the source ran ahead of the wall clock
     _nonfinite_seen: int = field(default=0, repr=False)  # the ring's count when last reported
@@ -86,10 +87,13 @@ class Stream:
                     )
         self._was_running = running
 
-    def measure_level(self, samples: int) -> float:
-        """RMS level of the newest `samples` in dBFS (full scale 1.0); kept as it was if they were overwritten."""
-        self.level_dbfs = level_dbfs(self.ring, samples, self.level_dbfs)
-        return self.level_dbfs
+    def measure_level(self, samples: int) -> float | None:
+        """RMS level of the newest `samples` (at most) in dBFS (full scale 1.0); kept as it was if they were
+        overwritten; None until the stream has received audio to measure (no reading rather than a false one)."""
+        measured = level_dbfs(self.ring, samples, math.nan)
+        if not math.isnan(measured):
+            self.level_dbfs, self.level_measured = measured, True
+        return self.level_dbfs if self.level_measured else None
 
     def ended(self) -> bool:
         """The source delivers no more audio, and every full window of what it delivered has been taken."""

@@ -31,6 +31,8 @@ from clapd.daemon.records import LevelReading
 
 TIMEOUT = 5.0  # seconds, for every wait on the broker
 QUIET = 0.5  # seconds to wait for something that must not arrive
+HOSTNAME = "test-host"  # every link's node id: topics under `clapd/test-host`
+PREFIX = f"clapd/{HOSTNAME}"
 STREAMS = ["kitchen", "hall"]
 DETECTIONS = {
     "smoke": DetectionConfig(prompts=["a smoke alarm"], threshold_on=0.5, threshold_off=0.3),
@@ -281,7 +283,9 @@ def links(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[
     def make(port: int, **fields: object) -> MqttLink:
         fields = {"username": USER, "password_env": "CLAPD_TEST_PASSWORD", "control": {"enabled": True}, **fields}
         config = MqttConfig.model_validate({"host": "127.0.0.1", "port": port, **fields})
-        link = build_mqtt(config, tmp_path / f"state{len(made)}", client_id_default=f"clapd-{len(made)}")
+        link = build_mqtt(
+            config, tmp_path / f"state{len(made)}", client_id_default=f"clapd-{len(made)}", hostname=HOSTNAME
+        )
         made.append(link)
         return link
 
@@ -298,18 +302,18 @@ def control_of(link: MqttLink) -> ControlChannel:
 def send(port: int, payload: bytes, *, retain: bool = False) -> None:
     auth = {"username": USER, "password": PASSWORD}
     paho.mqtt.publish.single(
-        "clapd/control/set", payload, qos=1, retain=retain, hostname="127.0.0.1", port=port, auth=auth
+        f"{PREFIX}/control/set", payload, qos=1, retain=retain, hostname="127.0.0.1", port=port, auth=auth
     )
 
 
 def results(got) -> list[dict]:
-    return [json.loads(m.payload) for m in got if m.topic == "clapd/control/result"]
+    return [json.loads(m.payload) for m in got if m.topic == f"{PREFIX}/control/result"]
 
 
 def test_requests_reach_the_handler_and_results_the_result_topic(
     authenticated: MosquittoBroker, links, subscribers
 ) -> None:
-    answers = subscribers(authenticated.port, "clapd/control/result", username=USER, password=PASSWORD)
+    answers = subscribers(authenticated.port, f"{PREFIX}/control/result", username=USER, password=PASSWORD)
     requests: queue.Queue[ControlRequest] = queue.Queue()
     link = links(authenticated.port)
     control = control_of(link)
@@ -346,7 +350,7 @@ def test_requests_reach_the_handler_and_results_the_result_topic(
 
 
 def test_invalid_requests_are_answered_at_once(authenticated: MosquittoBroker, links, subscribers) -> None:
-    answers = subscribers(authenticated.port, "clapd/control/result", username=USER, password=PASSWORD)
+    answers = subscribers(authenticated.port, f"{PREFIX}/control/result", username=USER, password=PASSWORD)
     # Retained before the daemon subscribes, it is a replay when it arrives: refused, never applied.
     send(authenticated.port, request(request_id="r", action="remove", detection="dog"), retain=True)
     requests: queue.Queue[ControlRequest] = queue.Queue()
@@ -375,7 +379,7 @@ def test_invalid_requests_are_answered_at_once(authenticated: MosquittoBroker, l
 
 
 def test_a_handler_that_fails_is_answered(authenticated: MosquittoBroker, links, subscribers) -> None:
-    answers = subscribers(authenticated.port, "clapd/control/result", username=USER, password=PASSWORD)
+    answers = subscribers(authenticated.port, f"{PREFIX}/control/result", username=USER, password=PASSWORD)
     link = links(authenticated.port)
     link.output.start()
     wait_until(lambda: link.output.stats().connected, TIMEOUT, "the connection")
@@ -391,7 +395,7 @@ def test_a_handler_that_fails_is_answered(authenticated: MosquittoBroker, links,
 
 
 def test_control_off_means_no_channel_and_no_subscription(authenticated: MosquittoBroker, links, subscribers) -> None:
-    answers = subscribers(authenticated.port, "clapd/control/result", username=USER, password=PASSWORD)
+    answers = subscribers(authenticated.port, f"{PREFIX}/control/result", username=USER, password=PASSWORD)
     link = links(authenticated.port, control={"enabled": False})
     assert link.control is None
     link.output.start()
@@ -413,7 +417,7 @@ def test_level_payloads() -> None:
 
 
 def test_levels_are_published_live_only(authenticated: MosquittoBroker, links, subscribers) -> None:
-    live = subscribers(authenticated.port, "clapd/+/level", username=USER, password=PASSWORD)
+    live = subscribers(authenticated.port, f"{PREFIX}/+/level", username=USER, password=PASSWORD)
     output = links(authenticated.port).output
     output.publish_level(LevelReading("kitchen", -20.0))  # not started: dropped
     output.start()
@@ -423,8 +427,8 @@ def test_levels_are_published_live_only(authenticated: MosquittoBroker, links, s
     output.publish_level(LevelReading("hall", -math.inf))
     got = live.wait_for(lambda got: len(got) == 2, TIMEOUT, "two levels")
     assert [(m.topic, m.payload, m.retain) for m in got] == [
-        ("clapd/kitchen/level", b"-31.3", False),
-        ("clapd/hall/level", b"-120.0", False),
+        (f"{PREFIX}/kitchen/level", b"-31.3", False),
+        (f"{PREFIX}/hall/level", b"-120.0", False),
     ]
     with pytest.raises(ValueError):
         output.publish_level(LevelReading("a/b", -10.0))

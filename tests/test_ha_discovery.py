@@ -20,16 +20,23 @@ from clapd.daemon.config import DetectionConfig, MqttConfig, parse_config
 from clapd.daemon.mqtt import MqttOutput, build_mqtt
 from clapd.daemon.mqtt.discovery import (
     ANNOUNCED_FILE,
+    EVENT_ICON,
+    LEVEL_ICON,
     Announcements,
     DiscoverySettings,
+    device_name,
     discovery_messages,
+    entity_id,
     node_id_from,
     pair_object_id,
+    readable,
 )
-from clapd.daemon.mqtt.payloads import EventPayload
+from clapd.daemon.mqtt.payloads import EventPayload, Topics, node_id_for, topic_prefix_for
 from clapd.daemon.records import DetectionEvent
 
 TIMEOUT = 5.0  # seconds, for every wait on the broker
+HOSTNAME = "test-host"  # the node id when no client id is configured: topics under `clapd/test-host`
+PREFIX = f"clapd/{HOSTNAME}"
 
 # --- Home Assistant's schema, written down from its documentation ---
 # Discovery topic, payload, `device` and `origin`: https://www.home-assistant.io/integrations/mqtt/ ("MQTT
@@ -40,6 +47,9 @@ TIMEOUT = 5.0  # seconds, for every wait on the broker
 
 # From the discovery docs: <discovery_prefix>/<component>/[<node_id>/]<object_id>/config, ids in [a-zA-Z0-9_-].
 TOPIC_MATCHER = re.compile(r"(?P<component>\w+)/(?:(?P<node_id>[a-zA-Z0-9_-]+)/)?(?P<object_id>[a-zA-Z0-9_-]+)/config")
+# From homeassistant.core.valid_entity_id: `domain.object_id`, lowercase letters, digits and single underscores.
+ENTITY_ID = re.compile(r"^(?!.+__)(?!_)[\da-z_]+(?<!_)\.(?!_)[\da-z_]+(?<!_)$")
+ICON = re.compile(r"^[a-z0-9-]+:[a-z0-9-]+$")  # `prefix:name`, e.g. `mdi:ear-hearing`
 BINARY_SENSOR_DEVICE_CLASSES = (
     "battery battery_charging carbon_monoxide cold connectivity door garage_door gas heat light lock moisture motion "
     "moving occupancy opening plug power presence problem running safety smoke sound tamper update vibration window"
@@ -112,6 +122,8 @@ class HaEntity(HaModel):
     @model_validator(mode="after")
     def _valid(self) -> HaEntity:
         assert not (self.availability and self.availability_topic), "availability and availability_topic exclude"
+        assert self.default_entity_id is None or ENTITY_ID.match(self.default_entity_id), self.default_entity_id
+        assert self.icon is None or ICON.match(self.icon), self.icon
         assert self.device is None or self.unique_id, "device only works when unique_id is set"
         for topic in [self.state_topic, *(a.topic for a in self.availability or [])]:
             assert topic and "\0" not in topic and not {"+", "#"} & set(topic), f"not a plain topic: {topic!r}"
@@ -153,10 +165,14 @@ def check_against_home_assistant(prefix: str, messages: dict[str, bytes]) -> dic
         assert topic.startswith(prefix + "/")
         match = TOPIC_MATCHER.fullmatch(topic[len(prefix) + 1 :])
         assert match, f"not a discovery topic: {topic}"
-        entities[topic] = HA_PLATFORMS[match["component"]].model_validate(json.loads(payload))
+        entity = entities[topic] = HA_PLATFORMS[match["component"]].model_validate(json.loads(payload))
+        assert entity.default_entity_id is None or entity.default_entity_id.startswith(match["component"] + ".")
     unique_ids = [(topic.split("/")[1], e.unique_id) for topic, e in entities.items()]
     assert len(set(unique_ids)) == len(unique_ids), "unique ids repeat within a platform"
-    return entities
+    # Pickers and the logbook show names: one device's entities must be told apart by name alone.
+    names = [(e.device.name if e.device else None, e.name) for e in entities.values()]
+    assert len(set(names)) == len(names), f"names repeat within a device: {names}"
+    return entities  # default entity ids may repeat (`a_b` + `c`, `a` + `b_c`): Home Assistant then appends `_2`
 
 
 # --- the payloads ---
@@ -172,8 +188,12 @@ CONFIG = {
 
 
 def settings(**mqtt: object) -> DiscoverySettings:
+    """As `build_mqtt` makes them for client id `clapd-test` (the default for host `test-host` is `clapd-test-host`:
+    a different name keeps the ids Home Assistant knows the daemon by apart from the node id in topics and names)."""
     config = MqttConfig.model_validate({"host": "127.0.0.1", "home_assistant": {"enabled": True}, **mqtt})
-    return DiscoverySettings.from_config(config, "clapd-test")
+    node = node_id_for(config.client_id, HOSTNAME)
+    topics = Topics(topic_prefix_for(config.topic_prefix, node))
+    return DiscoverySettings.from_config(config, client_id=config.client_id or "clapd-test", node=node, topics=topics)
 
 
 def test_payloads_follow_home_assistants_schema() -> None:
@@ -182,18 +202,18 @@ def test_payloads_follow_home_assistants_schema() -> None:
     entities = check_against_home_assistant("homeassistant", messages)
     kinds = sorted((topic.split("/")[1], e.state_topic) for topic, e in entities.items())
     assert kinds == [
-        ("binary_sensor", "clapd/hall/doorbell/state"),
-        ("binary_sensor", "clapd/hall/smoke_alarm/state"),
-        ("binary_sensor", "clapd/kitchen/smoke_alarm/state"),
-        ("event", "clapd/hall/doorbell/event"),
-        ("event", "clapd/hall/smoke_alarm/event"),
-        ("event", "clapd/kitchen/smoke_alarm/event"),
-        ("sensor", "clapd/hall/level"),
-        ("sensor", "clapd/kitchen/level"),
+        ("binary_sensor", f"{PREFIX}/hall/doorbell/state"),
+        ("binary_sensor", f"{PREFIX}/hall/smoke_alarm/state"),
+        ("binary_sensor", f"{PREFIX}/kitchen/smoke_alarm/state"),
+        ("event", f"{PREFIX}/hall/doorbell/event"),
+        ("event", f"{PREFIX}/hall/smoke_alarm/event"),
+        ("event", f"{PREFIX}/kitchen/smoke_alarm/event"),
+        ("sensor", f"{PREFIX}/hall/level"),
+        ("sensor", f"{PREFIX}/kitchen/level"),
     ]
     for topic, entity in entities.items():
-        assert topic.split("/")[2] == "clapd-test"  # the node id
-        assert entity.availability == [HaAvailability(topic="clapd/status")]
+        assert topic.split("/")[2] == "clapd-test"  # Home Assistant's node id: the client id, as it always was
+        assert entity.availability == [HaAvailability(topic=f"{PREFIX}/status")]
         assert entity.origin == HaOrigin(name="clapd", sw_version=__version__)
         assert entity.device is not None and entity.device.identifiers == ["clapd_clapd-test"]
         assert entity.device.sw_version == __version__ and entity.device.name and entity.device.model
@@ -241,6 +261,100 @@ def test_options_change_the_topics() -> None:
         assert entity.availability == [HaAvailability(topic="home/clapd/status")]
 
 
+def test_names_icons_and_entity_ids_read_well() -> None:
+    """One stream: names say what was heard, the event entity's apart from the binary_sensor's; the device is named
+    once "clapd" (not "clapd clapd-..."), and new entity ids follow from the device's and the entity's names."""
+    config = parse_config(CONFIG)
+    messages = discovery_messages(settings(), ["kitchen"], config.detections)
+    entities = {
+        (t.split("/")[1], e.name): e for t, e in check_against_home_assistant("homeassistant", messages).items()
+    }
+    assert sorted(entities) == [
+        ("binary_sensor", "Smoke alarm"),
+        ("event", "Smoke alarm event"),
+        ("sensor", "Input level"),
+    ]
+    sound, event, level = (entities[k] for k in sorted(entities))
+    assert (sound.icon, event.icon, level.icon) == (None, EVENT_ICON, LEVEL_ICON)  # sound: from its device class
+    assert {e.device.name for e in entities.values() if e.device} == {"clapd test-host"}
+    assert [e.default_entity_id for e in (sound, event, level)] == [
+        "binary_sensor.clapd_test_host_smoke_alarm",
+        "event.clapd_test_host_smoke_alarm_event",
+        "sensor.clapd_test_host_input_level",
+    ]
+
+
+def test_names_with_many_streams_say_where_and_a_detection_may_name_itself() -> None:
+    detections = {
+        "smoke_alarm": DetectionConfig(prompts=["a smoke alarm"]),
+        "glass": DetectionConfig(prompts=["glass breaking"], name="Glasbruch in der Küche", streams=["hall"]),
+    }
+    messages = discovery_messages(settings(), ["kitchen", "hall"], detections)
+    entities = check_against_home_assistant("homeassistant", messages).values()
+    assert sorted(e.name or "" for e in entities) == [
+        "Hall: Glasbruch in der Küche",
+        "Hall: Glasbruch in der Küche event",
+        "Hall: Input level",
+        "Hall: Smoke alarm",
+        "Hall: Smoke alarm event",
+        "Kitchen: Input level",
+        "Kitchen: Smoke alarm",
+        "Kitchen: Smoke alarm event",
+    ]
+    glass = [e for e in entities if e.name == "Hall: Glasbruch in der Küche"]
+    assert [e.default_entity_id for e in glass] == ["binary_sensor.clapd_test_host_hall_glasbruch_in_der_kuche"]
+
+
+def test_an_existing_install_keeps_its_entities() -> None:
+    """Unique ids, config topics and the device's identifiers are what earlier versions sent (from the client id),
+    so Home Assistant updates the entities it has (new names, same entity ids) instead of making new ones."""
+    config = parse_config(CONFIG)
+    messages = discovery_messages(settings(), ["kitchen"], config.detections)
+    entities = check_against_home_assistant("homeassistant", messages)
+    object_id = pair_object_id("kitchen", "smoke_alarm")
+    assert {topic: e.unique_id for topic, e in entities.items()} == {
+        f"homeassistant/event/clapd-test/{object_id}/config": "clapd:clapd-test:kitchen:smoke_alarm:event",
+        f"homeassistant/binary_sensor/clapd-test/{object_id}/config": "clapd:clapd-test:kitchen:smoke_alarm:sound",
+        "homeassistant/sensor/clapd-test/kitchen_level/config": "clapd:clapd-test:kitchen:level",
+    }
+    assert all(e.device and e.device.identifiers == ["clapd_clapd-test"] for e in entities.values())
+
+
+@pytest.mark.parametrize(
+    ("mqtt", "device"),
+    [
+        ({}, "clapd test-host"),  # the host name
+        ({"client_id": "clapd-kitchen"}, "clapd kitchen"),  # a configured client id, "clapd" said once
+        ({"client_id": "garage"}, "clapd garage"),
+        ({"home_assistant": {"enabled": True, "node_id": "attic"}}, "clapd attic"),
+    ],
+)
+def test_the_device_is_named_after_the_node(mqtt: dict, device: str) -> None:
+    messages = discovery_messages(settings(**mqtt), ["kitchen"], {"clap": DetectionConfig(prompts=["a clap"])})
+    entities = check_against_home_assistant("homeassistant", messages).values()
+    assert {e.device.name for e in entities if e.device} == {device}
+
+
+def test_readable_names() -> None:
+    assert readable("dog_barking") == "Dog barking"
+    assert readable("front-door__2") == "Front door 2"
+    assert readable("TV_noise") == "TV noise"
+    assert (device_name("vm"), device_name("clapd-vm"), device_name("CLAPD_x"), device_name("clapd")) == (
+        "clapd vm",
+        "clapd vm",
+        "clapd x",
+        "clapd",
+    )
+    assert entity_id("event", "clapd vm", "Kitchen: Dog barking event") == "event.clapd_vm_kitchen_dog_barking_event"
+    assert entity_id("sensor", "clapd", "日本") == "sensor.clapd"
+
+
+@pytest.mark.parametrize("name", ["", " Dog", "Dog ", "Dog\nbarking", "x" * 101])
+def test_a_detection_name_is_one_trimmed_line(name: str) -> None:
+    with pytest.raises(ValueError):
+        DetectionConfig(prompts=["a dog"], name=name)
+
+
 def make_event(kind: str) -> DetectionEvent:
     return DetectionEvent(
         event_id="e1",
@@ -281,7 +395,7 @@ def outputs(tmp_path: Path) -> Iterator[Callable[..., MqttOutput]]:
     def make(port: int, **fields: object) -> MqttOutput:
         fields.setdefault("home_assistant", {"enabled": True})
         config = MqttConfig.model_validate({"host": "127.0.0.1", "port": port, "level_interval_seconds": 0, **fields})
-        output = build_mqtt(config, tmp_path, client_id_default="clapd-test").output
+        output = build_mqtt(config, tmp_path, client_id_default="clapd-test", hostname=HOSTNAME).output
         made.append(output)
         return output
 
@@ -385,10 +499,10 @@ def test_no_discovery_when_off(broker: MosquittoBroker, outputs, subscribers, tm
     output = outputs(broker.port, home_assistant={"enabled": False})
     output.announce(["kitchen"], DETECTIONS)
     output.start()
-    live.wait_for(lambda got: any(m.topic == "clapd/status" for m in got), TIMEOUT, "online")
+    live.wait_for(lambda got: any(m.topic == f"{PREFIX}/status" for m in got), TIMEOUT, "online")
     paho.mqtt.publish.single("homeassistant/status", "online", hostname="127.0.0.1", port=broker.port)
     time.sleep(0.3)
-    assert [m.topic for m in live.received()] == ["clapd/status", "homeassistant/status"]
+    assert [m.topic for m in live.received()] == [f"{PREFIX}/status", "homeassistant/status"]
     assert not (tmp_path / ANNOUNCED_FILE).exists()
 
 

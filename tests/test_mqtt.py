@@ -25,7 +25,10 @@ from clapd.daemon.stdout_output import StdoutOutput
 
 PROTOCOLS = ["3.1.1", "5"]
 DELIVERY_TIMEOUT = 15.0  # seconds; covers paho's reconnect back-off of 1 + 2 + 4 s after an outage
-STATUS = "clapd/status"
+HOSTNAME = "test-host"  # the node id of every output here: the default prefix is `clapd/test-host`
+PREFIX = f"clapd/{HOSTNAME}"
+STATUS = f"{PREFIX}/status"
+EVENTS = f"{PREFIX}/+/+/event"
 
 
 def make_event(n: int, kind: str = "start", *, stream: str = "kitchen", detection: str = "clap") -> DetectionEvent:
@@ -62,7 +65,9 @@ def outputs(tmp_path: Path) -> Iterator[Callable[..., MqttOutput]]:
 
     def make(port: int, *, state: str = "state", **fields: object) -> MqttOutput:
         config = MqttConfig.model_validate({"host": "127.0.0.1", "port": port, **fields})
-        output = build_mqtt(config, tmp_path / state, client_id_default=f"clapd-test-{len(made)}").output
+        output = build_mqtt(
+            config, tmp_path / state, client_id_default=f"clapd-test-{len(made)}", hostname=HOSTNAME
+        ).output
         made.append(output)
         return output
 
@@ -145,7 +150,7 @@ def has_payload(topic: str, payload: bytes) -> Callable[[list[Received]], bool]:
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_events_state_and_status(protocol: str, broker: MosquittoBroker, outputs, subscribers) -> None:
-    live = subscribers(broker.port, "clapd/#")
+    live = subscribers(broker.port, f"{PREFIX}/#")
     output = outputs(broker.port, protocol=protocol)
     output.start()
     live.wait_for(has_payload(STATUS, b"online"), 5, "online")
@@ -155,17 +160,17 @@ def test_events_state_and_status(protocol: str, broker: MosquittoBroker, outputs
     output.publish_event(make_event(1, "end"))
     output.publish_state(StateChange("kitchen", "clap", False))
     live.wait_for(lambda got: len(got) >= 5, 5, "two events and two states")
-    events = live.received("clapd/kitchen/clap/event")
+    events = live.received(f"{PREFIX}/kitchen/clap/event")
     assert [json.loads(m.payload) for m in events] == [
         json.loads(EventPayload.from_event(make_event(1, kind)).to_json()) for kind in ("start", "end")
     ]
-    assert [m.payload for m in live.received("clapd/kitchen/clap/state")] == [b"ON", b"OFF"]
+    assert [m.payload for m in live.received(f"{PREFIX}/kitchen/clap/state")] == [b"ON", b"OFF"]
 
-    late = subscribers(broker.port, "clapd/#")  # a newcomer sees the retained status and state, and no event
+    late = subscribers(broker.port, f"{PREFIX}/#")  # a newcomer sees the retained status and state, and no event
     got = late.wait_for(lambda got: len(got) >= 2, 5, "retained messages")
     assert {(m.topic, m.payload, m.retain) for m in got} == {
         (STATUS, b"online", True),
-        ("clapd/kitchen/clap/state", b"OFF", True),
+        (f"{PREFIX}/kitchen/clap/state", b"OFF", True),
     }
 
     output.stop()
@@ -182,7 +187,7 @@ def test_events_spooled_while_the_broker_is_down_arrive_in_order(
 ) -> None:
     # A persistent session on a broker with persistence: the subscription, and what is published before the
     # subscriber is back, survive the restart, so what arrives is exactly what the output delivered.
-    watcher = subscribers(broker.port, "clapd/+/+/event", persistent=True)
+    watcher = subscribers(broker.port, EVENTS, persistent=True)
     output = outputs(broker.port, protocol=protocol)
     output.start()
     wait_until(lambda: output.stats().connected, 5, "the output to connect")
@@ -203,7 +208,7 @@ def test_events_spooled_while_the_broker_is_down_arrive_in_order(
 
 
 def test_a_restarted_daemon_delivers_the_old_spool(broker: MosquittoBroker, outputs, subscribers) -> None:
-    watcher = subscribers(broker.port, "clapd/+/+/event", persistent=True)
+    watcher = subscribers(broker.port, EVENTS, persistent=True)
     broker.stop()
     first = outputs(broker.port)
     first.start()
@@ -222,7 +227,7 @@ def test_a_restarted_daemon_delivers_the_old_spool(broker: MosquittoBroker, outp
 
 
 def test_unacknowledged_messages_stay_spooled_until_acknowledged(broker: MosquittoBroker, outputs, subscribers) -> None:
-    watcher = subscribers(broker.port, "clapd/+/+/event", persistent=True)
+    watcher = subscribers(broker.port, EVENTS, persistent=True)
     first = outputs(broker.port)
     first.start()
     wait_until(lambda: first.stats().connected, 5, "the output to connect")
@@ -240,7 +245,7 @@ def test_unacknowledged_messages_stay_spooled_until_acknowledged(broker: Mosquit
 
 
 def test_the_spool_is_bounded(broker: MosquittoBroker, outputs, subscribers) -> None:
-    watcher = subscribers(broker.port, "clapd/+/+/event", persistent=True)
+    watcher = subscribers(broker.port, EVENTS, persistent=True)
     broker.stop()
     output = outputs(broker.port, queue_max_events=5)
     output.start()
@@ -259,7 +264,7 @@ from pathlib import Path
 from clapd.daemon.config import MqttConfig
 from clapd.daemon.mqtt import build_mqtt
 config = MqttConfig(host="127.0.0.1", port=int(sys.argv[1]))
-output = build_mqtt(config, Path(sys.argv[2]), client_id_default="doomed").output
+output = build_mqtt(config, Path(sys.argv[2]), client_id_default="doomed", hostname=sys.argv[3]).output
 output.start()
 time.sleep(60)
 """
@@ -267,7 +272,7 @@ time.sleep(60)
 
 def test_the_last_will_says_offline_when_the_daemon_dies(broker: MosquittoBroker, subscribers, tmp_path: Path) -> None:
     live = subscribers(broker.port, STATUS)
-    args = [sys.executable, "-c", CRASHING_DAEMON, str(broker.port), str(tmp_path / "state")]
+    args = [sys.executable, "-c", CRASHING_DAEMON, str(broker.port), str(tmp_path / "state"), HOSTNAME]
     with subprocess.Popen(args) as daemon:
         try:
             live.wait_for(has_payload(STATUS, b"online"), 10, "online")
@@ -307,7 +312,7 @@ def test_tls_with_a_private_ca(brokers, outputs, subscribers, tmp_path: Path, ca
     ca, cert, key = make_tls_files(tmp_path)
     tls_port = free_port()
     broker = brokers(extra_config=f"listener {tls_port} 127.0.0.1\ncafile {ca}\ncertfile {cert}\nkeyfile {key}")
-    watcher = subscribers(broker.port, "clapd/+/+/event")  # on the plain listener
+    watcher = subscribers(broker.port, EVENTS)  # on the plain listener
     output = outputs(tls_port, tls={"ca_file": ca})
     output.start()
     output.publish_event(make_event(7))

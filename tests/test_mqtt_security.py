@@ -29,7 +29,9 @@ RECONNECT_MIN_SECONDS, RECONNECT_MAX_SECONDS = 1, 4
 BACK_OFF_WATCH_SECONDS = 9.0  # refusals at about 0, 1, 3 and 7 s; the next would come at 11 s
 DELIVERY_TIMEOUT = 10.0  # seconds; covers one full back-off step (4 s) with room for a loaded machine
 LOG_TIMEOUT = 5.0
-EVENT_TOPICS = "clapd/+/+/event"
+HOSTNAME = "test-host"  # every output's node id: topics under `clapd/test-host`, within the ACL's `clapd/#`
+PREFIX = f"clapd/{HOSTNAME}"
+EVENT_TOPICS = f"{PREFIX}/+/+/event"
 
 
 def make_event(n: int) -> DetectionEvent:
@@ -103,6 +105,7 @@ def outputs(tmp_path: Path) -> Iterator[Callable[..., MqttOutput]]:
             config,
             tmp_path / state,
             client_id_default=f"clapd-test-{len(made)}",
+            hostname=HOSTNAME,
             reconnect_min_seconds=RECONNECT_MIN_SECONDS,
             reconnect_max_seconds=RECONNECT_MAX_SECONDS,
         ).output
@@ -129,7 +132,7 @@ def test_tls_and_a_password_deliver_to_a_tls_subscriber(
         output.publish_event(make_event(n))
     got = watcher.wait_for(has_ids(3), DELIVERY_TIMEOUT, "three events over TLS")
     assert first_seen_ids(got) == ["e0", "e1", "e2"]
-    assert any(m.topic == "clapd/status" and m.payload == b"online" for m in got)
+    assert any(m.topic == f"{PREFIX}/status" and m.payload == b"online" for m in got)
     wait_until(lambda: output.stats().queued == 0, LOG_TIMEOUT, "the acknowledgements")
     stats = output.stats()
     assert (stats.connected, stats.connects, stats.auth_failures, stats.dropped) == (True, 1, 0, 0)

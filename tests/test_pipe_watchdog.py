@@ -91,7 +91,8 @@ def write_config(tmp_path: Path, bundle: Path, stream: dict, mqtt: dict, **secti
         "streams": {"cam": stream},
         "detections": {"always": ALWAYS},
         "background_prompts": [ALWAYS["prompts"][0]],
-        "outputs": {"mqtt": {"host": "127.0.0.1", "username": USER, "qos": 1, **mqtt}},
+        # An explicit prefix is used as given (the default, `clapd/NODE`, is tested in test_fleet.py).
+        "outputs": {"mqtt": {"host": "127.0.0.1", "username": USER, "qos": 1, "topic_prefix": "clapd", **mqtt}},
         "logging": {"level": "info"},
         "state_dir": str(tmp_path / "state"),
         **sections,

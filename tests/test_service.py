@@ -105,6 +105,9 @@ def _config(tmp_path: Path, bundle: Path, wav: Path, **sections: object) -> dict
         "state_dir": str(tmp_path / "state"),
     }
     config.update(sections)
+    mqtt = config["outputs"].get("mqtt")
+    if mqtt is not None:  # the topics these tests name; an explicit prefix is used as given (the default,
+        mqtt.setdefault("topic_prefix", "clapd")  # `clapd/NODE`, is tested in test_fleet.py)
     return config
 
 

@@ -74,6 +74,7 @@ def test_a_garbage_spool_is_moved_aside_and_a_new_one_delivers(
     (state / SPOOL_FILE).write_bytes(GARBAGE)
     metrics_port = free_port()
     mqtt = {"host": "127.0.0.1", "port": broker.port, "username": USER, "password_file": str(tmp_path / "password")}
+    mqtt["topic_prefix"] = "clapd"  # used as given (the default, `clapd/NODE`, is tested in test_fleet.py)
     path = write_config(
         tmp_path,
         small_bundle_dir,

@@ -16,15 +16,16 @@ Assistant's status, and announces on every connect; the sender thread (`mqtt-sen
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
 from clapd.daemon.config import MqttConfig
 from clapd.daemon.mqtt.connection import MqttConnection
 from clapd.daemon.mqtt.control import MqttControlChannel
-from clapd.daemon.mqtt.discovery import ANNOUNCED_FILE, Announcer
+from clapd.daemon.mqtt.discovery import ANNOUNCED_FILE, Announcer, DiscoverySettings
 from clapd.daemon.mqtt.output import MqttOutput
-from clapd.daemon.mqtt.payloads import Topics
+from clapd.daemon.mqtt.payloads import Topics, node_id_for, topic_prefix_for
 from clapd.daemon.mqtt.sender import Sender
 from clapd.daemon.mqtt.spool import SPOOL_FILE, Spool
 
@@ -44,26 +45,34 @@ def build_mqtt(
     state_dir: Path,
     *,
     client_id_default: str,
+    hostname: str | None = None,
     reconnect_min_seconds: int = 1,
     reconnect_max_seconds: int = 60,
 ) -> MqttLink:
     """The MQTT output and control channel on one connection, not started; opens the spool (`SPOOL_FILE` in
     `state_dir`, messages of earlier runs included) and raises RuntimeError when it cannot.
 
-    `client_id_default`: the client id unless `mqtt.client_id` is set; `reconnect_*_seconds`: the first and the
-    longest wait between connection attempts (doubling in between).
+    `client_id_default`: the client id unless `mqtt.client_id` is set; `hostname`: the node id unless
+    `mqtt.client_id` is set (default: this machine's), in the default topic prefix `clapd/{node id}` and the Home
+    Assistant device's name; `reconnect_*_seconds`: the first and the longest wait between connection attempts
+    (doubling in between).
     """
     client_id = config.client_id or client_id_default
+    node = node_id_for(config.client_id, socket.gethostname() if hostname is None else hostname)
+    topics = Topics(topic_prefix_for(config.topic_prefix, node))
     spool = Spool(state_dir / SPOOL_FILE, config.queue_max_events)
     reconnect = (reconnect_min_seconds, reconnect_max_seconds)
-    connection = MqttConnection(config, client_id, reconnect_seconds=reconnect, spooled=lambda: len(spool))
-    announcer = Announcer(config, client_id, connection, state_dir / ANNOUNCED_FILE)
+    connection = MqttConnection(
+        config, client_id, topics=topics, reconnect_seconds=reconnect, spooled=lambda: len(spool)
+    )
+    settings = DiscoverySettings.from_config(config, client_id=client_id, node=node, topics=topics)
+    announcer = Announcer(settings, connection, state_dir / ANNOUNCED_FILE, enabled=config.home_assistant.enabled)
     sender = Sender(spool, connection, each_round=announcer.confirm)
     connection.when_acknowledged(sender.take_ack)
     connection.when_connected(sender.wake)
     connection.when_connected(announcer.publish)
     if config.home_assistant.enabled:
         connection.subscribe(config.home_assistant.status_topic, announcer.on_home_assistant_status)
-    output = MqttOutput(config, connection, spool, sender, announcer)
-    control = MqttControlChannel(connection, Topics(config.topic_prefix)) if config.control.enabled else None
+    output = MqttOutput(config, topics, connection, spool, sender, announcer)
+    control = MqttControlChannel(connection, topics) if config.control.enabled else None
     return MqttLink(output, control)

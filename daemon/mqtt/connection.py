@@ -64,16 +64,18 @@ class MqttConnection:
         config: MqttConfig,
         client_id: str,
         *,
+        topics: Topics,
         reconnect_seconds: tuple[int, int],
         spooled: Callable[[], int],
     ) -> None:
-        """`reconnect_seconds`: the first and the longest wait between attempts; `spooled`: how many messages
-        wait in the spool, for the log lines."""
+        """`topics`: the daemon's, whose status topic this connection keeps; `reconnect_seconds`: the first and the
+        longest wait between attempts; `spooled`: how many messages wait in the spool, for the log lines."""
         self._config = config
         self._client_id = client_id
         self._reconnect_seconds = reconnect_seconds
         self._spooled = spooled
-        self._status_topic = Topics(config.topic_prefix).status
+        self._topics = topics
+        self._status_topic = topics.status
         self._state = ConnectionState.CREATED
         self._client: Client | None = None
         self._connected = False
@@ -127,10 +129,11 @@ class MqttConnection:
         self._client.connect_async(self._config.host, self._config.port, self._config.keepalive_seconds)
         self._client.loop_start()
         logger.info(
-            "MQTT: connecting to %s:%d as %r (MQTT %s, %d messages spooled)",
+            "MQTT: connecting to %s:%d as %r, topics under %s/ (MQTT %s, %d messages spooled)",
             self._config.host,
             self._config.port,
             self._client_id,
+            self._topics.prefix,
             self._config.protocol,
             self._spooled(),
         )

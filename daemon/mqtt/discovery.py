@@ -15,6 +15,15 @@ discovery topic, payload, `device` and `origin`; /integrations/event.mqtt/, /int
 Names are `[A-Za-z0-9][A-Za-z0-9_-]*`, the very characters Home Assistant allows in an object id, so joining a stream
 and a detection could be ambiguous (`a_b` + `c` and `a` + `b_c`): a short hash of the pair keeps object ids apart.
 
+What Home Assistant shows: the device is "clapd NODE" (the Home Assistant node id if configured, else the daemon's node
+id, less a leading `clapd-`); a detection's binary_sensor is named after the detection ("Dog barking": its `name:`,
+else its key made readable) and its event entity "Dog barking event"; with more than one stream each name starts with
+the stream's ("Kitchen: Dog barking"); the level sensor is "Input level". Home Assistant prefixes entity names with
+the device's, and derives a new entity's id from both (`binary_sensor.clapd_vm_dog_barking`); `default_entity_id`
+says the same explicitly (Home Assistant 2025.10 and later; earlier ones drop the key). Unique ids, config topics and
+the device's identifiers are those earlier versions used (from the MQTT client id), so entities Home Assistant has
+already registered stay the same entities: they keep their entity ids and take the new names.
+
 Discovery bypasses the spool: it is rebuilt from the current detections and re-sent in full on every connect and
 whenever Home Assistant says "online"; a change of detections while connected sends only the configs that changed
 (added, changed, removed), so a run of control requests costs a few messages each, not all of them each. What must
@@ -29,6 +38,7 @@ import logging
 import math
 import re
 import threading
+import unicodedata
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,9 +55,13 @@ from clapd.daemon.state_files import read_json, write_json_atomically
 logger = logging.getLogger(__name__)
 
 EVENT_TYPES = ("start", "end")  # EventPayload.event_type
+EVENT_ICON = "mdi:ear-hearing"  # the binary_sensor's icon comes from its device class (sound)
+LEVEL_ICON = "mdi:waveform"
 LEVEL_EXPIRY_INTERVALS = 3  # a level sensor turns unavailable after this many missed level messages
 ANNOUNCED_FILE = "ha-discovery.json"  # in the state directory, next to the spool
 _NOT_IN_OBJECT_ID = re.compile(r"[^A-Za-z0-9_-]")  # Home Assistant's object id / node id character class
+_NOT_IN_ENTITY_ID = re.compile(r"[^a-z0-9]+")  # runs of what Home Assistant's slugify turns into one `_`
+_OWN_PREFIX = re.compile(r"^clapd[-_]", re.IGNORECASE)  # "clapd-vm" shows as "vm": the device is "clapd" already
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,17 +70,20 @@ class DiscoverySettings:
 
     discovery_prefix: str
     node_id: str  # [A-Za-z0-9_-]+: the device's id, and the topic level under each component
+    device_name: str  # "clapd NODE"
     topics: Topics  # the daemon's own topics
     qos: int  # the QoS Home Assistant subscribes with
     level_interval_seconds: float  # 0: no level sensors
 
     @classmethod
-    def from_config(cls, config: MqttConfig, client_id: str) -> DiscoverySettings:
+    def from_config(cls, config: MqttConfig, *, client_id: str, node: str, topics: Topics) -> DiscoverySettings:
+        """`node`: the daemon's node id (`clapd.daemon.mqtt.payloads.node_id_for`), named in the device's name."""
         ha = config.home_assistant
         return cls(
             discovery_prefix=ha.discovery_prefix,
-            node_id=ha.node_id or node_id_from(client_id),
-            topics=Topics(config.topic_prefix),
+            node_id=ha.node_id or node_id_from(client_id),  # as before: the unique ids and config topics stay
+            device_name=device_name(ha.node_id or node),
+            topics=topics,
             qos=config.qos,
             level_interval_seconds=config.level_interval_seconds,
         )
@@ -81,20 +98,25 @@ def discovery_messages(
     settings: DiscoverySettings, streams: Iterable[str], detections: Mapping[str, DetectionConfig]
 ) -> dict[str, bytes]:
     """Config topic -> JSON payload for every entity of these streams and detections."""
+    streams = list(streams)
     messages: dict[str, bytes] = {}
     for stream in streams:
-        for name, detection in detections.items():
+        # One stream: names say what was heard; more: where, too.
+        where = f"{readable(stream)}: " if len(streams) > 1 else ""
+        for key, detection in detections.items():
             if detection.streams is None or stream in detection.streams:
-                messages.update(_pair_entities(settings, stream, name))
+                name = where + (detection.name or readable(key))
+                messages.update(_pair_entities(settings, stream, key, name))
         if settings.level_interval_seconds > 0:
-            messages[_config_topic(settings, "sensor", f"{stream}_level")] = _json(_level_sensor(settings, stream))
+            sensor = _level_sensor(settings, stream, f"{where}Input level")
+            messages[_config_topic(settings, "sensor", f"{stream}_level")] = _json(sensor)
     return messages
 
 
-def _pair_entities(settings: DiscoverySettings, stream: str, detection: str) -> dict[str, bytes]:
+def _pair_entities(settings: DiscoverySettings, stream: str, detection: str, name: str) -> dict[str, bytes]:
+    """The event entity and the binary_sensor of one (stream, detection) pair; `name`: the binary_sensor's."""
     object_id = pair_object_id(stream, detection)
     common = {
-        "name": f"{stream} {detection}",
         "qos": settings.qos,
         "availability": _availability(settings),
         "device": _device(settings),
@@ -102,12 +124,15 @@ def _pair_entities(settings: DiscoverySettings, stream: str, detection: str) -> 
     }
     event = {
         **common,
+        **_names(settings, "event", f"{name} event"),
+        "icon": EVENT_ICON,
         "unique_id": f"clapd:{settings.node_id}:{stream}:{detection}:event",
         "state_topic": settings.topics.event(stream, detection),
         "event_types": list(EVENT_TYPES),
     }
     sound = {
         **common,
+        **_names(settings, "binary_sensor", name),
         "unique_id": f"clapd:{settings.node_id}:{stream}:{detection}:sound",
         "state_topic": settings.topics.state(stream, detection),
         "device_class": "sound",
@@ -120,9 +145,10 @@ def _pair_entities(settings: DiscoverySettings, stream: str, detection: str) -> 
     }
 
 
-def _level_sensor(settings: DiscoverySettings, stream: str) -> dict[str, object]:
+def _level_sensor(settings: DiscoverySettings, stream: str, name: str) -> dict[str, object]:
     return {
-        "name": f"{stream} level",
+        **_names(settings, "sensor", name),
+        "icon": LEVEL_ICON,
         "unique_id": f"clapd:{settings.node_id}:{stream}:level",
         "state_topic": settings.topics.level(stream),
         "unit_of_measurement": "dBFS",
@@ -135,6 +161,31 @@ def _level_sensor(settings: DiscoverySettings, stream: str) -> dict[str, object]
         "device": _device(settings),
         "origin": _origin(),
     }
+
+
+def readable(key: str) -> str:
+    """A config key as a name: `dog_barking` -> "Dog barking", `front-door` -> "Front door"."""
+    words = " ".join(key.replace("_", " ").replace("-", " ").split())
+    return words[:1].upper() + words[1:]
+
+
+def device_name(node: str) -> str:
+    """ "clapd NODE", without saying clapd twice: `vm` and `clapd-vm` both give "clapd vm"."""
+    shown = _OWN_PREFIX.sub("", node)
+    return f"clapd {shown}" if shown and shown.lower() != "clapd" else "clapd"
+
+
+def entity_id(component: str, *names: str) -> str:
+    """The entity id Home Assistant derives from the device's name and the entity's (its `slugify`, accents dropped
+    to ASCII): `entity_id("binary_sensor", "clapd vm", "Dog barking")` -> `binary_sensor.clapd_vm_dog_barking`."""
+    ascii_text = unicodedata.normalize("NFKD", " ".join(names)).encode("ascii", "ignore").decode()
+    slug = _NOT_IN_ENTITY_ID.sub("_", ascii_text.lower()).strip("_")
+    return f"{component}.{slug or 'clapd'}"
+
+
+def _names(settings: DiscoverySettings, component: str, name: str) -> dict[str, str]:
+    """The entity's name (Home Assistant shows it after the device's) and the entity id it gets when new."""
+    return {"name": name, "default_entity_id": entity_id(component, settings.device_name, name)}
 
 
 def pair_object_id(stream: str, detection: str) -> str:
@@ -159,7 +210,7 @@ def _availability(settings: DiscoverySettings) -> list[dict[str, str]]:
 def _device(settings: DiscoverySettings) -> dict[str, object]:
     return {
         "identifiers": [f"clapd_{settings.node_id}"],
-        "name": f"clapd {settings.node_id}",
+        "name": settings.device_name,
         "manufacturer": "clapd",
         "model": "clapd sound detection daemon",
         "sw_version": __version__,
@@ -273,10 +324,11 @@ class Announcer:
     connected, again on every connect (`publish`, called by the connection) and whenever Home Assistant says
     "online"; entities announced before (by this run or an earlier one) and not now are removed."""
 
-    def __init__(self, config: MqttConfig, client_id: str, connection: MqttConnection, path: Path) -> None:
-        """`path`: the `Announcements` file (`ANNOUNCED_FILE` in the state directory)."""
-        self._enabled = config.home_assistant.enabled
-        self._settings = DiscoverySettings.from_config(config, client_id)
+    def __init__(self, settings: DiscoverySettings, connection: MqttConnection, path: Path, *, enabled: bool) -> None:
+        """`path`: the `Announcements` file (`ANNOUNCED_FILE` in the state directory); `enabled`: announce entities
+        (else remove those announced before)."""
+        self._enabled = enabled
+        self._settings = settings
         self._announcements = Announcements(path)
         self._connection = connection
 

@@ -32,10 +32,16 @@ class MqttOutput(Output):
     wants_scores = False
 
     def __init__(
-        self, config: MqttConfig, connection: MqttConnection, spool: Spool, sender: Sender, announcer: Announcer
+        self,
+        config: MqttConfig,
+        topics: Topics,
+        connection: MqttConnection,
+        spool: Spool,
+        sender: Sender,
+        announcer: Announcer,
     ) -> None:
         self._qos = config.qos
-        self._topics = Topics(config.topic_prefix)
+        self._topics = topics
         self._connection = connection
         self._spool = spool
         self._sender = sender

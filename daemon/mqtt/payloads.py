@@ -1,12 +1,17 @@
 """The MQTT topics and payloads clapd publishes and accepts: the documented schema users build on.
 
-Topics, under the configured prefix (default `clapd`):
+Topics, under the prefix: `mqtt.topic_prefix` as given, else `clapd/{node}` (`topic_prefix_for`), where the node id
+is `mqtt.client_id` if set, else the host name made topic-safe (`node_id_for`); so daemons sharing a broker on the
+default never share a topic (earlier versions defaulted to `clapd` alone, which every daemon shared):
 
 - `{prefix}/status`: "online" / "offline", retained; "offline" is also the last will, so it appears when the
   daemon dies without saying goodbye.
 - `{prefix}/{stream}/{detection}/event`: one `EventPayload` as JSON per start and per end, not retained. It
   carries `event_type` (the same value as `kind`) because Home Assistant's MQTT event entity requires that key.
-- `{prefix}/{stream}/{detection}/state`: "ON" / "OFF", retained, for dashboards that show the current state.
+  A subscriber that is away when it is published (Home Assistant restarting) never sees it, unless it keeps a
+  persistent session (clean session off, QoS 1) for the broker to queue it in.
+- `{prefix}/{stream}/{detection}/state`: "ON" / "OFF", retained: what is going on now, which a subscriber gets on
+  (re)subscribing, so the state, not the event, is what an automation that must not miss a change should follow.
 - `{prefix}/{stream}/level`: the stream's input level in dBFS as a decimal number (e.g. `-31.5`, never below
   `LEVEL_FLOOR_DBFS`), every `mqtt.level_interval_seconds`; QoS 0, not retained, not spooled while the broker is
   away (a stale level is worthless).
@@ -30,6 +35,7 @@ Home Assistant (with `mqtt.home_assistant.enabled`): retained discovery configs 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -45,6 +51,9 @@ STATUS_OFFLINE: StatusPayload = "offline"
 STATE_ON: StatePayload = "ON"
 STATE_OFF: StatePayload = "OFF"
 LEVEL_FLOOR_DBFS = -120.0  # digital silence is -inf dBFS; published as this floor instead
+DEFAULT_TOPIC_ROOT = "clapd"  # the default prefix is `clapd/{node id}`
+MAX_NODE_ID = 64  # characters: as many as a client id has
+_NOT_IN_NODE_ID = re.compile(r"[^A-Za-z0-9_-]")  # a topic level that is also a Home Assistant id
 
 _FORBIDDEN_IN_LEVEL = ("+", "#", "/", "\0")
 
@@ -103,6 +112,19 @@ def build_topic(prefix: str, *levels: str) -> str:
     for level in levels:
         _check_level(level, "topic level")
     return "/".join((prefix, *levels))
+
+
+def node_id_for(client_id: str | None, hostname: str) -> str:
+    """The daemon's id on the broker: `client_id` if configured, else the host name with every character other than
+    a letter, digit, `_` or `-` made `_` (`edge-1.lan` -> `edge-1_lan`), at most `MAX_NODE_ID` characters."""
+    if client_id:
+        return client_id
+    return _NOT_IN_NODE_ID.sub("_", hostname)[:MAX_NODE_ID] or DEFAULT_TOPIC_ROOT
+
+
+def topic_prefix_for(topic_prefix: str | None, node_id: str) -> str:
+    """The configured prefix as given, else `clapd/{node_id}`."""
+    return topic_prefix if topic_prefix is not None else build_topic(DEFAULT_TOPIC_ROOT, node_id)
 
 
 def _check_level(level: str, what: str) -> None:
