@@ -5,7 +5,12 @@ give bimodal figures. The parent builds (or reuses) the random-weight reference 
 (`common.reference_bundle`, shared with bench_daemon.py), runs the workers one after another, prints a markdown
 table and, with `--write`, updates its section of docs/benchmarks.md.
 
+The bundle's int8 model is static (calibrated at export, batch-invariant); `onnx-int8-dynamic` is the dynamic int8
+that bundles held before, built next to the bundle from its fp32 file for comparison. `--profile` runs each chosen
+ONNX variant once more with onnxruntime's profiler and prints the time per operator type and per part of the model.
+
     .venv/bin/python benchmarks/bench_audio_cpu.py --write docs/benchmarks.md
+    .venv/bin/python benchmarks/bench_audio_cpu.py --variants onnx-fp32,onnx-int8,onnx-int8-dynamic --profile
 """
 
 from __future__ import annotations
@@ -15,22 +20,31 @@ import json
 import os
 import statistics
 import sys
+import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 from common import Reference, arg_parser, header_lines, publish, reference_bundle, worker_result
 
 SAMPLE_RATE = 48_000  # Hz
 WINDOW_SAMPLES = 480_000  # the model's fixed input: 10 s
 N_CLIPS = 8
 THREADS = 2
-VARIANTS = ("hf-eager", "onnx-fp32", "onnx-int8")
-NAMES = {"hf-eager": "HF eager", "onnx-fp32": "ONNX fp32", "onnx-int8": "ONNX int8"}
+VARIANTS = ("hf-eager", "onnx-fp32", "onnx-int8", "onnx-int8-dynamic")
+NAMES = {
+    "hf-eager": "HF eager",
+    "onnx-fp32": "ONNX fp32",
+    "onnx-int8": "ONNX int8 (static)",
+    "onnx-int8-dynamic": "ONNX int8 (dynamic)",
+}
 LABELS = {**NAMES, "hf-eager": "HF eager (extractor + `get_audio_features`)"}
 PRECISIONS = {"onnx-fp32": "fp32", "onnx-int8": "int8"}  # the bundle's audio model each ONNX variant runs
+DYNAMIC_INT8_FILE = "audio_int8_dynamic.onnx"  # beside the reference bundle, built from its fp32 file
 PACKAGES = ("torch", "transformers", "onnxruntime", "numpy")
 START, END = "<!-- bench_audio_cpu:start -->", "<!-- bench_audio_cpu:end -->"
 
@@ -83,16 +97,79 @@ def hf_embedder(model_dir: Path) -> Embedder:
     return embed
 
 
-def onnx_embedder(path: Path) -> Embedder:
-    import onnxruntime as ort
-
+def onnx_session(path: Path, profile_prefix: str | None = None) -> ort.InferenceSession:
+    """The daemon's CPU session settings; with `profile_prefix`, onnxruntime's profiler on."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = THREADS
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # the daemon's setting: no idle spin
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    if profile_prefix is not None:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def onnx_embedder(path: Path) -> Embedder:
+    session = onnx_session(path)
     input_name = session.get_inputs()[0].name
     return lambda batch: session.run(None, {input_name: batch})[0]
+
+
+# --- profiling: onnxruntime's per-node times, summed by operator type and by part of the model ---
+
+MATMUL_OPS = {"MatMul", "FusedMatMul", "QLinearMatMul", "MatMulIntegerToFloat", "DynamicQuantizeMatMul"}
+MATMUL_OPS |= {"MatMulInteger", "Gemm", "QGemm", "FusedGemm"}
+QDQ_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"}
+LAYOUT_OPS = {"Transpose", "Reshape", "Concat", "Slice", "Gather", "Unsqueeze", "Squeeze", "Split", "Pad", "Shape"}
+LAYOUT_OPS |= {"Expand", "Flatten", "Identity", "Cast", "Tile", "Range", "Where", "ReorderInput", "ReorderOutput"}
+GELU_OPS = {"Gelu", "BiasGelu", "FastGelu", "Erf"}
+NORM_OPS = {"LayerNormalization", "SkipLayerNormalization", "BatchNormalization"}
+
+
+def part_of_model(node: str, op: str) -> str:
+    """Which part of HTS-AT a profiled node belongs to, from its exported name (fused nodes keep little of it)."""
+    attention = "/attention/" in node
+    if node.startswith("front_end/"):
+        return "front end (DFT Conv, mel MatMul, log, time stretch)"
+    if op in QDQ_OPS:
+        return "QuantizeLinear / DequantizeLinear"
+    if op in LAYOUT_OPS:
+        return "layout (Transpose, Reshape, Concat, Slice, Pad, ...)"
+    if op == "Softmax":
+        return "attention Softmax"
+    if attention and op in MATMUL_OPS:
+        if any(f"/self/{p}/" in node for p in ("query", "key", "value")):
+            return "attention Q/K/V projections"
+        return "attention output projection" if "/output/" in node else "attention QK^T and PV (activation MatMuls)"
+    if "/intermediate/" in node or "/output/dense/" in node or op in GELU_OPS:
+        return "MLP (two projections, GELU)"
+    if "/downsample/" in node:
+        return "patch merging"
+    if op in NORM_OPS:
+        return "layer norms"
+    return "other (residual Add, mask Add, scale Div, patch embedding, head)"
+
+
+def profile_worker(path: Path, clips: np.ndarray, batch: int, runs: int) -> dict[str, dict[str, float]]:
+    """ms per window by operator type and by part of the model, over `runs` profiled runs after one warm-up."""
+    with tempfile.TemporaryDirectory() as folder:
+        session = onnx_session(path, profile_prefix=str(Path(folder) / "profile"))
+        feed = {session.get_inputs()[0].name: np.ascontiguousarray(clips[[k % len(clips) for k in range(batch)]])}
+        for _ in range(1 + runs):  # the first is a warm-up: allocations, prepacking
+            session.run(None, feed)
+        trace = json.loads(Path(session.end_profiling()).read_text())
+    runs_seen = sorted((e["ts"], e["dur"]) for e in trace if e.get("cat") == "Session" and e["name"] == "model_run")
+    timed = runs_seen[1:]
+    by_op, by_part = Counter(), Counter()
+    for event in trace:
+        if event.get("cat") != "Node" or not event["name"].endswith("_kernel_time") or event["ts"] < timed[0][0]:
+            continue
+        op, node = event["args"]["op_name"], event["name"].removesuffix("_kernel_time")
+        ms = event["dur"] / 1000.0 / runs / batch  # us per run -> ms per window
+        by_op[op] += ms
+        by_part[part_of_model(node, op)] += ms
+    run_ms = sum(duration for _, duration in timed) / 1000.0 / runs / batch
+    return {"op_type": dict(by_op.most_common()), "part": dict(by_part.most_common()), "run": {"ms": run_ms}}
 
 
 def time_embedder(embed: Embedder, clips: np.ndarray, batch: int, runs: int, warmup: int) -> list[float]:
@@ -109,13 +186,24 @@ def time_embedder(embed: Embedder, clips: np.ndarray, batch: int, runs: int, war
     return window_ms
 
 
+def onnx_file(reference: Reference, variant: str) -> Path:
+    if variant == "onnx-int8-dynamic":
+        return reference.directory / DYNAMIC_INT8_FILE
+    return reference.audio_file(PRECISIONS[variant])
+
+
 def run_worker(args: argparse.Namespace) -> None:
     clips = make_clips()
     reference = Reference(args.reference)
+    if args.profile_runs:
+        print(
+            json.dumps(profile_worker(onnx_file(reference, args.worker), clips, args.worker_batch, args.profile_runs))
+        )
+        return
     if args.worker == "hf-eager":
         embed = hf_embedder(reference.model)
     else:
-        embed = onnx_embedder(reference.audio_file(PRECISIONS[args.worker]))
+        embed = onnx_embedder(onnx_file(reference, args.worker))
     window_ms = time_embedder(embed, clips, args.worker_batch, args.runs, args.warmup)
     # Untimed: every clip once, for the cosine figures.
     embeddings = np.concatenate([embed(clips[i : i + args.worker_batch]) for i in range(0, N_CLIPS, args.worker_batch)])
@@ -162,7 +250,8 @@ def cosine_lines(timings: list[Timing]) -> list[str]:
     for t in sorted(timings, key=lambda t: t.batch):
         largest[t.variant] = np.asarray(t.embeddings, dtype=np.float64)
     lines = []
-    for candidate, reference, digits in (("onnx-int8", "onnx-fp32", 6), ("onnx-fp32", "hf-eager", 10)):
+    pairs = (("onnx-int8", "onnx-fp32", 6), ("onnx-int8-dynamic", "onnx-fp32", 6), ("onnx-fp32", "hf-eager", 10))
+    for candidate, reference, digits in pairs:
         if {candidate, reference} <= largest.keys():
             c = compare(largest[reference], largest[candidate])
             lines.append(
@@ -201,14 +290,73 @@ def section(timings: list[Timing], load: float) -> str:
     return "\n".join(lines)
 
 
+def static_reference(rebuild: bool) -> Reference:
+    """The reference bundle, exported again if its int8 model is a dynamic one from before static int8."""
+    reference = reference_bundle("default", tuple(PRECISIONS.values()), rebuild=rebuild)
+    manifest = json.loads((reference.bundle / "manifest.json").read_text())
+    if manifest["audio"]["int8"]["batch_invariant"]:
+        return reference
+    print("the reference bundle's int8 model is dynamic: exporting it again", file=sys.stderr)
+    return reference_bundle("default", tuple(PRECISIONS.values()), rebuild=True)
+
+
+def build_dynamic_int8(reference: Reference) -> None:
+    """Dynamic int8 from the bundle's fp32 file, as `clapd export` made int8 before it was static."""
+    from clapd.export import onnx_graphs, quantize
+
+    fp32, out = reference.audio_file("fp32"), reference.directory / DYNAMIC_INT8_FILE
+    if out.is_file() and out.stat().st_mtime > fp32.stat().st_mtime:
+        return
+    print(f"building {out} ...", file=sys.stderr)
+    with tempfile.TemporaryDirectory() as folder:
+        stages = Path(folder)
+        onnx_graphs.split_stages(fp32, stages / "front_end.onnx", stages / "embedder.onnx")
+        quantize.embedder_int8_dynamic(stages / "embedder.onnx", stages / "embedder_int8.onnx")
+        onnx_graphs.join_stages(stages / "front_end.onnx", stages / "embedder_int8.onnx", out)
+
+
+def spawn_profile(variant: str, batch: int, runs: int, reference: Reference) -> dict[str, dict[str, float]]:
+    options = ["--worker", variant, "--batch", str(batch), "--profile-runs", str(runs)]
+    options += ["--reference", str(reference.directory)]
+    print(f"profiling {variant} at batch {batch} ({runs} runs) ...", file=sys.stderr)
+    return worker_result(Path(__file__).resolve(), options, f"profile {variant}", env={"OMP_NUM_THREADS": str(THREADS)})
+
+
+def profile_tables(profiles: dict[tuple[str, int], dict[str, dict[str, float]]], top: int = 16) -> str:
+    """Two markdown tables, ms per window under the profiler: by part of the model, and the top operator types."""
+    columns = list(profiles)
+    header = "| {} | " + " | ".join(f"{NAMES[v]}, batch {b}" for v, b in columns) + " |"
+    rule = "|---|" + "---:|" * len(columns)
+    lines = []
+    for kind, title in (("part", "part of the model"), ("op_type", "operator type")):
+        totals = Counter()
+        for profile in profiles.values():
+            totals.update(profile[kind])
+        lines += ["", header.format(title), rule]
+        for name, _ in totals.most_common(top if kind == "op_type" else None):
+            lines.append(f"| {name} | " + " | ".join(f"{profiles[c][kind].get(name, 0.0):.1f}" for c in columns) + " |")
+        sums = [sum(profiles[c][kind].values()) for c in columns]
+        lines.append("| **sum of node times** | " + " | ".join(f"**{x:.1f}**" for x in sums) + " |")
+        lines.append("| run time, profiled | " + " | ".join(f"{profiles[c]['run']['ms']:.1f}" for c in columns) + " |")
+    return "\n".join(lines)
+
+
 def run_parent(args: argparse.Namespace) -> None:
     load = os.getloadavg()[0]
-    reference = reference_bundle("default", tuple(PRECISIONS.values()), rebuild=args.rebuild)
+    variants = [v for v in VARIANTS if v in args.variants.split(",")]
+    reference = static_reference(args.rebuild)
+    if "onnx-int8-dynamic" in variants:
+        build_dynamic_int8(reference)
     batches = [int(b) for b in args.batches.split(",")]
     timings = [
-        spawn_worker(variant, batch, args.runs, args.warmup, reference) for batch in batches for variant in VARIANTS
+        spawn_worker(variant, batch, args.runs, args.warmup, reference) for batch in batches for variant in variants
     ]
     publish(section(timings, load), args.write, START, END)
+    if args.profile:
+        onnx_variants = [v for v in variants if v != "hf-eager"]
+        profiles = {(v, b): spawn_profile(v, b, args.profile, reference) for b in batches for v in onnx_variants}
+        print(f"\nms per window under onnxruntime's profiler ({args.profile} runs after a warm-up):")
+        print(profile_tables(profiles))
 
 
 def parse_args() -> argparse.Namespace:
@@ -217,10 +365,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--runs", type=int, default=10, help="timed runs per variant and batch")
     parser.add_argument("--warmup", type=int, default=2, help="untimed runs before them")
     parser.add_argument("--batches", default="1,8", help="comma-separated batch sizes")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated, of: " + ", ".join(VARIANTS))
+    parser.add_argument("--profile", type=int, default=0, metavar="RUNS", help="then profile each ONNX variant")
     parser.add_argument("--write", type=Path, help="markdown file whose bench_audio_cpu section to update")
     parser.add_argument("--worker", choices=VARIANTS, help=argparse.SUPPRESS)
     parser.add_argument("--worker-batch", "--batch", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--reference", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--profile-runs", type=int, default=0, help=argparse.SUPPRESS)
     return parser.parse_args()
 
 

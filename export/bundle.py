@@ -32,7 +32,7 @@ from clapd.daemon.manifest import (
     sha256_file,
 )
 from clapd.daemon.tokenizer import PromptTokenizer
-from clapd.export import onnx_graphs, verify
+from clapd.export import onnx_graphs, quantize, verify
 from clapd.models.checkpoints import LoadedCheckpoint, load_checkpoint
 from clapd.models.encoders import AudioEncoder, TextEncoder
 
@@ -121,20 +121,34 @@ def _export_audio(
     front_end, embedder = stages / "front_end.onnx", stages / "embedder_fp32.onnx"
     onnx_graphs.export_audio_stages(encoder, front_end, embedder)
     bar.update()
-    variants = {"fp16": onnx_graphs.embedder_fp16, "int8": onnx_graphs.embedder_int8}
     files: dict[Precision, ModelFile] = {}
     for precision in sorted(precisions, key=PRECISIONS.index):
         bar.set_description(f"audio {precision}: building and verifying")
         precise_embedder = embedder
         if precision != "fp32":
             precise_embedder = stages / f"embedder_{precision}.onnx"
-            variants[precision](embedder, precise_embedder)
+            window = (settings.sample_rate, settings.window_samples)
+            _embedder_variant(precision, front_end, embedder, precise_embedder, window)
         path = staging / audio_file_name(precision)
         onnx_graphs.join_stages(front_end, precise_embedder, path)
         files[precision] = _verified_audio(path, precision, batch, reference, settings.window_samples)
         bar.update()
     shutil.rmtree(stages)
     return files
+
+
+def _embedder_variant(
+    precision: Precision, front_end: Path, fp32_embedder: Path, out: Path, window: tuple[int, int]
+) -> None:
+    """fp16 by conversion; int8 static, calibrated on clips the front end turns into the embedder's input.
+
+    `window`: (sample rate in Hz, samples per window) of the calibration clips.
+    """
+    if precision == "fp16":
+        onnx_graphs.embedder_fp16(fp32_embedder, out)
+    else:
+        clips = quantize.calibration_clips(*window)
+        quantize.embedder_int8(front_end, fp32_embedder, out, list(clips.values()))
 
 
 def _verified_audio(
@@ -269,3 +283,35 @@ def _manifest(
             "text_layers": int(model.config.text_config.num_hidden_layers),
         },
     )
+
+
+def requantize_int8(bundle_dir: Path, notes: tuple[str, ...] = ()) -> Manifest:
+    """Rebuild a bundle's int8 audio model from its fp32 one, for a bundle whose PyTorch weights are gone.
+
+    The fp32 file is split back into its two stages and the embedder quantised as `clapd export` does; the
+    result is verified against the fp32 file (itself verified against PyTorch at export) on the verification
+    clips. Only `audio_int8.onnx` and the manifest change; a model below its bar raises with nothing changed.
+    """
+    manifest = Manifest.read(bundle_dir)
+    manifest.check_files(bundle_dir)
+    if "fp32" not in manifest.audio:
+        raise verify.VerificationError(f"{bundle_dir}: no fp32 audio model to quantise")
+    fp32_path = bundle_dir / manifest.audio["fp32"].file
+    window = (manifest.sample_rate, manifest.window_samples)
+    batch = np.stack(list(verify.verification_clips(*window).values()))
+    fp32 = verify.cpu_session(str(fp32_path))
+    reference = verify.run_batched(lambda x: fp32.run(None, {onnx_graphs.AUDIO_INPUT: x})[0], batch)
+    with _staging(bundle_dir) as staging:
+        front_end, embedder = staging / "front_end.onnx", staging / "embedder_fp32.onnx"
+        onnx_graphs.split_stages(fp32_path, front_end, embedder)
+        quantised = staging / "embedder_int8.onnx"
+        _embedder_variant("int8", front_end, embedder, quantised, window)
+        path = staging / audio_file_name("int8")
+        onnx_graphs.join_stages(front_end, quantised, path)
+        entry = _verified_audio(path, "int8", batch, reference, manifest.window_samples)
+        shutil.move(path, bundle_dir / entry.file)
+    audio = {**manifest.audio, "int8": entry}
+    new_notes = [note for note in notes if note not in manifest.notes]
+    updated = manifest.model_copy(update={"audio": audio, "notes": [*manifest.notes, *new_notes]})
+    updated.write(bundle_dir)
+    return updated

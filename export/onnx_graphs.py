@@ -1,15 +1,15 @@
-"""PyTorch encoders -> ONNX files, and the fp16 and int8 variants of the audio model."""
+"""PyTorch encoders -> ONNX files, the fp16 variant of the audio model, and the audio model's two stages joined
+and split (the int8 variants are in `clapd.export.quantize`)."""
 
 from __future__ import annotations
 
-import logging
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import onnx
 import torch
 from onnxconverter_common import float16
-from onnxruntime.quantization import QuantType, quantize_dynamic
 
 from clapd.models.encoders import AudioEncoder, TextEncoder
 
@@ -66,11 +66,41 @@ def join_stages(front_end_path: Path, embedder_path: Path, out_path: Path) -> No
     joined = onnx.compose.merge_models(
         front_end, embedder, io_map=[(FRONT_END_PREFIX + FEATURES, FEATURES)], doc_string="clapd audio model"
     )
+    _align_opsets(joined)  # merge_models lists each domain once per model
     joined.graph.input[0].name = AUDIO_INPUT
     for node in joined.graph.node:
         node.input[:] = [AUDIO_INPUT if name == FRONT_END_PREFIX + AUDIO_INPUT else name for name in node.input]
     onnx.checker.check_model(joined)
     onnx.save(joined, str(out_path))
+
+
+def split_stages(audio_path: Path, front_end_path: Path, embedder_path: Path) -> None:
+    """The inverse of `join_stages`: an audio model's two stages as `export_audio_stages` writes them.
+
+    For a bundle whose PyTorch weights are gone (the demo bundle): its fp32 embedder can be quantised again.
+    """
+    joined = onnx.load(str(audio_path))
+    _align_opsets(joined)  # files joined before the duplicate domain entries were removed list "" twice
+    extractor = onnx.utils.Extractor(joined)
+    features = FRONT_END_PREFIX + FEATURES
+    front_end = extractor.extract_model([AUDIO_INPUT], [features])
+    _rename(front_end.graph, lambda name: name.removeprefix(FRONT_END_PREFIX))
+    embedder = extractor.extract_model([features], [AUDIO_OUTPUT])
+    _rename(embedder.graph, lambda name: FEATURES if name == features else name)
+    for model, path in ((front_end, front_end_path), (embedder, embedder_path)):
+        model.producer_name = joined.producer_name
+        onnx.checker.check_model(model)
+        onnx.save(model, str(path))
+
+
+def _rename(graph: onnx.GraphProto, rename: Callable[[str], str]) -> None:
+    """Every node, tensor and value name in `graph` (not in subgraphs, which the audio stages have none of)."""
+    for node in graph.node:
+        node.name = rename(node.name)
+        node.input[:] = [rename(name) for name in node.input]
+        node.output[:] = [rename(name) for name in node.output]
+    for value in (*graph.input, *graph.output, *graph.value_info, *graph.initializer):
+        value.name = rename(value.name)
 
 
 def _align_opsets(*models: onnx.ModelProto) -> None:
@@ -110,19 +140,3 @@ def embedder_fp16(fp32_path: Path, out_path: Path) -> None:
     model = onnx.load(str(fp32_path))
     converted = float16.convert_float_to_float16(model, keep_io_types=True)
     onnx.save(converted, str(out_path))
-
-
-def embedder_int8(fp32_path: Path, out_path: Path) -> None:
-    """Dynamic int8 quantisation of the embedder (signed weights, which VNNI needs).
-
-    Per-tensor weight scales: on HTSAT-tiny they hold cosine 0.9996 to fp32 where per-channel ones gave 0.9986.
-
-    Only the embedder: int8 weights turn the front end's DFT basis and mel bank into noise (cosine 0.43).
-    """
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)  # the quantiser warns on the root logger about every integer tensor it skips
-    try:
-        quantize_dynamic(str(fp32_path), str(out_path), weight_type=QuantType.QInt8, per_channel=False)
-    finally:
-        root.setLevel(level)
