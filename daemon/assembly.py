@@ -19,6 +19,7 @@ from clapd.daemon.control import ControlChannel
 from clapd.daemon.demo import installed_demo_bundle
 from clapd.daemon.detector import Detector
 from clapd.daemon.events import StreamClock
+from clapd.daemon.examples import ExampleEmbedder
 from clapd.daemon.inference import AudioModel, LazyTextModel, open_bundle
 from clapd.daemon.manifest import BundleError, Manifest, window_samples_for
 from clapd.daemon.output import Output
@@ -34,6 +35,7 @@ logger = logging.getLogger(__name__)
 
 RING_SECONDS = 30  # capture kept per stream: the longest window plus generous slack for a slow model call
 PROMPT_CACHE_DIR = "prompt-cache"  # in the state directory
+EXAMPLE_CACHE_DIR = "example-cache"  # in the state directory
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,20 +47,37 @@ class Assembly:
 
 
 def assemble(config: ClapdConfig, *, utc_now: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> Assembly:
-    """Load and check the model, embed the prompts, warm up, and build streams, outputs and the runner."""
+    """Load and check the model, embed the prompts and examples, warm up, and build streams, outputs and the
+    runner."""
     bundle_dir = resolve_bundle(config)
     manifest = open_bundle(bundle_dir)
     window, hop = window_samples_for(config.windows, manifest, bundle=bundle_dir)
     audio = AudioModel(bundle_dir, manifest, config.model)
     text = LazyTextModel(bundle_dir, manifest, config.model)
+    examples = ExampleEmbedder(
+        audio,
+        sample_rate=manifest.sample_rate,
+        window=window,
+        hop=hop,
+        model_window=manifest.window_samples,
+        cache_dir=config.state_dir / EXAMPLE_CACHE_DIR,
+        model_sha256=audio.entry.sha256,
+        embedding_size=manifest.embedding_size,
+    )
     preparer = DetectionPreparer(
-        text, config.state_dir / PROMPT_CACHE_DIR, manifest.text.sha256, manifest.logit_scale, manifest.embedding_size
+        text,
+        config.state_dir / PROMPT_CACHE_DIR,
+        manifest.text.sha256,
+        manifest.logit_scale,
+        manifest.embedding_size,
+        examples=examples,
     )
     detections = preparer.prepare(config.detections, list(config.background_prompts))
     audio.warm_up()
     logger.info("model ready: %s %s on %s", manifest.source, audio.precision, audio.providers[0])
     streams = build_streams(config, manifest, window, hop, utc_now())
-    detector = Detector(audio, detections, {s.name: s.clock for s in streams}, hop)
+    gates = {name: stream.min_level_dbfs for name, stream in config.streams.items()}
+    detector = Detector(audio, detections, {s.name: s.clock for s in streams}, hop, gates=gates)
     outputs, control = build_outputs(config, manifest.sample_rate)
     mqtt = config.outputs.mqtt
     runner = Runner(

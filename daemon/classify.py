@@ -14,6 +14,7 @@ from clapd.daemon.config import ClapdConfig, DetectionConfig, ModelConfig, Windo
 from clapd.daemon.demo import DEMO_WINDOWS, installed_demo_bundle
 from clapd.daemon.detector import Detector
 from clapd.daemon.events import StreamClock
+from clapd.daemon.examples import ExampleEmbedder
 from clapd.daemon.inference import AudioModel, LazyTextModel, open_bundle
 from clapd.daemon.manifest import window_samples_for
 from clapd.daemon.mqtt.payloads import EventPayload
@@ -43,6 +44,7 @@ class Scoring:
     detections: Mapping[str, DetectionConfig]
     background: list[str]
     windows: WindowConfig
+    min_level_dbfs: float | None = None  # the level gate of the stream the recording stands for
 
 
 def scoring_from(
@@ -55,11 +57,19 @@ def scoring_from(
     background: list[str] | None = None,
 ) -> Scoring:
     """What `clapd run` would use with this config (None: the embedded default's model, on the CPU in fp32), with
-    the given options laid over it; `prompts` replace the detections, each named by its text."""
+    the given options laid over it; `prompts` replace the detections, each named by its text.
+
+    The recording stands for every stream of the config: each detection scores it whichever streams it watches, and
+    the streams' level gate applies when they share one (`min_level_dbfs`)."""
     demo = installed_demo_bundle()
+    gate = None
     if config is not None:
-        model, detections = config.model, dict(config.detections)
+        model, detections = (
+            config.model,
+            {n: d.model_copy(update={"streams": None}) for n, d in config.detections.items()},
+        )
         windows, default_background = config.windows, list(config.background_prompts)
+        gate = _shared_gate(config)
     else:
         model = ModelConfig(providers=["cpu"], precision="fp32")
         detections, default_background = {}, _default_background()
@@ -74,7 +84,12 @@ def scoring_from(
     chosen = bundle or model.bundle or demo
     if chosen is None:
         raise ValueError("no bundle: give --bundle (this install has no demo bundle)")
-    return Scoring(chosen, model, detections, background or default_background, windows)
+    return Scoring(chosen, model, detections, background or default_background, windows, gate)
+
+
+def _shared_gate(config: ClapdConfig) -> float | None:
+    gates = {stream.min_level_dbfs for stream in config.streams.values()}
+    return gates.pop() if len(gates) == 1 else None
 
 
 def _default_background() -> list[str]:
@@ -99,14 +114,23 @@ def classify(audio_path: Path, scoring: Scoring) -> ScoreTable:
     manifest = open_bundle(scoring.bundle)
     window, hop = window_samples_for(scoring.windows, manifest, bundle=scoring.bundle)
     audio_model = AudioModel(scoring.bundle, manifest, scoring.model)
-    preparer = DetectionPreparer(
-        LazyTextModel(scoring.bundle, manifest, scoring.model), None, manifest.text.sha256, manifest.logit_scale
-    )
-    detections = preparer.prepare(scoring.detections, scoring.background)
     rate = manifest.sample_rate
+    examples = ExampleEmbedder(
+        audio_model,
+        sample_rate=rate,
+        window=window,
+        hop=hop,
+        model_window=manifest.window_samples,
+        cache_dir=None,
+        model_sha256=audio_model.entry.sha256,
+        embedding_size=manifest.embedding_size,
+    )
+    text = LazyTextModel(scoring.bundle, manifest, scoring.model)
+    preparer = DetectionPreparer(text, None, manifest.text.sha256, manifest.logit_scale, examples=examples)
+    detections = preparer.prepare(scoring.detections, scoring.background)
     audio = read_audio(audio_path, rate)
     clock = StreamClock(datetime.now(timezone.utc), rate)
-    detector = Detector(audio_model, detections, {STREAM: clock}, hop)
+    detector = Detector(audio_model, detections, {STREAM: clock}, hop, gates={STREAM: scoring.min_level_dbfs})
     windows = clip_windows(STREAM, audio, window, hop, manifest.window_samples)
     scores, events = [], []
     for first in range(0, len(windows), BATCH_WINDOWS):

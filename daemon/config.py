@@ -7,10 +7,18 @@ restricted to characters that can never form a wildcard (`+`, `#`) or an extra l
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
@@ -32,6 +40,9 @@ MAX_EVENT_SECONDS = 86_400.0  # a day: the longest minimum duration or cooldown 
 MAX_INTERVAL_SECONDS = 3_600.0  # an hour: the longest back-off or publishing interval
 MIN_RESTART_SECONDS = 0.1  # the shortest back-off: a command that dies at once restarts at most 10 times a second
 MIN_LEVEL_INTERVAL_SECONDS = 1.0  # levels are measured once a second (`clapd.daemon.runner.LEVEL_SECONDS`)
+MIN_DBFS = -120.0  # the quietest level a setting may name: digital silence (`clapd.daemon.streams.SILENCE_DBFS`)
+EXAMPLE_MARGIN = 0.3  # cosine taken off audio examples' matches: see DetectionConfig.example_margin
+MAX_EXAMPLES = 100  # example files or folders a detection may list (each folder holds at most as many files)
 
 
 class Section(BaseModel):
@@ -113,6 +124,19 @@ class WindowConfig(Section):
         return self
 
 
+def _min_level_dbfs() -> Any:
+    """A stream's level gate, the same field in every source kind."""
+    return Field(
+        None,
+        ge=MIN_DBFS,
+        le=0.0,
+        description="level gate in dBFS: a window quieter than this (RMS over the window) skips the model and scores "
+        "0 for every detection of the stream, so events in progress end as on a sound gone quiet; counted as "
+        '`gated` (metrics `clapd_windows_total{outcome="gated"}`, among the processed); default: none, every '
+        "window goes to the model. `level` detections still measure gated windows",
+    )
+
+
 class MicSource(Section):
     """A PortAudio input device (`clapd devices` lists them), reopened with back-off when it goes away."""
 
@@ -137,6 +161,7 @@ class MicSource(Section):
     block_seconds: float = Field(
         0.05, ge=0.005, le=1.0, description="seconds of audio PortAudio delivers per capture callback"
     )
+    min_level_dbfs: float | None = _min_level_dbfs()
 
 
 class FileSource(Section):
@@ -154,6 +179,7 @@ class FileSource(Section):
         le=MAX_CHANNEL,
         description="use this channel only (numbered from 0); default: average all channels (downmix)",
     )
+    min_level_dbfs: float | None = _min_level_dbfs()
 
 
 class PipeSource(Section):
@@ -184,31 +210,106 @@ class PipeSource(Section):
         description="longest wait in seconds between restarts of a dead command (back-off from 1 s, doubling); "
         "at least 0.1, so a command that dies at once is restarted at most 10 times a second",
     )
+    min_level_dbfs: float | None = _min_level_dbfs()
 
 
 StreamConfig = Annotated[MicSource | FileSource | PipeSource, Field(discriminator="type")]
 
 
-class DetectionConfig(Section):
-    """One sound to detect: text prompts describing it, and the score thresholds and timing of its events.
+def _checked_example(value: str) -> str:
+    """An example file or folder that can be used: readable audio, long enough, not silent (reason otherwise)."""
+    from clapd.daemon.examples import check_example_entry  # soundfile: read only where examples are given
 
-    A window's score is a softmax over the prompts' averaged embedding, the negative prompts and the shared
-    background prompts: the probability that the window sounds like the prompts rather than anything else listed.
+    check_example_entry(Path(value))
+    return value
+
+
+# An audio file, or a folder of them, on the daemon's machine; checked when the config (or a control request) is read.
+ExamplePath = Annotated[str, Field(min_length=1), AfterValidator(_checked_example)]
+
+
+class LevelConfig(Section):
+    """A level detection: any sound loud enough for long enough, measured without the model.
+
+    Each window's new audio (its newest hop) is measured in 100 ms blocks (RMS); the score is 1 when the level has
+    stayed at or above `above_dbfs`, without a break, for `min_seconds`, else 0, so the detection's thresholds do
+    not matter and it is not smoothed. Its events go through the same lifecycle as a model detection's (minimum
+    duration, cooldown, states, outputs), at the hop's resolution, dated from the start of the loud stretch.
+    """
+
+    above_dbfs: float = Field(
+        ge=MIN_DBFS, le=0.0, description="short-time level in dBFS (RMS over 100 ms) that counts as loud"
+    )
+    min_seconds: float = Field(
+        0.0,
+        ge=0.0,
+        le=MAX_INTERVAL_SECONDS,
+        description="seconds the level must stay at or above above_dbfs without a break; 0: one loud 100 ms block",
+    )
+
+
+class DetectionConfig(Section):
+    """One sound to detect, described by text prompts, by audio examples or both, or (`level`) by loudness alone;
+    and the score thresholds and timing of its events.
+
+    A window's score is the probability, at the model's logit scale, that the window sounds like this detection
+    rather than like its negatives or the shared background prompts: a softmax over the detection's logit, each
+    negative prompt's and negative example's, and each background prompt's. The detection's logit is the larger of
+    its text logit (the logit scale times the window's cosine with the mean of its prompts' embeddings) and its
+    example logit (the logit scale times the cosine with the mean of its examples' embeddings, less
+    `example_margin`); a negative example's logit is its cosine, less `example_margin`, times the logit scale.
+
+    An example file is embedded as the daemon hears audio: resampled to the model's rate, cut into windows of
+    `windows.window_seconds` every `windows.hop_seconds` (a file shorter than a window is one repeat-padded window),
+    and the windows within 10 dB of its loudest (those that hold the sound) averaged into one embedding, cached in
+    `state_dir` by the audio model's and the file's sha256. The text model is not needed for examples.
     """
 
     prompts: list[Annotated[str, Field(min_length=1)]] = Field(
-        min_length=1, description="texts describing the sound; their embeddings are averaged into one"
+        default_factory=list,
+        description="texts describing the sound, their embeddings averaged into one; a detection gives prompts, "
+        "examples or both (neither with `level`)",
     )
     negative_prompts: list[Annotated[str, Field(min_length=1)]] = Field(
         default_factory=list,
         description="similar sounds this detection must beat, each competing on its own (in addition to "
         "background_prompts)",
     )
+    examples: list[ExamplePath] = Field(
+        default_factory=list,
+        max_length=MAX_EXAMPLES,
+        description="recordings of the sound: audio files (whatever libsndfile reads: wav, flac, ogg, mp3...) or "
+        "folders of them (their audio files, not subfolders), on the daemon's machine (a relative path is from "
+        "its working directory); each 0.1 to 60 s long and not silent (louder than -60 dBFS somewhere); their "
+        "embeddings are averaged into one",
+    )
+    negative_examples: list[ExamplePath] = Field(
+        default_factory=list,
+        max_length=MAX_EXAMPLES,
+        description="recordings of sounds that must not fire this detection (the microwave beep that sounds like "
+        "the smoke alarm), each competing on its own like a negative prompt; files or folders as for examples",
+    )
+    example_margin: float = Field(
+        EXAMPLE_MARGIN,
+        ge=0.0,
+        le=1.0,
+        description="subtracted from a window's cosine with the examples (and each negative example) before it "
+        "competes with text at the logit scale: a window matches a recording of the same sound far more closely "
+        "(cosine near 1) than any text describes it; 0.3 suits the demo model, whose prompts match their sounds "
+        "at a cosine near 0.7; a model whose prompts match less closely wants a larger margin",
+    )
+    level: LevelConfig | None = Field(
+        None,
+        description="make this a level detection (no model, no prompts or examples): it fires when the stream's "
+        "level stays above a threshold; default: none, a model detection",
+    )
     threshold_on: float = Field(0.5, gt=0.0, lt=1.0, description="smoothed score (0 to 1) that starts an event")
     threshold_off: float = Field(
         0.35, ge=0.0, lt=1.0, description="smoothed score (0 to 1) below which an event ends; at most threshold_on"
     )
-    smoothing_windows: int = Field(3, ge=1, le=100, description="moving average of the score over this many windows")
+    smoothing_windows: int = Field(
+        3, ge=1, le=100, description="moving average of the score over this many windows (a level detection: none)"
+    )
     min_duration_seconds: float = Field(
         0.0, ge=0.0, le=MAX_EVENT_SECONDS, description="events shorter than this many seconds are dropped; 0: keep all"
     )
@@ -231,6 +332,16 @@ class DetectionConfig(Section):
     def _hysteresis(self) -> DetectionConfig:
         if self.threshold_off > self.threshold_on:
             raise ValueError("threshold_off must not exceed threshold_on")
+        return self
+
+    @model_validator(mode="after")
+    def _something_to_detect(self) -> DetectionConfig:
+        if self.level is not None:
+            given = [k for k in ("prompts", "negative_prompts", "examples", "negative_examples") if getattr(self, k)]
+            if given:
+                raise ValueError(f"a level detection measures loudness without the model: remove {', '.join(given)}")
+        elif not self.prompts and not self.examples:
+            raise ValueError("give prompts (text), examples (audio files) or both, or a level block")
         return self
 
 

@@ -2,7 +2,15 @@
 
 `Detector` is synchronous: no threads, no network, no clock of its own (each stream's `StreamClock`, passed in,
 turns sample offsets into UTC). The daemon's inference thread, `clapd classify`, the tests and the benchmarks all
-feed windows through `Detector.process`; new decision features plug in here.
+feed windows through `Detector.process`; new decision features plug in here:
+
+- model detections: prompts and audio examples against negatives and the background (`clapd.daemon.matcher`);
+- the level gate: a window quieter than its stream's `min_level_dbfs` skips the model and scores 0 for every model
+  detection of the stream, so events in progress end as on a sound gone quiet (counted in `gated`);
+- level detections: the stream's short-time level over each window's new audio, no model
+  (`clapd.daemon.loudness`).
+
+Every score goes through the same `EventTracker`, so every output sees ordinary `DetectionEvent`s.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ import numpy as np
 
 from clapd.daemon.config import DetectionConfig
 from clapd.daemon.events import EventTracker, StreamClock
+from clapd.daemon.loudness import LevelWatch, window_level_dbfs
 from clapd.daemon.matcher import Matcher
 from clapd.daemon.records import DetectionEvent, Scores, Window
 
@@ -27,7 +36,8 @@ class Embedder(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class DetectionSet:
-    """Detections with their prompts embedded (`clapd.daemon.prompts.DetectionPreparer`), ready to be swapped in."""
+    """Detections with their prompts and examples embedded (`clapd.daemon.prompts.DetectionPreparer`), ready to be
+    swapped in. `matcher` scores the model detections; level detections are in `configs` only."""
 
     configs: dict[str, DetectionConfig]
     matcher: Matcher
@@ -50,15 +60,29 @@ class Swap:
 
 
 class Detector:
-    """Windows of any streams -> scores per detection -> start/end events (smoothing, hysteresis, cooldown)."""
+    """Windows of any streams -> scores per detection -> start/end events (smoothing, hysteresis, cooldown).
+
+    `gates`: each stream's `min_level_dbfs` (None or absent: no gate)."""
 
     def __init__(
-        self, embedder: Embedder, detections: DetectionSet, clocks: Mapping[str, StreamClock], hop: int
+        self,
+        embedder: Embedder,
+        detections: DetectionSet,
+        clocks: Mapping[str, StreamClock],
+        hop: int,
+        *,
+        gates: Mapping[str, float | None] | None = None,
     ) -> None:
         self._embedder = embedder
         self._detections = detections
         self._tracker = EventTracker(detections.configs, dict(clocks), hop)
+        self._gates = {stream: gate for stream, gate in (gates or {}).items() if gate is not None}
+        self._levels = {stream: LevelWatch(clock.sample_rate) for stream, clock in clocks.items()}
+        self._watch_levels(detections.configs)
         self.unscored = 0  # windows whose embedding was not finite: neither scored nor tracked
+        # stream -> windows below its level gate, not given to the model; every stream's key made here, so a reader in
+        # another thread (metrics) never meets the mapping growing
+        self.gated: dict[str, int] = dict.fromkeys(clocks, 0)
 
     @property
     def detections(self) -> dict[str, DetectionConfig]:
@@ -70,21 +94,32 @@ class Detector:
         return self._tracker.pairs
 
     def process(self, windows: Sequence[Window]) -> Detections:
-        """Embed the windows in one model call, score each, and track events; windows of a stream in time order.
-        A window whose embedding is not finite is left out (counted in `unscored`)."""
+        """Embed the windows that need the model in one call, score each window, and track events; windows of a
+        stream in time order. A window whose embedding is not finite is left out (counted in `unscored`)."""
         if not windows:
             return Detections([], [])
-        embeddings = self._embedder.embed(np.stack([w.samples for w in windows]))
         matcher = self._detections.matcher
+        gated = [self._below_gate(w) for w in windows]
+        modelled = [not below and matcher.watches(w.stream) for w, below in zip(windows, gated, strict=True)]
+        to_embed = [w.samples for w, m in zip(windows, modelled, strict=True) if m]
+        embeddings = iter(self._embedder.embed(np.stack(to_embed)) if to_embed else ())
         scores, events = [], []
-        for window, embedding, finite in zip(windows, embeddings, np.isfinite(embeddings).all(axis=1), strict=True):
-            if not finite:  # the model overflowed (fp16 on absurd audio): a NaN score would start every detection
-                self.unscored += 1
-                continue
-            values = matcher.score(window.stream, embedding)
+        for window, below, needs_model in zip(windows, gated, modelled, strict=True):
+            values: dict[str, float] = {}
+            if below:
+                self.gated[window.stream] += 1
+                values = dict.fromkeys(matcher.names(window.stream), 0.0)  # as on silence: events in progress end
+            elif needs_model:
+                embedding = next(embeddings)
+                if not np.isfinite(embedding).all():  # the model overflowed (fp16 on absurd audio): a NaN score
+                    self.unscored += 1  # would start every detection
+                    continue
+                values = matcher.score(window.stream, embedding)
+            levels = self._levels[window.stream].feed(window)
+            values.update({name: level.score for name, level in levels.items()})
             window_scores = Scores(window.stream, window.start_sample, window.end_sample, values)
             scores.append(window_scores)
-            events.extend(self._tracker.feed(window_scores))
+            events.extend(self._tracker.feed(window_scores, {name: level.span for name, level in levels.items()}))
         return Detections(scores, events)
 
     def replace(self, detections: DetectionSet, end_samples: Mapping[str, int]) -> Swap:
@@ -93,8 +128,24 @@ class Detector:
         before = set(self._tracker.pairs)
         ended = self._tracker.update(detections.configs, dict(end_samples))
         self._detections = detections
+        self._watch_levels(detections.configs)
         return Swap(ended, sorted(set(self._tracker.pairs) - before))
 
     def close(self, stream: str, end_sample: int) -> list[DetectionEvent]:
         """The stream's audio ended at `end_sample`: its events in progress end there."""
+        self._levels[stream].reset()
         return self._tracker.close(stream, end_sample)
+
+    def _below_gate(self, window: Window) -> bool:
+        gate = self._gates.get(window.stream)
+        return gate is not None and window_level_dbfs(window) < gate
+
+    def _watch_levels(self, configs: Mapping[str, DetectionConfig]) -> None:
+        for stream, watch in self._levels.items():
+            watch.update(
+                {
+                    name: config
+                    for name, config in configs.items()
+                    if config.level is not None and (config.streams is None or stream in config.streams)
+                }
+            )

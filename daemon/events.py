@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import uuid
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -46,6 +47,15 @@ class StreamClock:
         return self.datetime_at(sample).isoformat(timespec="milliseconds")
 
 
+@dataclass(frozen=True, slots=True)
+class Span:
+    """The part of a window a detection heard, when it is not the whole window: sample offsets in the stream."""
+
+    start_sample: int
+    end_sample: int
+    onset: int | None = None  # where what it heard began, when known exactly
+
+
 @dataclass(slots=True)
 class _Heard:
     score: float
@@ -71,18 +81,20 @@ class DetectionTracker:
         self._config = config
         self._clock = clock
         self._hop = hop  # samples between window starts
-        self._history: deque[_Heard] = deque(maxlen=config.smoothing_windows)
+        smoothing = 1 if config.level is not None else config.smoothing_windows  # a level's score is 0 or 1: no mean
+        self._history: deque[_Heard] = deque(maxlen=smoothing)
         self._active: _Active | None = None
         self._quiet_until = 0  # cooldown: no new start before this sample
 
-    def feed(self, score: float, start_sample: int, end_sample: int) -> list[DetectionEvent]:
+    def feed(self, score: float, start_sample: int, end_sample: int, onset: int | None = None) -> list[DetectionEvent]:
+        """One window's score; `onset`, when known (a level detection's loud stretch), dates an event it starts."""
         heard = _Heard(score, start_sample, end_sample)
         self._history.append(heard)
         smoothed = sum(h.score for h in self._history) / len(self._history)
         if self._active is None:
             if smoothed < self._config.threshold_on or start_sample < self._quiet_until:
                 return []
-            self._active = _Active(event_id=uuid.uuid4().hex, onset=self._onset())
+            self._active = _Active(event_id=uuid.uuid4().hex, onset=self._onset() if onset is None else onset)
         active = self._active
         if smoothed < self._config.threshold_off:
             return self._finish(self._offset(active))
@@ -172,12 +184,19 @@ class EventTracker:
                 self._configs[key] = config
         return ended
 
-    def feed(self, scores: Scores) -> list[DetectionEvent]:
+    def feed(self, scores: Scores, heard: Mapping[str, Span] | None = None) -> list[DetectionEvent]:
+        """One window's scores. `heard` gives a detection its own span of the window (a level detection hears only
+        the window's new audio) and the onset of what it heard, instead of the window's bounds."""
         events = []
         for name, value in scores.values.items():
             tracker = self._trackers.get((scores.stream, name))
-            if tracker is not None:
+            if tracker is None:
+                continue
+            span = (heard or {}).get(name)
+            if span is None:
                 events.extend(tracker.feed(value, scores.start_sample, scores.end_sample))
+            else:
+                events.extend(tracker.feed(value, span.start_sample, span.end_sample, span.onset))
         return events
 
     def close(self, stream: str, end_sample: int) -> list[DetectionEvent]:

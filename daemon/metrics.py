@@ -69,6 +69,7 @@ class DaemonCollector(Collector):
             overruns.add_metric([name], stats.source.overruns)
             windows.add_metric([name, "processed"], stats.windows.produced)
             windows.add_metric([name, "skipped"], stats.windows.skipped)
+            windows.add_metric([name, "gated"], stats.windows.gated)  # of the processed: below min_level_dbfs
             outages.add_metric([name], stats.source.outages)
             restarts.add_metric([name], stats.source.restarts)
             nonfinite.add_metric([name], stats.nonfinite_samples)

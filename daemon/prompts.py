@@ -1,4 +1,5 @@
-"""Prompts -> embeddings: the on-disk prompt cache, and the preparation of a detection set between model calls.
+"""Prompts -> embeddings: the on-disk prompt cache, and the preparation of a detection set between model calls
+(prompts through the text model, audio examples through the audio model: `clapd.daemon.examples`).
 
 The text model is needed only for prompts missing from the cache; it is loaded for one batch of prompts and
 released after it (`LazyTextModel`), so a running daemon does not keep the full-size model's ~500 MB.
@@ -11,8 +12,6 @@ or computed are kept in memory, so a control request reads the files of new prom
 
 from __future__ import annotations
 
-import hashlib
-import io
 import logging
 import threading
 from collections.abc import Collection, Mapping
@@ -23,12 +22,11 @@ import numpy as np
 
 from clapd.daemon.config import DetectionConfig
 from clapd.daemon.detector import DetectionSet
+from clapd.daemon.embedding_cache import EmbeddingFiles
+from clapd.daemon.examples import ExampleEmbedder
 from clapd.daemon.matcher import Matcher, build_detections
-from clapd.daemon.state_files import write_atomically
 
 logger = logging.getLogger(__name__)
-
-NORM_TOLERANCE = 1e-2  # |1 - norm| a cached embedding may have: the text model's are unit vectors (fp16: ~1e-3)
 
 
 class TextEmbedder(Protocol):
@@ -49,15 +47,14 @@ class PromptCache:
         self, embedder: TextEmbedder, directory: Path | None, model_sha256: str, embedding_size: int | None = None
     ) -> None:
         self._embedder = embedder
-        self._directory = directory
+        self._files = EmbeddingFiles(directory, "prompt cache", embedding_size, logger)
         self._model = model_sha256
-        self._size = embedding_size
         self._known: dict[str, np.ndarray] = {}  # prompt -> its checked embedding, float32 [size], read-only
 
     def embed(self, prompts: list[str]) -> np.ndarray:
         """Embeddings [len(prompts), size] float32, one per prompt, from memory, the cache files or the text model."""
         for prompt in dict.fromkeys(prompts):
-            if prompt not in self._known and (embedding := self._read(prompt)) is not None:
+            if prompt not in self._known and (embedding := self._files.read(self._key(prompt))) is not None:
                 self._known[prompt] = embedding
         missing = [p for p in dict.fromkeys(prompts) if p not in self._known]
         if missing:
@@ -69,80 +66,32 @@ class PromptCache:
         for prompt in [p for p in self._known if p not in prompts]:
             del self._known[prompt]
 
+    def _key(self, prompt: str) -> str:
+        return f"{self._model}\0{prompt}"
+
     def _compute(self, prompts: list[str]) -> None:
         computed = np.asarray(self._embedder.embed(prompts), dtype=np.float32)
-        if self._size is None:
-            self._size = computed.shape[-1]
-        if computed.shape != (len(prompts), self._size):
+        if self._files.size is None:
+            self._files.size = computed.shape[-1]
+        if computed.shape != (len(prompts), self._files.size):
             raise RuntimeError(
                 f"the text model gave embeddings of shape {computed.shape} for {len(prompts)} prompts; "
-                f"expected [{len(prompts)}, {self._size}] (the bundle's embedding size)"
+                f"expected [{len(prompts)}, {self._files.size}] (the bundle's embedding size)"
             )
         for prompt, embedding in zip(prompts, computed, strict=True):
             embedding = np.array(embedding)  # its own copy, not a view keeping the whole batch alive
             embedding.setflags(write=False)
             self._known[prompt] = embedding
-            self._write(prompt, embedding)
-
-    def _path(self, prompt: str) -> Path | None:
-        if self._directory is None:
-            return None
-        key = hashlib.sha256(f"{self._model}\0{prompt}".encode()).hexdigest()
-        return self._directory / f"{key}.npy"
-
-    def _read(self, prompt: str) -> np.ndarray | None:
-        """The cached embedding if there is a sound one; None (with a warning for a bad one) to recompute it."""
-        path = self._path(prompt)
-        if path is None:
-            return None
-        try:
-            value = np.load(path, allow_pickle=False)
-        except FileNotFoundError:
-            return None
-        except Exception as e:  # np.load raises EOFError, ValueError, OSError, SyntaxError... on a damaged file
-            logger.warning("prompt cache entry %s is unreadable (%s); recomputing it", path.name, str(e) or repr(e))
-            return None
-        problem = self._problem(value)
-        if not isinstance(value, np.ndarray) and hasattr(value, "close"):
-            value.close()  # an .npz archive holds its file open
-        if problem is not None:
-            logger.warning("prompt cache entry %s %s; recomputing it", path.name, problem)
-            return None
-        if self._size is None:
-            self._size = value.shape[0]
-        value.setflags(write=False)
-        return value
-
-    def _problem(self, value: object) -> str | None:
-        """What is wrong with a cached value, or None if it is a finite unit vector of the embedding size."""
-        if not isinstance(value, np.ndarray) or value.dtype != np.float32:
-            return f"holds {getattr(value, 'dtype', type(value).__name__)}, not float32"
-        size = self._size
-        if value.ndim != 1 or value.shape[0] == 0 or (size is not None and value.shape[0] != size):
-            return f"has shape {list(value.shape)}, not [{size if size is not None else 'n'}]"
-        if not np.isfinite(value).all():
-            return "holds NaN or infinite values"
-        norm = float(np.linalg.norm(value))
-        if abs(norm - 1.0) > NORM_TOLERANCE:
-            return f"is not a unit vector (norm {norm:.4g})"
-        return None
-
-    def _write(self, prompt: str, embedding: np.ndarray) -> None:
-        path = self._path(prompt)
-        if path is None:
-            return
-        buffer = io.BytesIO()
-        np.save(buffer, embedding, allow_pickle=False)
-        try:
-            write_atomically(path, buffer.getvalue())
-        except OSError as e:  # a read-only or full disk costs start-up time, nothing else
-            logger.warning("cannot write the prompt cache (%s); prompts will be re-embedded next start", e)
+            self._files.write(self._key(prompt), embedding)
 
 
 class DetectionPreparer:
-    """Embeds detections' prompts into a `DetectionSet`; any thread may call it while audio flows (one at a time).
+    """Embeds detections' prompts and examples into a `DetectionSet`; any thread may call it while audio flows (one
+    at a time).
 
     `embedding_size`: the text model's (`Manifest.embedding_size`), against which cache entries are checked.
+    `examples`: embeds audio examples (without it, a detection with examples is refused). Level detections need
+    neither model, and a set of level detections only embeds nothing at all.
     """
 
     def __init__(
@@ -152,20 +101,29 @@ class DetectionPreparer:
         text_sha256: str,
         logit_scale: float,
         embedding_size: int | None = None,
+        *,
+        examples: ExampleEmbedder | None = None,
     ) -> None:
         self._text = text
         self._cache = PromptCache(text, cache_dir, text_sha256, embedding_size)
+        self._examples = examples
         self._logit_scale = logit_scale
         self._lock = threading.Lock()  # start-up, reloads and control requests embed one after another
 
     def prepare(self, detections: Mapping[str, DetectionConfig], background: list[str]) -> DetectionSet:
+        """`ExampleError` (a ValueError) names an example file that cannot be used."""
         with self._lock:
+            model_detections = {n: c for n, c in detections.items() if c.level is None}
             try:
-                built = build_detections(dict(detections), self._cache)
-                matcher = Matcher(built, self._cache.embed(list(background)), self._logit_scale)
+                built = build_detections(model_detections, self._cache, self._examples)
+                embedded = self._cache.embed(list(background)) if built and background else None
+                size = built[0].negatives.shape[1] if built else 0
+                matcher = Matcher(built, embedded if embedded is not None else np.zeros((0, size)), self._logit_scale)
             finally:
                 self._text.release()
-            self._cache.retain(_prompts_in(detections, background))
+            self._cache.retain(_prompts_in(model_detections, background if built else []))
+            if self._examples is not None:
+                self._examples.retain()
         return DetectionSet(dict(detections), matcher)
 
 

@@ -15,6 +15,7 @@ have been taken, the inference thread ends that stream's events in progress wher
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import logging
 import queue
@@ -138,7 +139,12 @@ class Runner:
         self.state = RunnerState.STOPPED
 
     def stream_stats(self) -> list[StreamStats]:
-        return [stream.stats() for stream in self._streams]
+        """Each stream's health, with the windows its level gate kept from the model (counted by the Detector)."""
+        stats = [stream.stats() for stream in self._streams]
+        gated = dict(self._detector.gated)
+        return [
+            dataclasses.replace(s, windows=dataclasses.replace(s.windows, gated=gated.get(s.name, 0))) for s in stats
+        ]
 
     # --- the inference thread ---
 

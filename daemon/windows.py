@@ -62,6 +62,7 @@ class WindowCounts:
     produced: int  # windows handed out to be scored
     skipped: int  # windows never scored: inference was behind, the ring had moved on, or their audio was corrupt
     corrupt: int = 0  # of those skipped: windows holding samples the ring replaced (NaN, infinite, absurd)
+    gated: int = 0  # of those produced: windows below the stream's level gate, scored 0 without the model
 
 
 class StreamWindows:

@@ -40,7 +40,7 @@ def test_defaults() -> None:
     [
         ({"detections": {"a/b": {"prompts": ["x"]}}}, "detections.a/b.[key] = 'a/b'"),
         ({"detections": {"fire#": {"prompts": ["x"]}}}, "detections.fire#.[key]"),
-        ({"detections": {"alarm": {"prompts": []}}}, "detections.alarm.prompts = []"),
+        ({"detections": {"alarm": {"prompts": []}}}, "detections.alarm: Value error, give prompts (text), examples"),
         ({"detections": {"alarm": {"prompts": ["x"], "threshold_on": 1.5}}}, "detections.alarm.threshold_on = 1.5"),
         ({"detections": {"alarm": {"prompts": ["x"], "threshold_on": 0.3, "threshold_off": 0.5}}}, "threshold_off"),
         ({"detections": {"alarm": {"prompts": ["x"], "streams": ["attic"]}}}, "unknown streams ['attic']"),
@@ -78,10 +78,11 @@ def test_yaml_is_loaded_safely(tmp_path: Path) -> None:
 
 def test_check_config_cli_lists_problems_and_exits_non_zero(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
-    path.write_text("streams: {kitchen: {type: mic}}\ndetections: {alarm: {prompts: [], threshold_on: 7}}\n")
+    path.write_text("streams: {kitchen: {type: mic}}\ndetections: {alarm: {examples: [/no.wav], threshold_on: 7}}\n")
     result = run_clapd("check-config", str(path), timeout=60)
     assert result.returncode == 2
-    assert "detections.alarm.prompts = []" in result.stderr and "detections.alarm.threshold_on = 7" in result.stderr
+    assert "detections.alarm.examples.0 = '/no.wav'" in result.stderr, result.stderr
+    assert "detections.alarm.threshold_on = 7" in result.stderr
     missing = run_clapd("check-config", str(tmp_path / "nope.yaml"), timeout=60)
     assert missing.returncode == 2 and "cannot read the file" in missing.stderr
 

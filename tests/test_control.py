@@ -116,8 +116,9 @@ def test_valid_requests() -> None:
         (request(action="remove", detection="dog", config={}), "config: remove takes no config"),
         (request(action="set", detection="dog"), "config: set needs a config"),
         (request(action="set", detection="dog", config="x"), "config = 'x': Input should be a valid dictionary"),
-        (request(action="set", detection="dog", config={"prompts": []}), "config.prompts = []: List should have"),
-        (request(action="set", detection="dog", config={"threshold_on": 0.5}), "config.prompts: Field required"),
+        (request(action="set", detection="dog", config={"prompts": []}), "config: Value error, give prompts (text)"),
+        (request(action="set", detection="dog", config={"threshold_on": 0.5}), "config: Value error, give prompts"),
+        (request(action="set", detection="dog", config={"examples": ["/nowhere.wav"]}), "config.examples.0 = '/now"),
         (request(action="set", detection="d", config={"prompts": ["x"], "treshold": 1}), "config.treshold = 1: Extra"),
         (request(action="update", detection="dog", config={}), "config = {}: update needs at least one field"),
         (request(action="update", detection="dog", config={"threshold_on": "hi"}), "config.threshold_on = 'hi':"),
@@ -137,7 +138,7 @@ def test_a_refusal_echoes_what_it_can() -> None:
     assert (result.request_id, result.action, result.detection) == ("r9", "set", "a/b")
     every = refused(request(request_id="r3", action="set", detection="d/", config={"prompts": [], "x": 1}))
     assert len(every.errors) == 1  # the name is wrong: the config is not looked at before the envelope is right
-    both = refused(request(request_id="r4", action="set", detection="d", config={"prompts": [], "x": 1}))
+    both = refused(request(request_id="r4", action="set", detection="d", config={"prompts": "a", "x": 1}))
     assert len(both.errors) == 2 and both.detection == "d"
     assert json.loads(both.to_json()) == {
         "request_id": "r4",
