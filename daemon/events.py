@@ -174,7 +174,7 @@ class EventTracker:
         }
         ended = []
         for key, tracker in list(self._trackers.items()):
-            if wanted.get(key) != self._configs[key]:
+            if not _same_decisions(wanted.get(key), self._configs[key]):
                 ended.extend(tracker.close(end_samples.get(key[0], 0)))
                 del self._trackers[key], self._configs[key]
         for key, config in wanted.items():
@@ -201,3 +201,11 @@ class EventTracker:
 
     def close(self, stream: str, end_sample: int) -> list[DetectionEvent]:
         return [e for (s, _), t in self._trackers.items() if s == stream for e in t.close(end_sample)]
+
+
+DISPLAY_ONLY_FIELDS = {"name": None}  # fields that change how a detection is shown, not what it decides
+
+
+def _same_decisions(new: DetectionConfig | None, old: DetectionConfig) -> bool:
+    """A new name for a detection keeps its events going; any other change starts it afresh."""
+    return new is not None and new.model_copy(update=DISPLAY_ONLY_FIELDS) == old.model_copy(update=DISPLAY_ONLY_FIELDS)

@@ -22,10 +22,10 @@ import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 
+from clapd.daemon.detector import Embedder
 from clapd.daemon.embedding_cache import EmbeddingFiles
 from clapd.daemon.loudness import BLOCK_SECONDS, block_levels_dbfs, rms_dbfs
 from clapd.daemon.windows import clip_windows
@@ -45,12 +45,6 @@ CACHE_RULE = "active-10dB-v1"  # part of every cache key: a change to how window
 
 class ExampleError(ValueError):
     """An example file or folder that cannot be used; the message names the path and the reason."""
-
-
-class Embedder(Protocol):
-    """Windows [n, model_window] -> unit embeddings [n, dim] (`clapd.daemon.inference.AudioModel`)."""
-
-    def embed(self, windows: np.ndarray) -> np.ndarray: ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,8 @@ are tests/mqtt_broker.py's, registered here once for every test module.
 
 from __future__ import annotations
 
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -63,3 +65,14 @@ def test_audio() -> dict[str, np.ndarray]:
         "short_1s_beeps": 0.4 * np.sin(2 * np.pi * 2500 * t[:SAMPLE_RATE]) * (t[:SAMPLE_RATE] % 0.25 < 0.1),
         "short_3_7s_noise": 0.2 * rng.standard_normal(int(3.7 * SAMPLE_RATE)),
     }
+
+
+@pytest.fixture
+def running() -> Iterator[list[subprocess.Popen[str]]]:
+    """Daemons a test started; killed at teardown if the test did not stop them."""
+    started: list[subprocess.Popen[str]] = []
+    yield started
+    for daemon in started:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.communicate(timeout=10)

@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import ctypes.util
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,6 +30,30 @@ def run_clapd(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[s
     return subprocess.run(
         [sys.executable, "-m", "clapd", *args], capture_output=True, text=True, timeout=timeout, check=False
     )
+
+
+def start_daemon(config_path: Path, *, stdout: int | None = subprocess.PIPE, **env: str) -> subprocess.Popen[str]:
+    """`clapd run -c config_path` in the background, stderr piped (read it with `stop_daemon`)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "clapd", "run", "-c", str(config_path)],
+        env=dict(os.environ, **env),
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def stop_daemon(daemon: subprocess.Popen[str]) -> tuple[float, str]:
+    """SIGTERM; the seconds until the process exited, and its stderr (killed, and an AssertionError, after 30 s)."""
+    sent = time.monotonic()
+    daemon.send_signal(signal.SIGTERM)
+    try:
+        _, stderr = daemon.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        daemon.kill()
+        _, stderr = daemon.communicate(timeout=10)
+        raise AssertionError(f"no exit 30 s after SIGTERM: {stderr[-3000:]}") from None
+    return time.monotonic() - sent, stderr
 
 
 # Run with `python -I -c`: imports clapd.daemon and every module under it, subpackages included; prints one JSON

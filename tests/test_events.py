@@ -123,3 +123,13 @@ def test_clock_reanchors_after_an_outage() -> None:
     assert clock.utc(RATE) == "2026-01-01T00:00:01.000+00:00"
     clock.reanchor(2 * RATE, datetime(2026, 1, 1, 0, 1, tzinfo=timezone.utc))  # away for a minute, no samples
     assert clock.utc(3 * RATE) == "2026-01-01T00:01:01.000+00:00"
+
+
+def test_renaming_a_detection_keeps_its_event_going() -> None:
+    config = DetectionConfig(prompts=["x"], smoothing_windows=1)
+    tracker = EventTracker({"alarm": config}, {"kitchen": CLOCK}, HOP)
+    assert [e.kind for e in tracker.feed(Scores("kitchen", 0, WINDOW, {"alarm": 0.9}))] == ["start"]
+    renamed = config.model_copy(update={"name": "Kitchen alarm"})
+    assert tracker.update({"alarm": renamed}, {"kitchen": WINDOW}) == []
+    retuned = renamed.model_copy(update={"threshold_on": 0.8})
+    assert [e.kind for e in tracker.update({"alarm": retuned}, {"kitchen": WINDOW})] == ["end"]

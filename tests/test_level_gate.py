@@ -6,9 +6,7 @@ from __future__ import annotations
 import json
 import math
 import re
-import signal
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -19,7 +17,7 @@ import numpy as np
 import pytest
 import soundfile
 import yaml
-from helpers import run_clapd
+from helpers import run_clapd, start_daemon, stop_daemon
 from mqtt_broker import free_port
 
 import clapd
@@ -266,12 +264,7 @@ def test_gated_windows_are_counted_in_the_metrics(tmp_path: Path, small_bundle_d
     }
     path = tmp_path / "clapd.yaml"
     path.write_text(yaml.safe_dump(config))
-    daemon = subprocess.Popen(
-        [sys.executable, "-m", "clapd", "run", "-c", str(path)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    daemon = start_daemon(path, stdout=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + START_TIMEOUT + SCRAPE_TIMEOUT
         gated = processed = math.nan
@@ -286,10 +279,5 @@ def test_gated_windows_are_counted_in_the_metrics(tmp_path: Path, small_bundle_d
         assert processed >= gated  # gated windows are among those processed
         assert daemon.poll() is None
     finally:
-        daemon.send_signal(signal.SIGTERM)
-        try:
-            _, stderr = daemon.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            daemon.kill()
-            _, stderr = daemon.communicate(timeout=10)
+        _, stderr = stop_daemon(daemon)
     assert daemon.returncode == 0, stderr[-3000:]

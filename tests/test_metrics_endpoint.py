@@ -4,10 +4,8 @@ connections closed by the server, scrapes still served, and a warning when it li
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -16,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import yaml
+from helpers import start_daemon, stop_daemon
 from mqtt_broker import free_port
 
 from clapd.daemon.metrics import CONNECTION_TIMEOUT_SECONDS, MAX_CONNECTIONS, is_loopback
@@ -89,12 +88,7 @@ def test_idle_connections_are_bounded_and_closed_and_scrapes_still_served(
     }
     path = tmp_path / "clapd.yaml"
     path.write_text(yaml.safe_dump(config))
-    daemon = subprocess.Popen(
-        [sys.executable, "-m", "clapd", "run", "-c", str(path)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    daemon = start_daemon(path, stdout=subprocess.DEVNULL)
     idle: list[socket.socket] = []
     try:
         scrape_when_served(port, START_TIMEOUT)
@@ -112,12 +106,7 @@ def test_idle_connections_are_bounded_and_closed_and_scrapes_still_served(
     finally:
         for sock in idle:
             sock.close()
-        daemon.send_signal(signal.SIGTERM)
-        try:
-            _, stderr = daemon.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            daemon.kill()
-            _, stderr = daemon.communicate(timeout=10)
+        _, stderr = stop_daemon(daemon)
     assert daemon.returncode == 0, stderr[-3000:]
     warnings = [line for line in stderr.splitlines() if "WARNING clapd.daemon.metrics" in line]
     assert any("0.0.0.0" in line and "no authentication" in line for line in warnings), stderr[-3000:]

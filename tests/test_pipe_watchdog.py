@@ -15,10 +15,8 @@ import sys
 import textwrap
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 import yaml
 from mqtt_broker import MosquittoBroker, Received, Subscriber, free_port
 from prometheus_client.parser import text_string_to_metric_families
@@ -100,17 +98,6 @@ def write_config(tmp_path: Path, bundle: Path, stream: dict, mqtt: dict, **secti
     path = tmp_path / "clapd.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
-
-
-@pytest.fixture
-def running() -> Iterator[list[subprocess.Popen[str]]]:
-    """Daemons a test started; killed at teardown if the test did not stop them."""
-    started: list[subprocess.Popen[str]] = []
-    yield started
-    for daemon in started:
-        if daemon.poll() is None:
-            daemon.kill()
-            daemon.communicate(timeout=10)
 
 
 def start(path: Path, running: list, **env: str) -> subprocess.Popen[str]:

@@ -16,13 +16,13 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 import yaml
+from helpers import start_daemon, stop_daemon
 from mqtt_broker import MosquittoBroker, Subscriber, free_port
 from paho.mqtt import publish
 from paho.mqtt.client import Client
@@ -116,40 +116,6 @@ def _write(path: Path, config: dict) -> Path:
     return path
 
 
-def _start(config_path: Path, **env: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "clapd", "run", "-c", str(config_path)],
-        env=dict(os.environ, **env),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def _stop(daemon: subprocess.Popen[str]) -> tuple[float, str]:
-    """SIGTERM; the seconds until the process exited, and its stderr."""
-    sent = time.monotonic()
-    daemon.send_signal(signal.SIGTERM)
-    try:
-        _, stderr = daemon.communicate(timeout=30)
-    except subprocess.TimeoutExpired:
-        daemon.kill()
-        _, stderr = daemon.communicate(timeout=10)
-        raise AssertionError(f"no exit 30 s after SIGTERM: {stderr[-3000:]}") from None
-    return time.monotonic() - sent, stderr
-
-
-@pytest.fixture
-def running() -> Iterator[list[subprocess.Popen[str]]]:
-    """Daemons a test started; killed at teardown if the test did not stop them."""
-    started: list[subprocess.Popen[str]] = []
-    yield started
-    for daemon in started:
-        if daemon.poll() is None:
-            daemon.kill()
-            daemon.communicate(timeout=10)
-
-
 def _metrics(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
         text = response.read().decode()
@@ -178,7 +144,7 @@ def test_notify_socket_metrics_and_sigterm(
     port = free_port()
     metrics = {"enabled": True, "host": "127.0.0.1", "port": port}
     path = _write(tmp_path / "clapd.yaml", _config(tmp_path, small_bundle_dir, noise_wav, metrics=metrics))
-    daemon = _start(path, NOTIFY_SOCKET=str(notify.path), WATCHDOG_USEC=str(WATCHDOG_USEC))
+    daemon = start_daemon(path, NOTIFY_SOCKET=str(notify.path), WATCHDOG_USEC=str(WATCHDOG_USEC))
     running.append(daemon)
     try:
         ready = notify.wait_for("READY", START_TIMEOUT)
@@ -192,7 +158,7 @@ def test_notify_socket_metrics_and_sigterm(
         assert values[("clapd_nonfinite_samples_total", (("stream", "room"),))] == 0  # clean noise
         assert values[("clapd_source_state", (("state", "running"), ("stream", "room")))] == 1
         time.sleep(2.5 * WATCHDOG_USEC / 1e6)
-        elapsed, stderr = _stop(daemon)
+        elapsed, stderr = stop_daemon(daemon)
     finally:
         notify.close()
     assert daemon.returncode == 0, stderr[-3000:]
@@ -219,10 +185,10 @@ def test_sigterm_publishes_offline_and_ends_open_events(
         outputs={"mqtt": {"host": "127.0.0.1", "port": broker.port, "qos": 1}},
     )
     subscriber: Subscriber = subscribers(broker.port, "clapd/#")
-    daemon = _start(_write(tmp_path / "clapd.yaml", config))
+    daemon = start_daemon(_write(tmp_path / "clapd.yaml", config))
     running.append(daemon)
     subscriber.wait_for(lambda got: _events(got, "start"), START_TIMEOUT, "a start event")
-    elapsed, stderr = _stop(daemon)
+    elapsed, stderr = stop_daemon(daemon)
     assert daemon.returncode == 0, stderr[-3000:]
     assert elapsed < STOP_LIMIT + STOP_SLACK, f"SIGTERM took {elapsed:.2f} s"
     got = subscriber.wait_for(lambda got: got[-1].payload == b"offline", 5, "offline after the end")
@@ -249,7 +215,7 @@ def test_sighup_swaps_detections_without_dropping_audio_and_keeps_a_bad_config_o
     )
     path = _write(tmp_path / "clapd.yaml", config)
     subscriber: Subscriber = subscribers(broker.port, "clapd/#")
-    daemon = _start(path)
+    daemon = start_daemon(path)
     running.append(daemon)
     subscriber.wait_for(lambda got: _topics(got) >= {"clapd/room/alarm/state"}, START_TIMEOUT, "the first state")
     _wait_for_metric(port, "clapd_windows_total", {"stream": "room", "outcome": "processed"}, 2, 30)
@@ -271,7 +237,7 @@ def test_sighup_swaps_detections_without_dropping_audio_and_keeps_a_bad_config_o
     after = _metrics(port)
     assert after[("clapd_windows_total", (("outcome", "skipped"), ("stream", "room")))] == 0
     assert after[("clapd_source_outages_total", (("stream", "room"),))] == 0
-    _, stderr = _stop(daemon)
+    _, stderr = stop_daemon(daemon)
     assert daemon.returncode == 0
     assert "reload:" in stderr and "the running config stays" in stderr and "streams" in stderr, stderr[-3000:]
     assert "reloaded: 2 detections" in stderr
@@ -297,7 +263,7 @@ def test_control_over_mqtt_changes_detections_live_and_they_survive_a_restart(
     config["background_prompts"] = [ALWAYS["prompts"][0]]
     path = _write(tmp_path / "clapd.yaml", config)
     watcher: Subscriber = subscribers(broker.port, "clapd/#", username="admin", password="adm1n")
-    daemon = _start(path)
+    daemon = start_daemon(path)
     running.append(daemon)
     watcher.wait_for(lambda got: b"online" in [r.payload for r in got], START_TIMEOUT, "online")
 
@@ -316,17 +282,17 @@ def test_control_over_mqtt_changes_detections_live_and_they_survive_a_restart(
     refused = _results(got)[1]
     assert refused["ok"] is False and refused["errors"][0].startswith("config.threshold_on = 2"), refused
 
-    _, stderr = _stop(daemon)
+    _, stderr = stop_daemon(daemon)
     assert daemon.returncode == 0, stderr[-3000:]
     saved = json.loads((tmp_path / "state" / "control.json").read_text())
     assert "always" in saved["detections"], saved
     starts = len(_events(watcher.received(), "start"))
-    restarted = _start(path)
+    restarted = start_daemon(path)
     running.append(restarted)
     watcher.wait_for(
         lambda got: len(_events(got, "start")) > starts, START_TIMEOUT, "the saved detection after a restart"
     )
-    _, stderr = _stop(restarted)
+    _, stderr = stop_daemon(restarted)
     assert restarted.returncode == 0, stderr[-3000:]
 
 
@@ -365,7 +331,7 @@ def _controlled(tmp_path: Path, broker: MosquittoBroker, **mqtt: object) -> dict
 
 
 def _start_logged(config_path: Path, log: Path, **env: str) -> subprocess.Popen[str]:
-    """As `_start`, with stdout and stderr to `log`: thousands of log lines never fill a pipe nobody reads."""
+    """As `start_daemon`, with stdout and stderr to `log`: thousands of log lines never fill a pipe nobody reads."""
     with log.open("w") as file:
         return subprocess.Popen(
             [sys.executable, "-m", "clapd", "run", "-c", str(config_path)],
@@ -407,7 +373,7 @@ def test_control_refuses_infinity_and_nan_naming_the_key(
         _config(tmp_path, small_bundle_dir, noise_wav, outputs={"mqtt": _controlled(tmp_path, broker)}),
     )
     watcher: Subscriber = subscribers(broker.port, "clapd/#", username="admin", password="adm1n")
-    daemon = _start(path)
+    daemon = start_daemon(path)
     running.append(daemon)
     watcher.wait_for(lambda got: b"online" in [r.payload for r in got], START_TIMEOUT, "online")
 
@@ -428,7 +394,7 @@ def test_control_refuses_infinity_and_nan_naming_the_key(
         "upd": (True, []),
     }, got
 
-    _, stderr = _stop(daemon)
+    _, stderr = stop_daemon(daemon)
     assert daemon.returncode == 0, stderr[-3000:]
     saved = _strict_json(tmp_path / "state" / "control.json")
     assert saved["detections"]["alarm"]["cooldown_seconds"] == 1000 and list(saved["detections"]) == ["alarm"]
@@ -442,7 +408,7 @@ def test_control_refuses_a_detection_beyond_the_limit(
     mqtt = _controlled(tmp_path, broker, control={"enabled": True, "max_detections": 2})
     path = _write(tmp_path / "clapd.yaml", _config(tmp_path, small_bundle_dir, noise_wav, outputs={"mqtt": mqtt}))
     watcher: Subscriber = subscribers(broker.port, "clapd/#", username="admin", password="adm1n")
-    daemon = _start(path)
+    daemon = start_daemon(path)
     running.append(daemon)
     watcher.wait_for(lambda got: b"online" in [r.payload for r in got], START_TIMEOUT, "online")
 
@@ -466,7 +432,7 @@ def test_control_refuses_a_detection_beyond_the_limit(
         "replace": (True, []),
         "upd": (True, []),
     }, got
-    _, stderr = _stop(daemon)
+    _, stderr = stop_daemon(daemon)
     assert daemon.returncode == 0, stderr[-3000:]
     assert sorted(_strict_json(tmp_path / "state" / "control.json")["detections"]) == ["alarm", "second"]
 
@@ -487,7 +453,7 @@ def test_a_saved_infinity_stops_the_start_with_one_line(
     control.write_text(json.dumps({"version": 1, "detections": {"alarm": detection}, "removed": []}))
     assert "Infinity" in control.read_text()
     watcher: Subscriber = subscribers(broker.port, "clapd/#", username="admin", password="adm1n")
-    daemon = _start(path)
+    daemon = start_daemon(path)
     try:
         stdout, stderr = daemon.communicate(timeout=START_TIMEOUT)
     except subprocess.TimeoutExpired:
@@ -549,7 +515,7 @@ def test_discovery_grows_with_each_detection_added_not_with_all_of_them(
     mqtt = _controlled(tmp_path, broker, home_assistant={"enabled": True, "node_id": "n"})
     path = _write(tmp_path / "clapd.yaml", _config(tmp_path, small_bundle_dir, noise_wav, outputs={"mqtt": mqtt}))
     watcher: Subscriber = subscribers(broker.port, "#", username="admin", password="adm1n")
-    daemon = _start(path)
+    daemon = start_daemon(path)
     running.append(daemon)
     first = 3  # the alarm's event and binary sensor, the room's level sensor
     watcher.wait_for(lambda got: len(_discovery(got)) == first, START_TIMEOUT, "the first discovery configs")
@@ -566,7 +532,7 @@ def test_discovery_grows_with_each_detection_added_not_with_all_of_them(
     got = watcher.wait_for(lambda got: len(_results(got)) == added + 1, 120, "every result")
     assert all(r["ok"] for r in _results(got)), _results(got)
     watcher.wait_for(lambda got: len(_discovery(got)) >= first + 2 * added + 2, 30, "the new configs")
-    _, stderr = _stop(daemon)
+    _, stderr = stop_daemon(daemon)
     assert daemon.returncode == 0, stderr[-3000:]
     sent = _discovery(watcher.received())
     # Two per request (three of slack: a reconnect would send them all again); all of them per request: 2806.
