@@ -148,6 +148,7 @@ class Service:
         control = service._assembly.control
         if control is not None and store is not None:
             control.listen(service._requests.put)  # before connecting: "online" means requests are heard
+        service._announce()  # before connecting too: the first connect publishes it, once
         try:
             if config.metrics.enabled:
                 service._metrics = MetricsServer(config.metrics, service._runner, service._assembly.outputs)
@@ -155,7 +156,6 @@ class Service:
         except BaseException:
             service.stop()
             raise
-        service._announce()
         notifier.ready(service._status_line())
         logger.info("running: %d streams, %d detections", len(config.streams), len(config.detections))
         return service
