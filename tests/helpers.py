@@ -17,12 +17,32 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+import yaml
 
 if TYPE_CHECKING:
     from transformers import ClapFeatureExtractor, ClapModel
 
 SAMPLE_RATE = 48_000
 WINDOW = 480_000  # 10 s at 48 kHz
+# Scored against its own prompt as the only background prompt, this detection scores exactly 0.5 in every window.
+ALWAYS = {"prompts": ["anything at all"], "threshold_on": 0.4, "threshold_off": 0.3, "smoothing_windows": 1}
+
+
+def always_config(tmp_path: Path, bundle: Path, stream: dict, **sections: object) -> Path:
+    """tmp_path/clapd.yaml: one stream "cam", the one detection "always" (fires on any audio), 1 s windows at a
+    0.5 s hop on the CPU, state in tmp_path/state; `sections` added or replacing top-level keys."""
+    config = {
+        "model": {"bundle": str(bundle), "providers": ["cpu"], "threads": 1},
+        "windows": {"window_seconds": 1, "hop_seconds": 0.5},
+        "streams": {"cam": stream},
+        "detections": {"always": ALWAYS},
+        "background_prompts": [ALWAYS["prompts"][0]],
+        "state_dir": str(tmp_path / "state"),
+        **sections,
+    }
+    path = tmp_path / "clapd.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
 
 
 def run_clapd(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:

@@ -25,6 +25,7 @@ from pathlib import Path
 import paho.mqtt.publish
 import pytest
 import yaml
+from helpers import ALWAYS
 from mqtt_broker import MosquittoBroker, Received, Subscriber, wait_until
 from test_ha_discovery import check_against_home_assistant
 
@@ -36,8 +37,6 @@ BROKER_TIMEOUT = 10.0
 PIPE_RATE = 16_000  # Hz of the commands' s16le PCM
 NOISE_DBFS = -26.0  # the level of LATE_NOISE: RMS 0.05 of full scale
 LEVEL_TOLERANCE_DB = 3.0
-# Scored against its own prompt as the only background prompt, this detection scores exactly 0.5 in every window.
-ALWAYS = {"prompts": ["anything at all"], "threshold_on": 0.4, "threshold_off": 0.3, "smoothing_windows": 1}
 
 # 2 s of full-scale noise in real time, then exit: every run is one event, ended by the outage that follows.
 NOISE_RUN = """

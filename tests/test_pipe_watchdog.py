@@ -17,7 +17,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-import yaml
+from helpers import always_config
 from mqtt_broker import MosquittoBroker, Received, Subscriber, free_port
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -31,8 +31,6 @@ START_TIMEOUT = 90.0  # model load and warm-up on a busy 2-core machine
 STALL_TIMEOUT = 60.0  # noticing a stall (STALL_SECONDS after the last audio) and ending the event, loaded machine
 USER, PASSWORD = "clapd", "pipe-test-s3cret"
 WATCHER, WATCHER_PASSWORD = "watcher", "w4tcher"
-# Scored against its own prompt as the only background prompt, this detection scores exactly 0.5 in every window.
-ALWAYS = {"prompts": ["anything at all"], "threshold_on": 0.4, "threshold_off": 0.3, "smoothing_windows": 1}
 STATE_TOPIC = "clapd/cam/always/state"
 
 # First run: 4 s of noise in real time, then 1 byte a second for ever (never exiting). Later runs: the trickle only.
@@ -83,21 +81,9 @@ def pipe_stream(script: str, *args: str) -> dict:
 
 
 def write_config(tmp_path: Path, bundle: Path, stream: dict, mqtt: dict, **sections: object) -> Path:
-    config = {
-        "model": {"bundle": str(bundle), "providers": ["cpu"], "threads": 1},
-        "windows": {"window_seconds": 1, "hop_seconds": 0.5},
-        "streams": {"cam": stream},
-        "detections": {"always": ALWAYS},
-        "background_prompts": [ALWAYS["prompts"][0]],
-        # An explicit prefix is used as given (the default, `clapd/NODE`, is tested in test_fleet.py).
-        "outputs": {"mqtt": {"host": "127.0.0.1", "username": USER, "qos": 1, "topic_prefix": "clapd", **mqtt}},
-        "logging": {"level": "info"},
-        "state_dir": str(tmp_path / "state"),
-        **sections,
-    }
-    path = tmp_path / "clapd.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+    # An explicit prefix is used as given (the default, `clapd/NODE`, is tested in test_fleet.py).
+    outputs = {"mqtt": {"host": "127.0.0.1", "username": USER, "qos": 1, "topic_prefix": "clapd", **mqtt}}
+    return always_config(tmp_path, bundle, stream, outputs=outputs, logging={"level": "info"}, **sections)
 
 
 def start(path: Path, running: list, **env: str) -> subprocess.Popen[str]:

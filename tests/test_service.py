@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import yaml
-from helpers import start_daemon, stop_daemon
+from helpers import ALWAYS, start_daemon, stop_daemon
 from mqtt_broker import MosquittoBroker, Subscriber, free_port
 from paho.mqtt import publish
 from paho.mqtt.client import Client
@@ -36,8 +36,6 @@ START_TIMEOUT = 90.0  # model load and warm-up on a busy 2-core machine
 STOP_LIMIT = 2.0  # the promise: SIGTERM to exit
 STOP_SLACK = 1.5  # the interpreter's own exit after the daemon has stopped (imports' atexit hooks, thread joins)
 WATCHDOG_USEC = 1_000_000  # pings are due every half of this
-# Scored against its own prompt as the only background prompt, this detection scores exactly 0.5 in every window.
-ALWAYS = {"prompts": ["anything at all"], "threshold_on": 0.4, "threshold_off": 0.3, "smoothing_windows": 1}
 ADMIN = {"username": "admin", "password": "adm1n"}  # may publish control requests
 QUEUED_REQUESTS = 1500
 STOP_BUDGET = 10.0  # seconds from a signal to its effect while requests queue; systemd's TimeoutStopSec is 20

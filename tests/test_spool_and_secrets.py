@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import run_clapd
+from helpers import ALWAYS, always_config, run_clapd
 from mqtt_broker import MosquittoBroker, Subscriber, free_port
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -25,23 +25,6 @@ START_TIMEOUT = 90.0  # model load and warm-up on a busy 2-core machine
 USER, PASSWORD = "clapd", "spool-test-s3cret"
 WATCHER, WATCHER_PASSWORD = "watcher", "w4tcher"
 GARBAGE = b"this is not an SQLite database, just bytes left by a bad disk\n" * 50
-# Scored against its own prompt as the only background prompt, this detection scores exactly 0.5 in every window.
-ALWAYS = {"prompts": ["anything at all"], "threshold_on": 0.4, "threshold_off": 0.3, "smoothing_windows": 1}
-
-
-def write_config(tmp_path: Path, bundle: Path, stream: dict, **sections: object) -> Path:
-    config = {
-        "model": {"bundle": str(bundle), "providers": ["cpu"], "threads": 1},
-        "windows": {"window_seconds": 1, "hop_seconds": 0.5},
-        "streams": {"cam": stream},
-        "detections": {"always": ALWAYS},
-        "background_prompts": [ALWAYS["prompts"][0]],
-        "state_dir": str(tmp_path / "state"),
-        **sections,
-    }
-    path = tmp_path / "clapd.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
 
 
 SILENCE_COMMAND = """
@@ -75,7 +58,7 @@ def test_a_garbage_spool_is_moved_aside_and_a_new_one_delivers(
     metrics_port = free_port()
     mqtt = {"host": "127.0.0.1", "port": broker.port, "username": USER, "password_file": str(tmp_path / "password")}
     mqtt["topic_prefix"] = "clapd"  # used as given (the default, `clapd/NODE`, is tested in test_fleet.py)
-    path = write_config(
+    path = always_config(
         tmp_path,
         small_bundle_dir,
         silence_pipe(),
@@ -188,7 +171,7 @@ def test_an_unusable_password_file_stops_run_with_one_line(case: str, tmp_path: 
     if case == "not UTF-8":
         password_file.write_bytes(PASSWORD.encode() + b"\xff\xfe\n")
     mqtt = {"host": "127.0.0.1", "port": free_port(), "username": USER, "password_file": str(password_file)}
-    path = write_config(tmp_path, small_bundle_dir, silence_pipe(), outputs={"mqtt": mqtt})
+    path = always_config(tmp_path, small_bundle_dir, silence_pipe(), outputs={"mqtt": mqtt})
     result = run_clapd("run", "-c", str(path), timeout=120)
     assert result.returncode == 1, result.stderr[-3000:]
     assert "Traceback" not in result.stderr and PASSWORD not in result.stderr + result.stdout
