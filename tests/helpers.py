@@ -52,13 +52,15 @@ def run_clapd(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[s
     )
 
 
-def start_daemon(config_path: Path, *, stdout: int | None = subprocess.PIPE, **env: str) -> subprocess.Popen[str]:
-    """`clapd run -c config_path` in the background, stderr piped (read it with `stop_daemon`)."""
+def start_daemon(
+    config_path: Path, *, stdout: object = subprocess.PIPE, stderr: object = subprocess.PIPE, **env: str
+) -> subprocess.Popen[str]:
+    """`clapd run -c config_path` in the background, stderr piped by default (read it with `stop_daemon`)."""
     return subprocess.Popen(
         [sys.executable, "-m", "clapd", "run", "-c", str(config_path)],
         env=dict(os.environ, **env),
         stdout=stdout,
-        stderr=subprocess.PIPE,
+        stderr=stderr,
         text=True,
     )
 

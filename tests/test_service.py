@@ -7,12 +7,10 @@ paced in real time, and (where the test needs one) a real mosquitto broker.
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -331,13 +329,7 @@ def _controlled(tmp_path: Path, broker: MosquittoBroker, **mqtt: object) -> dict
 def _start_logged(config_path: Path, log: Path, **env: str) -> subprocess.Popen[str]:
     """As `start_daemon`, with stdout and stderr to `log`: thousands of log lines never fill a pipe nobody reads."""
     with log.open("w") as file:
-        return subprocess.Popen(
-            [sys.executable, "-m", "clapd", "run", "-c", str(config_path)],
-            env=dict(os.environ, **env),
-            stdout=file,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
+        return start_daemon(config_path, stdout=file, stderr=subprocess.STDOUT, **env)
 
 
 def _stopped_within(daemon: subprocess.Popen[str], seconds: float, log: Path) -> None:
