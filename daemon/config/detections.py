@@ -1,0 +1,147 @@
+"""What to detect: text prompts, audio examples or loudness, and the timing of events."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import AfterValidator, Field, model_validator
+
+from clapd.daemon.config.base import (
+    EXAMPLE_MARGIN,
+    MAX_EVENT_SECONDS,
+    MAX_EXAMPLES,
+    MAX_INTERVAL_SECONDS,
+    MIN_DBFS,
+    Name,
+    Section,
+)
+
+
+def _checked_example(value: str) -> str:
+    """An example file or folder that can be used: readable audio, long enough, not silent (reason otherwise)."""
+    from clapd.daemon.examples import check_example_entry  # soundfile: read only where examples are given
+
+    check_example_entry(Path(value))
+    return value
+
+
+# An audio file, or a folder of them, on the daemon's machine; checked when the config (or a control request) is read.
+ExamplePath = Annotated[str, Field(min_length=1), AfterValidator(_checked_example)]
+
+
+class LevelConfig(Section):
+    """A level detection: any sound loud enough for long enough, measured without the model.
+
+    Each window's new audio (its newest hop) is measured in 100 ms blocks (RMS); the score is 1 when the level has
+    stayed at or above `above_dbfs`, without a break, for `min_seconds`, else 0, so the detection's thresholds do
+    not matter and it is not smoothed. Its events go through the same lifecycle as a model detection's (minimum
+    duration, cooldown, states, outputs), at the hop's resolution, dated from the start of the loud stretch.
+    """
+
+    above_dbfs: float = Field(
+        ge=MIN_DBFS, le=0.0, description="short-time level in dBFS (RMS over 100 ms) that counts as loud"
+    )
+    min_seconds: float = Field(
+        0.0,
+        ge=0.0,
+        le=MAX_INTERVAL_SECONDS,
+        description="seconds the level must stay at or above above_dbfs without a break; 0: one loud 100 ms block",
+    )
+
+
+class DetectionConfig(Section):
+    """One sound to detect, described by text prompts, by audio examples or both, or (`level`) by loudness alone;
+    and the score thresholds and timing of its events.
+
+    A window's score is the probability, at the model's logit scale, that the window sounds like this detection
+    rather than like its negatives or the shared background prompts: a softmax over the detection's logit, each
+    negative prompt's and negative example's, and each background prompt's. The detection's logit is the larger of
+    its text logit (the logit scale times the window's cosine with the mean of its prompts' embeddings) and its
+    example logit (the logit scale times the cosine with the mean of its examples' embeddings, less
+    `example_margin`); a negative example's logit is its cosine, less `example_margin`, times the logit scale.
+
+    An example file is embedded as the daemon hears audio: resampled to the model's rate, cut into windows of
+    `windows.window_seconds` every `windows.hop_seconds` (a file shorter than a window is one repeat-padded window),
+    and the windows within 10 dB of its loudest (those that hold the sound) averaged into one embedding, cached in
+    `state_dir` by the audio model's and the file's sha256. The text model is not needed for examples.
+    """
+
+    prompts: list[Annotated[str, Field(min_length=1)]] = Field(
+        default_factory=list,
+        description="texts describing the sound, their embeddings averaged into one; a detection gives prompts, "
+        "examples or both (neither with `level`)",
+    )
+    negative_prompts: list[Annotated[str, Field(min_length=1)]] = Field(
+        default_factory=list,
+        description="similar sounds this detection must beat, each competing on its own (in addition to "
+        "background_prompts)",
+    )
+    examples: list[ExamplePath] = Field(
+        default_factory=list,
+        max_length=MAX_EXAMPLES,
+        description="recordings of the sound: audio files (whatever libsndfile reads: wav, flac, ogg, mp3...) or "
+        "folders of them (their audio files, not subfolders), on the daemon's machine (a relative path is from "
+        "its working directory); each 0.1 to 60 s long and not silent (louder than -60 dBFS somewhere); their "
+        "embeddings are averaged into one",
+    )
+    negative_examples: list[ExamplePath] = Field(
+        default_factory=list,
+        max_length=MAX_EXAMPLES,
+        description="recordings of sounds that must not fire this detection (the microwave beep that sounds like "
+        "the smoke alarm), each competing on its own like a negative prompt; files or folders as for examples",
+    )
+    example_margin: float = Field(
+        EXAMPLE_MARGIN,
+        ge=0.0,
+        le=1.0,
+        description="subtracted from a window's cosine with the examples (and each negative example) before it "
+        "competes with text at the logit scale: a window matches a recording of the same sound far more closely "
+        "(cosine near 1) than any text describes it; 0.3 suits the demo model, whose prompts match their sounds "
+        "at a cosine near 0.7; a model whose prompts match less closely wants a larger margin",
+    )
+    level: LevelConfig | None = Field(
+        None,
+        description="make this a level detection (no model, no prompts or examples): it fires when the stream's "
+        "level stays above a threshold; default: none, a model detection",
+    )
+    threshold_on: float = Field(0.5, gt=0.0, lt=1.0, description="smoothed score (0 to 1) that starts an event")
+    threshold_off: float = Field(
+        0.35, ge=0.0, lt=1.0, description="smoothed score (0 to 1) below which an event ends; at most threshold_on"
+    )
+    smoothing_windows: int = Field(
+        3, ge=1, le=100, description="moving average of the score over this many windows (a level detection: none)"
+    )
+    min_duration_seconds: float = Field(
+        0.0, ge=0.0, le=MAX_EVENT_SECONDS, description="events shorter than this many seconds are dropped; 0: keep all"
+    )
+    cooldown_seconds: float = Field(
+        0.0,
+        ge=0.0,
+        le=MAX_EVENT_SECONDS,
+        description="seconds after an event ends before a new one may start on the same stream",
+    )
+    streams: list[Name] | None = Field(None, description="names of the streams to watch; default: all")
+    name: str | None = Field(
+        None,
+        max_length=100,
+        pattern=r"^\S(?:.*\S)?$",
+        description="the name Home Assistant shows (one line, no leading or trailing spaces); default: the "
+        "detection's key made readable (`dog_barking` -> `Dog barking`)",
+    )
+
+    @model_validator(mode="after")
+    def _hysteresis(self) -> DetectionConfig:
+        if self.threshold_off > self.threshold_on:
+            raise ValueError("threshold_off must not exceed threshold_on")
+        return self
+
+    @model_validator(mode="after")
+    def _something_to_detect(self) -> DetectionConfig:
+        if self.level is not None:
+            given = [k for k in ("prompts", "negative_prompts", "examples", "negative_examples") if getattr(self, k)]
+            if given:
+                raise ValueError(f"a level detection measures loudness without the model: remove {', '.join(given)}")
+        elif not self.prompts and not self.examples:
+            raise ValueError("give prompts (text), examples (audio files) or both, or a level block")
+        return self
