@@ -10,19 +10,20 @@ from __future__ import annotations
 import argparse
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import soundfile
 
-from clapd.models.synthetic import BACKGROUNDS, CLASSES, SAMPLE_RATE
+from clapd.models.synthetic import BACKGROUNDS, CLASSES, SAMPLE_RATE, Generator
 
 BACKGROUND_DBFS = -50.0  # dBFS: the background's RMS level, a quiet room through a decent microphone
 EVENT_SNR_DB = 25.0  # dB: a planted sound's mean power over its span, above the background's
 MIN_GAP_S = 5.0  # s: the least quiet stretch between planted sounds, so a detector can end one event first
 LAYOUT_PERIOD_S = 120.0  # s: the default layout repeats this often in longer streams
+CLASS_SOUNDS: dict[str, Generator] = {name: c.make for name, c in CLASSES.items()}  # what events plant by default
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,12 +93,14 @@ def default_events(seconds: float) -> list[PlannedEvent]:
     return events
 
 
-def check_events(events: Sequence[PlannedEvent], seconds: float, min_gap_s: float = MIN_GAP_S) -> None:
-    """Raise ValueError unless the events are known, inside the stream, in order and `min_gap_s` apart."""
+def check_events(
+    events: Sequence[PlannedEvent], seconds: float, min_gap_s: float = MIN_GAP_S, known: Collection[str] = CLASSES
+) -> None:
+    """Raise ValueError unless the events are `known` classes, inside the stream, in order and `min_gap_s` apart."""
     previous_end = -math.inf
     for e in events:
-        if e.class_name not in CLASSES:
-            raise ValueError(f"unknown sound class {e.class_name!r}; known: {', '.join(CLASSES)}")
+        if e.class_name not in known:
+            raise ValueError(f"unknown sound class {e.class_name!r}; known: {', '.join(known)}")
         if not 0.0 <= e.start_s < e.end_s <= seconds:
             raise ValueError(f"{e} does not lie within a {seconds} s stream")
         if e.start_s - previous_end < min_gap_s:
@@ -111,16 +114,19 @@ def make_demo_stream(
     events: Sequence[PlannedEvent] | None = None,
     background: str = "room_tone",
     background_dbfs: float = BACKGROUND_DBFS,
+    sounds: Mapping[str, Generator] | None = None,
 ) -> DemoStream:
     """`seconds` of `background` with `events` (default: `default_events`) planted; the same seed, the same audio.
 
     Each event's sound comes from its own generator seeded by (seed, index), so editing one event leaves the
-    others' audio unchanged.
+    others' audio unchanged. `sounds`: the generator of each class the events may name (default: `CLASS_SOUNDS`;
+    sounds the demo model never learnt: `clapd.models.novel_sounds`).
     """
     if seconds <= 0:
         raise ValueError(f"a stream needs a positive length, not {seconds} s")
     events = default_events(seconds) if events is None else list(events)
-    check_events(events, seconds)
+    sounds = CLASS_SOUNDS if sounds is None else sounds
+    check_events(events, seconds, known=sounds)
     if background not in BACKGROUNDS:
         raise ValueError(f"unknown background {background!r}; known: {', '.join(BACKGROUNDS)}")
     bed = BACKGROUNDS[background](np.random.default_rng([seed, 0]), seconds).astype(np.float64)
@@ -128,7 +134,7 @@ def make_demo_stream(
     audio = bed * (10 ** (background_dbfs / 20) / rms) if rms > 0 else bed
     for i, e in enumerate(events, start=1):
         start, end = round(e.start_s * SAMPLE_RATE), round(e.end_s * SAMPLE_RATE)
-        sound = CLASSES[e.class_name].make(np.random.default_rng([seed, i]), (end - start) / SAMPLE_RATE)
+        sound = sounds[e.class_name](np.random.default_rng([seed, i]), (end - start) / SAMPLE_RATE)
         sound = sound.astype(np.float64)[: end - start]
         power = float(np.mean(sound**2))
         if power > 0:
