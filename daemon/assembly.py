@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from clapd.daemon.calibration import AutoThresholds, CalibrationStore
 from clapd.daemon.config import ClapdConfig, FileSource
 from clapd.daemon.control import ControlChannel
 from clapd.daemon.demo import installed_demo_bundle
@@ -71,6 +72,7 @@ def assemble(config: ClapdConfig, *, utc_now: Callable[[], datetime] = lambda: d
         manifest.logit_scale,
         manifest.embedding_size,
         examples=examples,
+        thresholds=AutoThresholds(CalibrationStore(config.state_dir), audio.entry.sha256),
     )
     detections = preparer.prepare(config.detections, list(config.background_prompts))
     audio.warm_up()

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from clapd.daemon.calibration import AutoThresholds, CalibrationStore
 from clapd.daemon.config import ClapdConfig, DetectionConfig, ModelConfig, WindowConfig
 from clapd.daemon.demo import DEMO_WINDOWS, installed_demo_bundle
 from clapd.daemon.detector import Detector
@@ -45,6 +46,7 @@ class Scoring:
     background: list[str]
     windows: WindowConfig
     min_level_dbfs: float | None = None  # the level gate of the stream the recording stands for
+    state_dir: Path | None = None  # where `threshold_on: auto` finds its calibration
 
 
 def scoring_from(
@@ -84,7 +86,8 @@ def scoring_from(
     chosen = bundle or model.bundle or demo
     if chosen is None:
         raise ValueError("no bundle: give --bundle (this install has no demo bundle)")
-    return Scoring(chosen, model, detections, background or default_background, windows, gate)
+    state_dir = config.state_dir if config is not None else None
+    return Scoring(chosen, model, detections, background or default_background, windows, gate, state_dir)
 
 
 def _shared_gate(config: ClapdConfig) -> float | None:
@@ -111,38 +114,59 @@ def read_audio(path: Path, sample_rate: int) -> np.ndarray:
 
 def classify(audio_path: Path, scoring: Scoring) -> ScoreTable:
     """The recording's windows through the daemon's own `Detector`: the same windows, scores and events."""
-    manifest = open_bundle(scoring.bundle)
-    window, hop = window_samples_for(scoring.windows, manifest, bundle=scoring.bundle)
-    audio_model = AudioModel(scoring.bundle, manifest, scoring.model)
-    rate = manifest.sample_rate
-    examples = ExampleEmbedder(
-        audio_model,
-        sample_rate=rate,
-        window=window,
-        hop=hop,
-        model_window=manifest.window_samples,
-        cache_dir=None,
-        model_sha256=audio_model.entry.sha256,
-        embedding_size=manifest.embedding_size,
-    )
-    text = LazyTextModel(scoring.bundle, manifest, scoring.model)
-    preparer = DetectionPreparer(text, None, manifest.text.sha256, manifest.logit_scale, examples=examples)
-    detections = preparer.prepare(scoring.detections, scoring.background)
-    audio = read_audio(audio_path, rate)
-    clock = StreamClock(datetime.now(timezone.utc), rate)
-    detector = Detector(audio_model, detections, {STREAM: clock}, hop, gates={STREAM: scoring.min_level_dbfs})
-    windows = clip_windows(STREAM, audio, window, hop, manifest.window_samples)
-    scores, events = [], []
-    for first in range(0, len(windows), BATCH_WINDOWS):
-        found = detector.process(windows[first : first + BATCH_WINDOWS])
-        scores.extend(found.scores)
-        events.extend(found.events)
-    events.extend(detector.close(STREAM, len(audio)))
-    names = list(scoring.detections)
-    rows = np.array([[s.values[name] for name in names] for s in scores]).reshape(-1, len(names))
-    starts = np.array([s.start_sample for s in scores]) / rate
-    ends = np.array([s.end_sample for s in scores]) / rate
-    return ScoreTable(names, starts, ends, rows, events)
+    classifier = Classifier(scoring)
+    return classifier.score(read_audio(audio_path, classifier.sample_rate))
+
+
+class Classifier:
+    """The model and the prepared detections of a `Scoring`, loaded once, to score any number of recordings."""
+
+    def __init__(self, scoring: Scoring) -> None:
+        manifest = open_bundle(scoring.bundle)
+        self._window, self._hop = window_samples_for(scoring.windows, manifest, bundle=scoring.bundle)
+        self._model_window = manifest.window_samples
+        self.audio_model = AudioModel(scoring.bundle, manifest, scoring.model)
+        self.sample_rate = manifest.sample_rate
+        examples = ExampleEmbedder(
+            self.audio_model,
+            sample_rate=self.sample_rate,
+            window=self._window,
+            hop=self._hop,
+            model_window=manifest.window_samples,
+            cache_dir=None,
+            model_sha256=self.audio_model.entry.sha256,
+            embedding_size=manifest.embedding_size,
+        )
+        text = LazyTextModel(scoring.bundle, manifest, scoring.model)
+        store = CalibrationStore(scoring.state_dir) if scoring.state_dir is not None else None
+        thresholds = AutoThresholds(store, self.audio_model.entry.sha256)
+        preparer = DetectionPreparer(
+            text, None, manifest.text.sha256, manifest.logit_scale, examples=examples, thresholds=thresholds
+        )
+        self.detections = preparer.prepare(scoring.detections, scoring.background)
+        self._scoring = scoring
+
+    @property
+    def hop_seconds(self) -> float:
+        return self._hop / self.sample_rate
+
+    def score(self, audio: np.ndarray) -> ScoreTable:
+        """Mono float32 audio at `sample_rate` through a fresh `Detector` (events start from nothing)."""
+        clock = StreamClock(datetime.now(timezone.utc), self.sample_rate)
+        gates = {STREAM: self._scoring.min_level_dbfs}
+        detector = Detector(self.audio_model, self.detections, {STREAM: clock}, self._hop, gates=gates)
+        windows = clip_windows(STREAM, audio, self._window, self._hop, self._model_window)
+        scores, events = [], []
+        for first in range(0, len(windows), BATCH_WINDOWS):
+            found = detector.process(windows[first : first + BATCH_WINDOWS])
+            scores.extend(found.scores)
+            events.extend(found.events)
+        events.extend(detector.close(STREAM, len(audio)))
+        names = list(self._scoring.detections)
+        rows = np.array([[s.values[name] for name in names] for s in scores]).reshape(-1, len(names))
+        starts = np.array([s.start_sample for s in scores]) / self.sample_rate
+        ends = np.array([s.end_sample for s in scores]) / self.sample_rate
+        return ScoreTable(names, starts, ends, rows, events)
 
 
 def format_json(table: ScoreTable) -> str:

@@ -16,7 +16,7 @@ Every score goes through the same `EventTracker`, so every output sees ordinary 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
@@ -39,8 +39,14 @@ class DetectionSet:
     """Detections with their prompts and examples embedded (`clapd.daemon.prompts.DetectionPreparer`), ready to be
     swapped in. `matcher` scores the model detections; level detections are in `configs` only."""
 
-    configs: dict[str, DetectionConfig]
+    configs: dict[str, DetectionConfig]  # as given: what control changes start from and what is saved
     matcher: Matcher
+    # The configs whose events are tracked: `threshold_on: auto` made the calibrated number (empty: `configs`).
+    resolved: dict[str, DetectionConfig] = field(default_factory=dict)
+
+    @property
+    def tracked(self) -> dict[str, DetectionConfig]:
+        return {name: self.resolved.get(name, config) for name, config in self.configs.items()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +81,7 @@ class Detector:
     ) -> None:
         self._embedder = embedder
         self._detections = detections
-        self._tracker = EventTracker(detections.configs, dict(clocks), hop)
+        self._tracker = EventTracker(detections.tracked, dict(clocks), hop)
         self._gates = {stream: gate for stream, gate in (gates or {}).items() if gate is not None}
         self._levels = {stream: LevelWatch(clock.sample_rate) for stream, clock in clocks.items()}
         self._watch_levels(detections.configs)
@@ -126,7 +132,7 @@ class Detector:
         """Use `detections` from the next call on: unchanged ones keep their state; removed or changed ones end where
         their stream's audio has got to (`end_samples`)."""
         before = set(self._tracker.pairs)
-        ended = self._tracker.update(detections.configs, dict(end_samples))
+        ended = self._tracker.update(detections.tracked, dict(end_samples))
         self._detections = detections
         self._watch_levels(detections.configs)
         return Swap(ended, sorted(set(self._tracker.pairs) - before))

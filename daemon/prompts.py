@@ -20,6 +20,7 @@ from typing import Protocol
 
 import numpy as np
 
+from clapd.daemon.calibration import AutoThresholds
 from clapd.daemon.config import DetectionConfig
 from clapd.daemon.detector import DetectionSet
 from clapd.daemon.embedding_cache import EmbeddingFiles
@@ -91,7 +92,8 @@ class DetectionPreparer:
 
     `embedding_size`: the text model's (`Manifest.embedding_size`), against which cache entries are checked.
     `examples`: embeds audio examples (without it, a detection with examples is refused). Level detections need
-    neither model, and a set of level detections only embeds nothing at all.
+    neither model, and a set of level detections only embeds nothing at all. `thresholds`: the calibration that
+    `threshold_on: auto` stands for (without it, such a detection is refused).
     """
 
     def __init__(
@@ -103,16 +105,20 @@ class DetectionPreparer:
         embedding_size: int | None = None,
         *,
         examples: ExampleEmbedder | None = None,
+        thresholds: AutoThresholds | None = None,
     ) -> None:
         self._text = text
+        self._thresholds = thresholds or AutoThresholds(None, text_sha256)
         self._cache = PromptCache(text, cache_dir, text_sha256, embedding_size)
         self._examples = examples
         self._logit_scale = logit_scale
         self._lock = threading.Lock()  # start-up, reloads and control requests embed one after another
 
     def prepare(self, detections: Mapping[str, DetectionConfig], background: list[str]) -> DetectionSet:
-        """`ExampleError` (a ValueError) names an example file that cannot be used."""
+        """`ExampleError` (a ValueError) names an example file that cannot be used, `CalibrationError` (a ValueError)
+        an auto threshold without a calibration; both before anything is embedded."""
         with self._lock:
+            resolved = self._thresholds.resolve(detections, background)
             model_detections = {n: c for n, c in detections.items() if c.level is None}
             try:
                 built = build_detections(model_detections, self._cache, self._examples)
@@ -124,7 +130,7 @@ class DetectionPreparer:
             self._cache.retain(_prompts_in(model_detections, background if built else []))
             if self._examples is not None:
                 self._examples.retain()
-        return DetectionSet(dict(detections), matcher)
+        return DetectionSet(dict(detections), matcher, resolved)
 
 
 def _prompts_in(detections: Mapping[str, DetectionConfig], background: list[str]) -> set[str]:

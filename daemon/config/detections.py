@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
-from pydantic import AfterValidator, Field, model_validator
+from pydantic import AfterValidator, Field, PlainValidator, model_validator
 
 from clapd.daemon.config.base import (
     EXAMPLE_MARGIN,
@@ -28,6 +28,18 @@ def _checked_example(value: str) -> str:
 
 # An audio file, or a folder of them, on the daemon's machine; checked when the config (or a control request) is read.
 ExamplePath = Annotated[str, Field(min_length=1), AfterValidator(_checked_example)]
+
+
+def _threshold_or_auto(value: object) -> float | Literal["auto"]:
+    """A score strictly between 0 and 1, or `auto`; one check, so an error names the key itself, not a union member."""
+    if value == "auto":
+        return "auto"
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 < value < 1.0:
+        raise ValueError("must be a number greater than 0 and less than 1, or auto")
+    return float(value)
+
+
+ThresholdOn = Annotated[float | Literal["auto"], PlainValidator(_threshold_or_auto)]
 
 
 class LevelConfig(Section):
@@ -105,7 +117,13 @@ class DetectionConfig(Section):
         description="make this a level detection (no model, no prompts or examples): it fires when the stream's "
         "level stays above a threshold; default: none, a model detection",
     )
-    threshold_on: float = Field(0.5, gt=0.0, lt=1.0, description="smoothed score (0 to 1) that starts an event")
+    threshold_on: ThresholdOn = Field(
+        0.5,
+        description="smoothed score (0 to 1) that starts an event; `auto`: the threshold `clapd calibrate` chose for "
+        "this detection from the room's ambient sound (stored in `state_dir`), so that it would start at most "
+        "false_alarms_per_day events on audio like that; a detection changed since its calibration must be "
+        "calibrated again. With auto, threshold_off is lowered to 0.7 x the chosen threshold when above it",
+    )
     threshold_off: float = Field(
         0.35, ge=0.0, lt=1.0, description="smoothed score (0 to 1) below which an event ends; at most threshold_on"
     )
@@ -130,9 +148,17 @@ class DetectionConfig(Section):
         "detection's key made readable (`dog_barking` -> `Dog barking`)",
     )
 
+    false_alarms_per_day: float = Field(
+        1.0,
+        gt=0.0,
+        le=10_000.0,
+        description="events a day that `clapd calibrate` lets this detection start on the room's ambient sound when it "
+        "chooses threshold_on (used with `threshold_on: auto`)",
+    )
+
     @model_validator(mode="after")
     def _hysteresis(self) -> DetectionConfig:
-        if self.threshold_off > self.threshold_on:
+        if self.threshold_on != "auto" and self.threshold_off > self.threshold_on:
             raise ValueError("threshold_off must not exceed threshold_on")
         return self
 
