@@ -92,6 +92,9 @@ class DaemonCollector(Collector):
         set_aside = CounterMetricFamily(
             "clapd_queue_set_aside", "Unusable spool files moved aside at start", labels=["publisher"]
         )
+        scores_dropped = CounterMetricFamily(
+            "clapd_scores_dropped", "Scores messages not sent: no broker session (never queued)", labels=["publisher"]
+        )
         for output in self._outputs:
             stats = output.stats()
             if stats.connected is None:
@@ -102,7 +105,8 @@ class DaemonCollector(Collector):
             dropped.add_metric([name], stats.dropped)
             auth.add_metric([name], stats.auth_failures)
             set_aside.add_metric([name], stats.spool_set_aside)
-        yield from (connected, queued, dropped, auth, set_aside)
+            scores_dropped.add_metric([name], stats.scores_dropped)
+        yield from (connected, queued, dropped, auth, set_aside, scores_dropped)
 
 
 class MetricsServer:

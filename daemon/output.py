@@ -28,6 +28,7 @@ class OutputStats:
     disconnects: int = 0  # sessions lost or closed
     auth_failures: int = 0  # connections refused for bad credentials or authorization
     spool_set_aside: int = 0  # unusable spool files moved aside at start (their messages are not sent)
+    scores_dropped: int = 0  # scores messages not sent (MQTT: no session with the broker, or refused by paho)
 
 
 class Output(ABC):

@@ -30,6 +30,10 @@ class Scores:
     start_sample: int
     end_sample: int  # one past the window's last real (unpadded) sample
     values: dict[str, float]  # detection name -> score
+    # Set by the Runner when it hands the scores to the outputs (the Detector has no stream's level or rate):
+    start_utc: str | None = None  # ISO 8601 of the window's first sample, from the stream's clock
+    sample_rate: int | None = None  # Hz, to turn the offsets into seconds
+    level_dbfs: float | None = None  # the stream's input level (RMS of its last second); None until measured
 
 
 EventKind = Literal["start", "end"]

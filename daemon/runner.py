@@ -191,7 +191,7 @@ class Runner:
         found = self._detector.process(windows)
         if any(output.wants_scores for output in self._outputs):
             for scores in found.scores:
-                self._put(scores)
+                self._put(self._dated(scores))
         for event in found.events:
             self._put_event(event)
         self.windows_processed += len(windows)
@@ -199,6 +199,16 @@ class Runner:
         if self.on_inference is not None:
             self.on_inference(seconds, len(windows))
         logger.debug("%d windows in %.0f ms", len(windows), 1000 * seconds)
+
+    def _dated(self, scores: Scores) -> Scores:
+        """The scores with their window's UTC (the clock as the events are dated), the rate and the stream's level."""
+        stream = next(s for s in self._streams if s.name == scores.stream)
+        return dataclasses.replace(
+            scores,
+            start_utc=stream.clock.utc(scores.start_sample),
+            sample_rate=self._sample_rate,
+            level_dbfs=stream.level_dbfs if stream.level_measured else None,
+        )
 
     def _take_pending(self) -> None:
         with self._pending_lock:

@@ -95,6 +95,18 @@ class MqttConfig(Section):
         description="publish each stream's input level (dBFS) this often; 0: never; else at least 1 (levels are "
         "measured once a second)",
     )
+    scores_interval_seconds: float = Field(
+        0.0,
+        ge=0.0,
+        le=MAX_INTERVAL_SECONDS,
+        description="publish a window's top scores per stream on `{prefix}/{stream}/scores` at most this often (by "
+        "the stream's audio time), QoS 0, not retained, dropped while the broker is away; 0: never. Off by default: "
+        "it is for tuning and dashboards, and at 1 s it is ~28 MB a day per stream (top 3) that every subscriber to "
+        "`{prefix}/#` receives, a cost on metered links; 1 suits a dashboard, the hop shows every window",
+    )
+    scores_top_k: int = Field(
+        3, ge=1, le=100, description="detections in each scores message: the window's highest scores, highest first"
+    )
     home_assistant: HomeAssistantConfig = Field(
         default_factory=HomeAssistantConfig, description="Home Assistant MQTT discovery"
     )

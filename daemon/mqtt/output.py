@@ -1,8 +1,9 @@
 """`MqttOutput`: detection events and states to the broker through the spool, levels live, Home Assistant discovery.
 
 The `publish_*` methods run in the daemon's outputs' thread and never touch the network: events and states are
-appended to the spool (the sender hands them to paho); a level goes to paho only while connected, since a stale level
-is worthless. `start` and `stop` run the connection and the sender together.
+appended to the spool (the sender hands them to paho); a level, and a window's top scores (at most one per
+`scores_interval_seconds` of each stream's audio), go to paho only while connected, since stale ones are worthless.
+`start` and `stop` run the connection and the sender together.
 """
 
 from __future__ import annotations
@@ -11,10 +12,12 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 
+from paho.mqtt.client import MQTT_ERR_SUCCESS as OK
+
 from clapd.daemon.config import DetectionConfig, MqttConfig
 from clapd.daemon.mqtt.connection import ConnectionState, MqttConnection
 from clapd.daemon.mqtt.discovery import Announcer
-from clapd.daemon.mqtt.payloads import STATE_OFF, STATE_ON, EventPayload, Topics, level_payload
+from clapd.daemon.mqtt.payloads import STATE_OFF, STATE_ON, EventPayload, ScoresTopicPayload, Topics, level_payload
 from clapd.daemon.mqtt.sender import Sender
 from clapd.daemon.mqtt.spool import OutgoingMessage, Spool
 from clapd.daemon.output import Output, OutputStats
@@ -29,7 +32,6 @@ class MqttOutput(Output):
     """Made by `clapd.daemon.mqtt.build_mqtt`, which wires the parts together."""
 
     name = "mqtt"
-    wants_scores = False
 
     def __init__(
         self,
@@ -41,6 +43,11 @@ class MqttOutput(Output):
         announcer: Announcer,
     ) -> None:
         self._qos = config.qos
+        self._scores_interval = config.scores_interval_seconds  # s of each stream's audio; 0: no scores
+        self._scores_top_k = config.scores_top_k
+        self._next_scores: dict[str, int] = {}  # stream -> first sample of the next window whose scores may go
+        self._scores_dropped = 0  # scores messages not sent: no session, or refused by paho
+        self.wants_scores = config.scores_interval_seconds > 0
         self._topics = topics
         self._connection = connection
         self._spool = spool
@@ -76,7 +83,18 @@ class MqttOutput(Output):
             self._connection.publish(topic, payload, qos=0, retain=False)
 
     def publish_scores(self, scores: Scores) -> None:
-        """Nothing: MQTT carries no per-window scores yet (`wants_scores` is False, so none are handed over)."""
+        """A window's top scores, if `scores_interval_seconds` of the stream's audio have passed since the last ones
+        published (by sample position, so a file read faster than real time is thinned alike): QoS 0, not retained,
+        never spooled; dropped and counted while not connected."""
+        if not self.wants_scores or scores.start_sample < self._next_scores.get(scores.stream, 0):
+            return
+        payload = ScoresTopicPayload.from_scores(scores, self._scores_top_k).to_json()  # needs the rate: checks it
+        interval = round(self._scores_interval * (scores.sample_rate or 0))  # samples
+        self._next_scores[scores.stream] = scores.start_sample + interval
+        topic = self._topics.scores(scores.stream)
+        sent = self._connection.ready and self._connection.publish(topic, payload, qos=0, retain=False).rc == OK
+        if not sent:  # anything but success (no connection, a full queue) loses it: QoS 0 is not retried
+            self._scores_dropped += 1
 
     def announce(self, streams: Sequence[str], detections: Mapping[str, DetectionConfig]) -> None:
         """Make the Home Assistant entities those of these streams and detections (none while discovery is off).
@@ -105,6 +123,10 @@ class MqttOutput(Output):
         if self._sender.stop(deadline):
             self._announcer.confirm()
         logger.info("MQTT: stopped, %d messages stay in the spool for the next start", len(self._spool))
+        if self._scores_dropped:
+            logger.info(
+                "MQTT: %d scores messages were dropped (not connected; they are never spooled)", self._scores_dropped
+            )
         self._spool.close()
 
     def stats(self) -> OutputStats:
@@ -118,6 +140,7 @@ class MqttOutput(Output):
             disconnects=connection.disconnects,
             auth_failures=connection.auth_failures,
             spool_set_aside=self._spool.set_aside,
+            scores_dropped=self._scores_dropped,
         )
 
     def _spool_message(self, message: OutgoingMessage) -> None:

@@ -15,6 +15,12 @@ default never share a topic (earlier versions defaulted to `clapd` alone, which 
 - `{prefix}/{stream}/level`: the stream's input level in dBFS as a decimal number (e.g. `-31.5`, never below
   `LEVEL_FLOOR_DBFS`), every `mqtt.level_interval_seconds`; QoS 0, not retained, not spooled while the broker is
   away (a stale level is worthless).
+- `{prefix}/{stream}/scores` (only with `mqtt.scores_interval_seconds` above 0): what the model hears, one
+  `ScoresTopicPayload` as JSON for a window at most every `scores_interval_seconds` of the stream's audio (the first
+  window at least that far past the last one published): its `mqtt.scores_top_k` highest scores, highest first;
+  QoS 0, not retained, never spooled (dropped and counted while the broker is away):
+  `{"stream": "kitchen", "start_utc": "2026-12-01T11:00:00.500+00:00", "start_offset_seconds": 0.5,
+  "end_offset_seconds": 2.5, "scores": [{"detection": "smoke_alarm", "score": 0.91}, ...], "level_dbfs": -31.5}`.
 - `{prefix}/control/set` (only with `mqtt.control.enabled`, which needs an authenticated broker; restrict who
   may publish here with the broker's ACL): one JSON `ControlRequest` (`clapd.daemon.control`) per message, not
   retained (a retained request the broker replays on (re)subscription is refused, never applied again), at most
@@ -42,7 +48,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from clapd import __version__
-from clapd.daemon.records import DetectionEvent
+from clapd.daemon.records import DetectionEvent, Scores
 
 StatusPayload = Literal["online", "offline"]
 StatePayload = Literal["ON", "OFF"]
@@ -51,6 +57,7 @@ STATUS_OFFLINE: StatusPayload = "offline"
 STATE_ON: StatePayload = "ON"
 STATE_OFF: StatePayload = "OFF"
 LEVEL_FLOOR_DBFS = -120.0  # digital silence is -inf dBFS; published as this floor instead
+SCORE_DECIMALS = 4  # of a score on the scores topic: finer than any threshold, a third of the digits of a float
 DEFAULT_TOPIC_ROOT = "clapd"  # the default prefix is `clapd/{node id}`
 MAX_NODE_ID = 64  # characters: as many as a client id has
 _NOT_IN_NODE_ID = re.compile(r"[^A-Za-z0-9_-]")  # a topic level that is also a Home Assistant id
@@ -93,6 +100,52 @@ class EventPayload(BaseModel):
             end_offset_seconds=end_offset,
             peak_score=event.peak_score,
             mean_score=event.mean_score,
+        )
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json().encode()
+
+
+class DetectionScore(BaseModel):
+    """One detection's score in one window."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    detection: str = Field(description="the detection's name from the config")
+    score: float = Field(ge=0, le=1, description="the window's score, before smoothing")
+
+
+class ScoresTopicPayload(BaseModel):
+    """A window's highest scores on one stream: what the model hears."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    stream: str = Field(description="the audio stream's name from the config")
+    start_utc: str = Field(description="ISO 8601 time of the window's first sample")
+    start_offset_seconds: float = Field(ge=0, description="seconds since the stream started, at the window's start")
+    end_offset_seconds: float = Field(ge=0, description="at the end of the window's real (unpadded) audio")
+    scores: list[DetectionScore] = Field(
+        description="the highest scores (to SCORE_DECIMALS places), highest first (ties: by name)"
+    )
+    level_dbfs: float | None = Field(
+        description="the stream's input level (RMS of its last second) in dBFS to one decimal, at least "
+        "LEVEL_FLOOR_DBFS; null before it was first measured"
+    )
+
+    @classmethod
+    def from_scores(cls, scores: Scores, top_k: int) -> ScoresTopicPayload:
+        """From scores the Runner dated (ValueError for undated ones: they carry no UTC or rate)."""
+        if scores.start_utc is None or scores.sample_rate is None:
+            raise ValueError("scores without a UTC time or sample rate (not handed over by the Runner)")
+        top = sorted(scores.values.items(), key=lambda item: (-item[1], item[0]))[:top_k]
+        level = None if scores.level_dbfs is None else round(max(scores.level_dbfs, LEVEL_FLOOR_DBFS), 1)
+        return cls(
+            stream=scores.stream,
+            start_utc=scores.start_utc,
+            start_offset_seconds=scores.start_sample / scores.sample_rate,
+            end_offset_seconds=scores.end_sample / scores.sample_rate,
+            scores=[DetectionScore(detection=name, score=round(score, SCORE_DECIMALS)) for name, score in top],
+            level_dbfs=level,
         )
 
     def to_json(self) -> bytes:
@@ -156,6 +209,9 @@ class Topics:
 
     def level(self, stream: str) -> str:
         return build_topic(self.prefix, stream, "level")
+
+    def scores(self, stream: str) -> str:
+        return build_topic(self.prefix, stream, "scores")
 
     @property
     def control_set(self) -> str:
