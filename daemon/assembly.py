@@ -15,12 +15,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from clapd.daemon.calibration import AutoThresholds, CalibrationStore
+from clapd.daemon.clips import build_clip_recorder, largest_pre_roll, privacy_matcher, ring_need_seconds, windows_view
 from clapd.daemon.config import ClapdConfig, FileSource
 from clapd.daemon.control import ControlChannel
 from clapd.daemon.demo import installed_demo_bundle
 from clapd.daemon.detector import Detector
 from clapd.daemon.events import StreamClock
 from clapd.daemon.examples import ExampleEmbedder
+from clapd.daemon.history import build_history_recorder
 from clapd.daemon.inference import AudioModel, LazyTextModel, open_bundle
 from clapd.daemon.manifest import BundleError, Manifest, window_samples_for
 from clapd.daemon.output import Output
@@ -79,7 +81,11 @@ def assemble(config: ClapdConfig, *, utc_now: Callable[[], datetime] = lambda: d
     logger.info("model ready: %s %s on %s", manifest.source, audio.precision, audio.providers[0])
     streams = build_streams(config, manifest, window, hop, utc_now())
     gates = {name: stream.min_level_dbfs for name, stream in config.streams.items()}
-    detector = Detector(audio, detections, {s.name: s.clock for s in streams}, hop, gates=gates)
+    clocks = {s.name: s.clock for s in streams}
+    hidden = privacy_matcher(config, text, manifest, config.state_dir / PROMPT_CACHE_DIR)
+    detector = Detector(audio, detections, clocks, hop, gates=gates, hidden=hidden)
+    clips = build_clip_recorder(config, {s.name: s.ring for s in streams}, manifest.sample_rate, hidden is not None)
+    history = build_history_recorder(config, clocks, manifest.text.sha256)
     outputs, control = build_outputs(config, manifest.sample_rate)
     mqtt = config.outputs.mqtt
     runner = Runner(
@@ -89,6 +95,7 @@ def assemble(config: ClapdConfig, *, utc_now: Callable[[], datetime] = lambda: d
         sample_rate=manifest.sample_rate,
         level_interval=mqtt.level_interval_seconds if mqtt is not None else 0.0,
         utc_now=utc_now,
+        recorders=[r for r in (clips, history) if r is not None],
     )
     return Assembly(runner, preparer, outputs, control)
 
@@ -107,11 +114,14 @@ def build_streams(config: ClapdConfig, manifest: Manifest, window: int, hop: int
     mqtt = config.outputs.mqtt
     secrets = [mqtt.password_env] if mqtt is not None and mqtt.password_env is not None else []
     streams = []
+    pre_roll = largest_pre_roll(config.detections)  # None: no clips
+    seconds = max(RING_SECONDS, ring_need_seconds(pre_roll, window, hop, rate))  # the largest need, clips' included
     for name, source_config in config.streams.items():
-        ring = RingBuffer(RING_SECONDS * rate, sanitize=True)  # where audio enters the stream: corrupt samples stop
+        ring = RingBuffer(round(seconds * rate), sanitize=True)  # where audio enters the stream: corrupt samples stop
         source = build_source(name, source_config, ring, rate, hidden_env=secrets)
         lossless = isinstance(source_config, FileSource) and not source_config.realtime
-        windows = StreamWindows(name, ring, window, hop, manifest.window_samples, lossless=lossless)
+        view = windows_view(ring, pre_roll, window, hop, rate) if lossless else ring  # keeps the pre-roll
+        windows = StreamWindows(name, view, window, hop, manifest.window_samples, lossless=lossless)
         streams.append(Stream(name, ring, source, windows, StreamClock(started, rate)))
     return streams
 

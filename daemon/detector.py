@@ -25,7 +25,7 @@ from clapd.daemon.config import DetectionConfig
 from clapd.daemon.events import EventTracker, StreamClock
 from clapd.daemon.loudness import LevelWatch, window_level_dbfs
 from clapd.daemon.matcher import Matcher
-from clapd.daemon.records import DetectionEvent, Scores, Window
+from clapd.daemon.records import DetectionEvent, Scores, Window, WindowEmbedding
 
 
 class Embedder(Protocol):
@@ -55,6 +55,7 @@ class Detections:
 
     scores: list[Scores]
     events: list[DetectionEvent]
+    embedded: list[WindowEmbedding] = field(default_factory=list)  # the windows the model embedded, in order
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +69,8 @@ class Swap:
 class Detector:
     """Windows of any streams -> scores per detection -> start/end events (smoothing, hysteresis, cooldown).
 
-    `gates`: each stream's `min_level_dbfs` (None or absent: no gate)."""
+    `gates`: each stream's `min_level_dbfs` (None or absent: no gate). `hidden`: detections scored on every
+    embedded window but never tracked or published (clip privacy prompts), their scores in `Detections.embedded`."""
 
     def __init__(
         self,
@@ -78,8 +80,10 @@ class Detector:
         hop: int,
         *,
         gates: Mapping[str, float | None] | None = None,
+        hidden: Matcher | None = None,
     ) -> None:
         self._embedder = embedder
+        self._hidden = hidden
         self._detections = detections
         self._tracker = EventTracker(detections.tracked, dict(clocks), hop)
         self._gates = {stream: gate for stream, gate in (gates or {}).items() if gate is not None}
@@ -106,10 +110,10 @@ class Detector:
             return Detections([], [])
         matcher = self._detections.matcher
         gated = [self._below_gate(w) for w in windows]
-        modelled = [not below and matcher.watches(w.stream) for w, below in zip(windows, gated, strict=True)]
+        modelled = [not below and self._embeds(w.stream) for w, below in zip(windows, gated, strict=True)]
         to_embed = [w.samples for w, m in zip(windows, modelled, strict=True) if m]
         embeddings = iter(self._embedder.embed(np.stack(to_embed)) if to_embed else ())
-        scores, events = [], []
+        scores, events, embedded = [], [], []
         for window, below, needs_model in zip(windows, gated, modelled, strict=True):
             values: dict[str, float] = {}
             if below:
@@ -121,12 +125,13 @@ class Detector:
                     self.unscored += 1  # would start every detection
                     continue
                 values = matcher.score(window.stream, embedding)
+                embedded.append(self._embedded(window, embedding))
             levels = self._levels[window.stream].feed(window)
             values.update({name: level.score for name, level in levels.items()})
             window_scores = Scores(window.stream, window.start_sample, window.end_sample, values)
             scores.append(window_scores)
             events.extend(self._tracker.feed(window_scores, {name: level.span for name, level in levels.items()}))
-        return Detections(scores, events)
+        return Detections(scores, events, embedded)
 
     def replace(self, detections: DetectionSet, end_samples: Mapping[str, int]) -> Swap:
         """Use `detections` from the next call on: unchanged ones keep their state; removed or changed ones end where
@@ -141,6 +146,15 @@ class Detector:
         """The stream's audio ended at `end_sample`: its events in progress end there."""
         self._levels[stream].reset()
         return self._tracker.close(stream, end_sample)
+
+    def _embeds(self, stream: str) -> bool:
+        hidden = self._hidden is not None and self._hidden.watches(stream)
+        return hidden or self._detections.matcher.watches(stream)
+
+    def _embedded(self, window: Window, embedding: np.ndarray) -> WindowEmbedding:
+        hidden = self._hidden.score(window.stream, embedding) if self._hidden is not None else {}
+        level = window_level_dbfs(window)
+        return WindowEmbedding(window.stream, window.start_sample, window.end_sample, embedding, level, hidden)
 
     def _below_gate(self, window: Window) -> bool:
         gate = self._gates.get(window.stream)

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from clapd.daemon.config import DetectionConfig
+from clapd.daemon.detector import Detections
 from clapd.daemon.records import DetectionEvent, LevelReading, OutputRecord, Scores, StateChange
 
 
@@ -63,6 +64,46 @@ class Output(ABC):
 
     @abstractmethod
     def stats(self) -> OutputStats: ...
+
+
+class Recorder(ABC):
+    """A keeper of evidence (event clips, the embedding history) fed by the inference thread, writing on its own
+    thread, which the Runner starts (`work`) and joins.
+
+    Threads: `on_event`, `turn` and `record` run on the inference thread between model calls (or on the main thread
+    once inference has stopped): they only copy (audio out of the rings, embeddings into a bounded queue) and never
+    wait, so a slow disk never holds up inference; what cannot be queued is dropped and counted. `finish` says no
+    more will come: `work` writes what is pending and returns.
+    """
+
+    name: str  # for logs, the thread's name and metrics (`clapd_{name}_{counter}_total`)
+
+    @abstractmethod
+    def on_event(self, event: DetectionEvent) -> DetectionEvent:
+        """Note an event (before it goes to the outputs); returns it, annotated (an end with its clip's path)."""
+
+    @abstractmethod
+    def record(self, found: Detections) -> None:
+        """What one model call found (scores, events, the windows embedded)."""
+
+    @abstractmethod
+    def turn(self) -> None:
+        """Once per turn of the inference loop: copy whatever is due out of the rings."""
+
+    @abstractmethod
+    def work(self) -> None:
+        """The recorder's thread: write until `finish`, then write what is pending and return."""
+
+    @abstractmethod
+    def finish(self) -> None: ...
+
+    @abstractmethod
+    def detections_changed(self, detections: Mapping[str, DetectionConfig]) -> None:
+        """The detections now in force (a reload, a control request), told on the inference thread."""
+
+    @abstractmethod
+    def counters(self) -> dict[str, int]:
+        """Counts since start, by name (written, dropped, deleted...), for metrics and the log at stop."""
 
 
 def deliver(output: Output, record: OutputRecord) -> None:

@@ -54,6 +54,7 @@ class DetectionEvent:
     peak_score: float
     mean_score: float
     sample_rate: int  # to turn the offsets into seconds
+    clip: str | None = None  # on "end": the path its audio clip will be written to (`clapd.daemon.clips`); else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +72,18 @@ class LevelReading:
 
     stream: str
     dbfs: float  # full scale 1.0; SILENCE_DBFS for digital silence
+
+
+@dataclass(frozen=True, slots=True)
+class WindowEmbedding:
+    """One window the model embedded (the Detector hands these out: the model is never run twice on a window)."""
+
+    stream: str
+    start_sample: int
+    end_sample: int  # one past the window's last real (unpadded) sample
+    embedding: np.ndarray  # float32 [embedding size], unit length: the audio model's output
+    level_dbfs: float  # the window's level over its real samples
+    hidden: dict[str, float]  # scores of hidden detections (clip privacy prompts): never published
 
 
 # What the inference thread hands to the outputs' thread, in order.

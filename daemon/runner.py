@@ -22,12 +22,12 @@ import queue
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 
 from clapd.daemon.config import DetectionConfig
 from clapd.daemon.detector import DetectionSet, Detector
-from clapd.daemon.output import Output, deliver
+from clapd.daemon.output import Output, Recorder, deliver
 from clapd.daemon.records import DetectionEvent, LevelReading, OutputRecord, Scores, StateChange, Window
 from clapd.daemon.streams import Stream, StreamStats
 
@@ -60,8 +60,11 @@ class Runner:
         sample_rate: int,
         level_interval: float = 0.0,
         utc_now: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+        recorders: Sequence[Recorder] = (),
     ) -> None:
         self.state = RunnerState.CREATED
+        self.recorders = list(recorders)  # clips, history: fed by the inference thread, each writing on its own
+        self._recorder_threads = [threading.Thread(target=r.work, name=r.name, daemon=True) for r in recorders]
         self._streams = streams
         self._detector = detector
         self._outputs = outputs
@@ -98,6 +101,8 @@ class Runner:
         for output in self._outputs:
             output.start()
         self._delivery.start()
+        for thread in self._recorder_threads:
+            thread.start()
         for stream, detection in self._detector.pairs:
             self._put(StateChange(stream, detection, on=False))  # clears a stale ON left by a crash
         for stream in self._streams:
@@ -131,12 +136,24 @@ class Runner:
                 stream.keep_clock(self._utc_now)  # audio delivered since the last turn may have run ahead
                 for event in self._detector.close(stream.name, stream.ring.total_written):
                     self._put_event(event)
+        self._finish_recorders(close_events, deadline)
         self._put(None)
         if self._delivery.is_alive():
             self._delivery.join(DELIVERY_JOIN_SHARE * max(0.0, deadline - time.monotonic()))
         for output in self._outputs:
             output.stop(max(0.1, deadline - time.monotonic()))
         self.state = RunnerState.STOPPED
+
+    def _finish_recorders(self, copy_audio: bool, deadline: float) -> None:
+        """The last audio copied (when inference has stopped: the rings have no other reader), the rest written."""
+        for recorder in self.recorders:
+            if copy_audio:
+                recorder.turn()
+            recorder.finish()
+        for thread in self._recorder_threads:
+            thread.join(max(0.1, DELIVERY_JOIN_SHARE * (deadline - time.monotonic())))
+        for recorder in self.recorders:
+            logger.info("%s: %s", recorder.name, ", ".join(f"{k} {v}" for k, v in recorder.counters().items()))
 
     def stream_stats(self) -> list[StreamStats]:
         """Each stream's health, with the windows its level gate kept from the model (counted by the Detector)."""
@@ -160,6 +177,8 @@ class Runner:
         while not self._stop.is_set():
             self._heartbeat()
             self._take_pending()
+            for recorder in self.recorders:
+                recorder.turn()  # audio for clips, copied between model calls
             self._measure_levels()
             due = self._due_windows()
             for stream in self._streams:
@@ -194,6 +213,8 @@ class Runner:
                 self._put(self._dated(scores))
         for event in found.events:
             self._put_event(event)
+        for recorder in self.recorders:
+            recorder.record(found)
         self.windows_processed += len(windows)
         seconds = time.perf_counter() - started
         if self.on_inference is not None:
@@ -220,6 +241,8 @@ class Runner:
             self._put_event(event)
         for stream, detection in swap.new_pairs:
             self._put(StateChange(stream, detection, on=False))
+        for recorder in self.recorders:
+            recorder.detections_changed(pending.configs)
         logger.info("detections in force: %s", ", ".join(pending.configs))
 
     def _measure_levels(self) -> None:
@@ -236,6 +259,8 @@ class Runner:
                     self._put(LevelReading(stream.name, stream.level_dbfs))
 
     def _put_event(self, event: DetectionEvent) -> None:
+        for recorder in self.recorders:
+            event = recorder.on_event(event)  # an end gets its clip's path
         self.events_by_kind[(event.stream, event.detection, event.kind)] += 1
         self._put(event)
         self._put(StateChange(event.stream, event.detection, on=event.kind == "start"))

@@ -22,7 +22,9 @@ from clapd.daemon.config.base import (
     Name,
     Section,
 )
+from clapd.daemon.config.clips import ClipsConfig, DetectionClipsConfig
 from clapd.daemon.config.detections import DetectionConfig, ExamplePath, LevelConfig
+from clapd.daemon.config.history import HistoryConfig
 from clapd.daemon.config.model import ModelConfig, TensorRTConfig, WindowConfig
 from clapd.daemon.config.outputs import (
     ControlConfig,
@@ -42,11 +44,14 @@ __all__ = [
     "NAME_PATTERN",
     "TOPIC_PREFIX_PATTERN",
     "ClapdConfig",
+    "ClipsConfig",
     "ConfigError",
     "ControlConfig",
+    "DetectionClipsConfig",
     "DetectionConfig",
     "ExamplePath",
     "FileSource",
+    "HistoryConfig",
     "HomeAssistantConfig",
     "LevelConfig",
     "LoggingConfig",
@@ -89,6 +94,12 @@ class ClapdConfig(Section):
         "detection changes made over MQTT, the Home Assistant entities announced",
     )
     metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="Prometheus metrics endpoint")
+    clips: ClipsConfig = Field(
+        default_factory=ClipsConfig, description="where event clips go (detections with a `clips` block get them)"
+    )
+    history: HistoryConfig = Field(
+        default_factory=HistoryConfig, description="every window's embedding kept for `clapd search` (off by default)"
+    )
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="log level and format")
 
     @field_validator("streams", "detections", mode="before")

@@ -16,6 +16,7 @@ from clapd.daemon.config.base import (
     Name,
     Section,
 )
+from clapd.daemon.config.clips import DetectionClipsConfig
 
 
 def _checked_example(value: str) -> str:
@@ -140,6 +141,10 @@ class DetectionConfig(Section):
         description="seconds after an event ends before a new one may start on the same stream",
     )
     streams: list[Name] | None = Field(None, description="names of the streams to watch; default: all")
+    clips: DetectionClipsConfig | None = Field(
+        None,
+        description="write each event's audio, with pre- and post-roll, to a file (top-level `clips`); default: none",
+    )
     name: str | None = Field(
         None,
         max_length=100,

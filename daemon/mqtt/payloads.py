@@ -83,6 +83,12 @@ class EventPayload(BaseModel):
     end_offset_seconds: float | None = Field(ge=0, description="seconds since the stream started, at the end")
     peak_score: float = Field(description="highest smoothed score so far")
     mean_score: float = Field(description="mean smoothed score so far")
+    clip: str | None = Field(
+        None,
+        description="on end, with the detection's `clips` on: the path of the event's audio clip on the daemon's "
+        "machine, written once the post-roll has been heard (post_roll_seconds after this message); the file never "
+        "appears if the clip was dropped (full queue or disk) or withheld (privacy prompts); null otherwise",
+    )
     clapd_version: str = Field(__version__, description="the version of clapd that published the event")
 
     @classmethod
@@ -100,6 +106,7 @@ class EventPayload(BaseModel):
             end_offset_seconds=end_offset,
             peak_score=event.peak_score,
             mean_score=event.mean_score,
+            clip=event.clip,
         )
 
     def to_json(self) -> bytes:
