@@ -206,7 +206,7 @@ def _run_search(args: argparse.Namespace) -> int:
     from datetime import datetime, timezone
 
     from clapd.daemon.config import ConfigError, load_config
-    from clapd.daemon.history import HISTORY_FILE, HistoryUnusable
+    from clapd.daemon.history import HISTORY_FILE, HistoryUnavailable
     from clapd.daemon.manifest import BundleError
     from clapd.daemon.search import format_json, format_table, parse_since, query_embedding, search_history
 
@@ -226,7 +226,7 @@ def _run_search(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"clapd search: {e}", file=sys.stderr)
         return 2
-    except (BundleError, HistoryUnusable, ValueError, RuntimeError) as e:
+    except (BundleError, HistoryUnavailable, ValueError, RuntimeError) as e:
         print(f"clapd search: {e}", file=sys.stderr)
         return 1
     print(format_json(matches) if args.json else format_table(matches))
@@ -247,6 +247,101 @@ def _run_daemon(args: argparse.Namespace) -> int:
     return run(args.config, verbose=args.verbose)
 
 
+def _add_listen(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "listen",
+        help="a live terminal view of what the model hears (scores, thresholds, everyday matches, level)",
+        description="Runs the config as `clapd run` would, publishing nothing: per stream, a bar per detection with "
+        "its threshold marks, the everyday sound descriptions the audio matches best, and the input level, "
+        "refreshed every hop. Ctrl-C quits.",
+    )
+    parser.add_argument(
+        "-c", "--config", type=Path, help="YAML config (see configs/); none: the embedded demo model and sounds"
+    )
+    parser.add_argument("--stream", help="listen to this stream of the config only (default: all)")
+    parser.set_defaults(run=_run_listen)
+
+
+def _run_listen(args: argparse.Namespace) -> int:
+    from clapd.daemon.listen import listen
+
+    return listen(args.config, args.stream, verbose=args.verbose)
+
+
+def _add_learn_normal(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "learn-normal",
+        help="learn a stream's normal operation for anomaly monitoring",
+        description="Embeds windows of normal operation, as the daemon cuts them, into the stream's normal bank in "
+        "state_dir (with the audio model's sha256): from the live source for --minutes, or from the audio files in "
+        "--from (recordings of every normal operating condition). The daemon loads the bank when it starts.",
+    )
+    parser.add_argument("-c", "--config", type=Path, required=True)
+    parser.add_argument("--stream", required=True, help="the stream (it needs an `anomaly:` section)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--minutes", type=float, help="listen to the live source for this many minutes")
+    source.add_argument("--from", dest="folder", type=Path, help="a folder of recordings of normal operation")
+    parser.add_argument("--rebaseline", action="store_true", help="replace the stream's bank if it has one")
+    parser.set_defaults(run=_run_learn_normal)
+
+
+def _run_learn_normal(args: argparse.Namespace) -> int:
+    from clapd.daemon.anomaly.learn import learn_normal
+    from clapd.daemon.config import ConfigError, load_config
+    from clapd.daemon.manifest import BundleError
+
+    if args.minutes is not None and not 0 < args.minutes <= 24 * 60:
+        print("clapd learn-normal: --minutes must be above 0 and at most 1440", file=sys.stderr)
+        return 2
+    try:
+        config = load_config(args.config)
+    except ConfigError as e:
+        print(f"clapd learn-normal: {e}", file=sys.stderr)
+        return 2
+    seconds = None if args.minutes is None else 60 * args.minutes
+    try:
+        learnt = learn_normal(config, args.stream, seconds=seconds, folder=args.folder, replace=args.rebaseline)
+    except (BundleError, ValueError, RuntimeError, OSError) as e:
+        print(f"clapd learn-normal: {e}", file=sys.stderr)
+        return 1
+    bank = learnt.bank
+    print(
+        f"{learnt.path}: {bank.size} embeddings of normal operation (from {learnt.windows} windows), "
+        f"k {bank.k}, reference distance {bank.reference:.4f}"
+    )
+    return 0
+
+
+def _add_calibrate(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "calibrate",
+        help="set thresholds from the room's ambient sound (for threshold_on: auto)",
+        description="Scores ambient audio (a recording, or --minutes of a configured stream) through the daemon's "
+        "own Detector, prints each detection's ambient score distribution, and chooses each detection's threshold_on "
+        "so it would start at most its false_alarms_per_day events a day on audio like it; stored in state_dir and "
+        "used where a detection says `threshold_on: auto` (restart or reload the daemon to apply).",
+    )
+    parser.add_argument("-c", "--config", type=Path, required=True)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--file", type=Path, help="a recording of the room's ordinary sound")
+    source.add_argument("--minutes", type=float, help="record this many minutes of a configured stream")
+    parser.add_argument("--stream", help="the stream to record with --minutes (default: the first)")
+    parser.add_argument("--dry-run", action="store_true", help="print the thresholds, store nothing")
+    parser.set_defaults(run=_run_calibrate)
+
+
+def _run_calibrate(args: argparse.Namespace) -> int:
+    from clapd.daemon.calibrate import run_calibration
+    from clapd.daemon.config import ConfigError, load_config
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as e:
+        print(f"clapd calibrate: {e}", file=sys.stderr)
+        return 2
+    return run_calibration(config, file=args.file, minutes=args.minutes, stream=args.stream, store=not args.dry_run)
+
+
 def _add_devices(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("devices", help="list the audio input devices PortAudio sees")
     parser.set_defaults(run=_run_devices)
@@ -265,6 +360,53 @@ def _run_devices(args: argparse.Namespace) -> int:
     if not devices:
         print("no input devices", file=sys.stderr)
     return 0
+
+
+def _add_example_commands(commands: argparse._SubParsersAction) -> None:
+    """enrol, false-alarm, forget-example: control requests to the running daemon over MQTT (`clapd.daemon.enrol`)."""
+    daemon = "Talks to the running daemon over the MQTT control channel (the config's broker and credentials; "
+    daemon += "mqtt.control.enabled) and prints its result as JSON; exits 1 when refused or unanswered."
+    enrol = commands.add_parser(
+        "enrol",
+        help="the last seconds of a stream become an example of a detection",
+        description="Takes a stream's newest audio from the running daemon's ring buffer, saves it as an example "
+        f"file in state_dir/examples/DETECTION/ and adds it to the detection, live and kept across restarts. {daemon}",
+    )
+    enrol.add_argument("detection")
+    enrol.add_argument("--stream", required=True, help="the stream to take the audio from")
+    enrol.add_argument("--last", type=float, required=True, help="seconds of the newest audio (0.1 to 30)")
+    enrol.add_argument("--negative", action="store_true", help="a sound that must not fire the detection")
+    false_alarm = commands.add_parser(
+        "false-alarm",
+        help="the audio of a detection's last event becomes a negative example",
+        description=f"Marks the detection's last event (on --stream, else on any stream) as a false alarm. {daemon}",
+    )
+    false_alarm.add_argument("detection")
+    false_alarm.add_argument("--stream", help="the stream of the event (default: the last event on any stream)")
+    forget = commands.add_parser(
+        "forget-example",
+        help="remove an enrolled example (its file and its entry)",
+        description=f"FILE: the example's file name, as enrol printed it. {daemon}",
+    )
+    forget.add_argument("detection")
+    forget.add_argument("file")
+    for parser in (enrol, false_alarm, forget):
+        parser.add_argument("-c", "--config", type=Path, required=True, help="the daemon's config")
+        parser.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the result (default 30)")
+        parser.set_defaults(run=_run_example_command)
+
+
+def _run_example_command(args: argparse.Namespace) -> int:
+    from clapd.daemon.mqtt.request import run_request
+
+    fields: dict[str, object] = {"detection": args.detection}
+    if args.command == "enrol":
+        fields.update(action="enrol", stream=args.stream, last_seconds=args.last, negative=args.negative)
+    elif args.command == "false-alarm":
+        fields.update(action="false_alarm", **({"stream": args.stream} if args.stream else {}))
+    else:
+        fields.update(action="forget_example", file=args.file)
+    return run_request(args.command, args.config, fields, args.timeout)
 
 
 UNIT_FILE = Path("etc/systemd/system/clapd.service")
@@ -383,10 +525,14 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     adders: list[Callable[[argparse._SubParsersAction], None]] = [
         _add_run,
+        _add_listen,
         _add_check_config,
         _add_devices,
+        _add_learn_normal,
         _add_classify,
         _add_search,
+        _add_calibrate,
+        _add_example_commands,
         _add_export,
         _add_finetune,
         _add_reference_model,

@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from clapd.daemon.anomaly.monitor import anomaly_events, build_anomalies
 from clapd.daemon.calibration import AutoThresholds, CalibrationStore
 from clapd.daemon.clips import build_clip_recorder, largest_pre_roll, privacy_matcher, ring_need_seconds, windows_view
 from clapd.daemon.config import ClapdConfig, FileSource
 from clapd.daemon.control import ControlChannel
 from clapd.daemon.demo import installed_demo_bundle
 from clapd.daemon.detector import Detector
+from clapd.daemon.enrol import ENROL_RING_SECONDS, Enroller
 from clapd.daemon.events import StreamClock
 from clapd.daemon.examples import ExampleEmbedder
 from clapd.daemon.history import build_history_recorder
@@ -36,7 +38,8 @@ from clapd.daemon.windows import StreamWindows
 
 logger = logging.getLogger(__name__)
 
-RING_SECONDS = 30  # capture kept per stream: the longest window plus generous slack for a slow model call
+WINDOW_RING_SECONDS = 30  # the longest window plus generous slack for a slow model call
+RING_SECONDS = max(WINDOW_RING_SECONDS, ENROL_RING_SECONDS)  # capture kept per stream: the largest need
 PROMPT_CACHE_DIR = "prompt-cache"  # in the state directory
 EXAMPLE_CACHE_DIR = "example-cache"  # in the state directory
 
@@ -47,11 +50,17 @@ class Assembly:
     preparer: DetectionPreparer  # embeds the prompts of detections swapped in later (reload, control)
     outputs: list[Output]
     control: ControlChannel | None  # None unless mqtt.control is enabled
+    enroller: Enroller | None = None  # example actions (enrol, false_alarm, forget_example) on the running streams
 
 
-def assemble(config: ClapdConfig, *, utc_now: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> Assembly:
+def assemble(
+    config: ClapdConfig,
+    *,
+    utc_now: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+    outputs: Sequence[Output] | None = None,
+) -> Assembly:
     """Load and check the model, embed the prompts and examples, warm up, and build streams, outputs and the
-    runner."""
+    runner. `outputs`: these instead of the configured ones, with no control channel (`clapd listen` renders)."""
     bundle_dir = resolve_bundle(config)
     manifest = open_bundle(bundle_dir)
     window, hop = window_samples_for(config.windows, manifest, bundle=bundle_dir)
@@ -82,11 +91,12 @@ def assemble(config: ClapdConfig, *, utc_now: Callable[[], datetime] = lambda: d
     streams = build_streams(config, manifest, window, hop, utc_now())
     gates = {name: stream.min_level_dbfs for name, stream in config.streams.items()}
     clocks = {s.name: s.clock for s in streams}
+    anomalies = build_anomalies(config.streams, config.state_dir, clocks, audio.entry.sha256, window, hop)
     hidden = privacy_matcher(config, text, manifest, config.state_dir / PROMPT_CACHE_DIR)
-    detector = Detector(audio, detections, clocks, hop, gates=gates, hidden=hidden)
+    detector = Detector(audio, detections, clocks, hop, gates=gates, anomalies=anomalies, hidden=hidden)
     clips = build_clip_recorder(config, {s.name: s.ring for s in streams}, manifest.sample_rate, hidden is not None)
     history = build_history_recorder(config, clocks, manifest.text.sha256)
-    outputs, control = build_outputs(config, manifest.sample_rate)
+    outputs, control = build_outputs(config, manifest.sample_rate) if outputs is None else (list(outputs), None)
     mqtt = config.outputs.mqtt
     runner = Runner(
         streams,
@@ -97,7 +107,7 @@ def assemble(config: ClapdConfig, *, utc_now: Callable[[], datetime] = lambda: d
         utc_now=utc_now,
         recorders=[r for r in (clips, history) if r is not None],
     )
-    return Assembly(runner, preparer, outputs, control)
+    return Assembly(runner, preparer, outputs, control, Enroller(runner, config.state_dir, window))
 
 
 def resolve_bundle(config: ClapdConfig) -> Path:
@@ -134,7 +144,12 @@ def build_outputs(config: ClapdConfig, sample_rate: int) -> tuple[list[Output], 
     if mqtt is not None:
         from clapd.daemon.mqtt import build_mqtt
 
-        link = build_mqtt(mqtt, config.state_dir, client_id_default=f"clapd-{socket.gethostname()}"[:64])
+        link = build_mqtt(
+            mqtt,
+            config.state_dir,
+            client_id_default=f"clapd-{socket.gethostname()}"[:64],
+            anomaly_events=anomaly_events(config.streams),
+        )
         outputs.append(link.output)
         control = link.control
     if config.outputs.stdout or (config.outputs.stdout is None and mqtt is None):

@@ -24,12 +24,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from pydantic.fields import FieldInfo
 
 from clapd.daemon.config import NAME_PATTERN, DetectionConfig, Name, describe_error
+from clapd.daemon.examples import MIN_EXAMPLE_SECONDS
 from clapd.daemon.state_files import read_json, write_json_atomically
 
 logger = logging.getLogger(__name__)
 
-Action = Literal["set", "update", "remove"]
+Action = Literal["set", "update", "remove", "enrol", "false_alarm", "forget_example", "rebaseline"]
+EXAMPLE_ACTIONS = ("enrol", "false_alarm", "forget_example")  # audio examples from the live stream (clapd.daemon.enrol)
+MAX_ENROL_SECONDS = 30.0  # the longest audio one enrolment takes from a stream (the ring is sized for it)
 CONTROL_FILE = "control.json"  # in the state directory
+MAX_REBASELINE_SECONDS = 86_400.0  # a day: the longest re-baseline (as `anomaly.learn_seconds`)
 MAX_CONTROL_PAYLOAD_BYTES = 65_536  # larger requests are refused unparsed
 MAX_ECHO_CHARS = 200  # a request's own strings are echoed in its result at most this long
 MAX_PROBLEM_CHARS = 400  # one problem line in a result, at most
@@ -53,11 +57,43 @@ class ControlRequest(BaseModel):
     request_id: str | None = Field(None, max_length=MAX_ECHO_CHARS, description="echoed in the result")
     action: Action = Field(
         description="set: add the detection, or replace it, with `config`; update: change the fields in `config`; "
-        "remove: delete the detection"
+        "remove: delete the detection; enrol: a stream's last `last_seconds` become an example (`negative`: a "
+        "negative example); false_alarm: the audio of the detection's last event becomes a negative example; "
+        "forget_example: an enrolled example (`file`) is removed; rebaseline: a stream's normal bank for anomaly "
+        "monitoring is learnt anew from its next `seconds` of audio"
     )
-    detection: str = Field(pattern=NAME_PATTERN, description="the detection's name, as in the config file")
+    detection: str | None = Field(
+        None, pattern=NAME_PATTERN, description="the detection's name, as in the config file (rebaseline: none)"
+    )
     config: dict[str, Any] | None = Field(
-        None, description="set: a whole detection as in the config file; update: the fields to change; remove: none"
+        None, description="set: a whole detection as in the config file; update: the fields to change; others: none"
+    )
+    stream: str | None = Field(
+        None,
+        pattern=NAME_PATTERN,
+        description="enrol: the stream to take the audio from; false_alarm: the stream of the event (default: the "
+        "detection's last event on any stream)",
+    )
+    last_seconds: float | None = Field(
+        None,
+        ge=MIN_EXAMPLE_SECONDS,
+        le=MAX_ENROL_SECONDS,
+        allow_inf_nan=False,
+        description="enrol: seconds of the stream's newest audio to take",
+    )
+    negative: bool = Field(False, description="enrol: a sound that must not fire the detection (a negative example)")
+    file: str | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_ECHO_CHARS,
+        description="forget_example: the enrolled example's file name (as the enrol result gave it) or path",
+    )
+    seconds: float | None = Field(
+        None,
+        gt=0.0,
+        le=MAX_REBASELINE_SECONDS,
+        allow_inf_nan=False,
+        description="rebaseline: seconds of the stream's coming audio (normal operation) to learn the bank from",
     )
 
 
@@ -71,11 +107,19 @@ class ControlResult(BaseModel):
     action: str | None = Field(description="the request's action, when it had a usable one")
     detection: str | None = Field(description="the request's detection, when it had a usable one")
     errors: list[str] = Field(description="one line per problem: key path, value and reason; empty when ok")
+    example: str | None = Field(
+        None, description="enrol, false_alarm: the example file added; forget_example: the one removed; else absent"
+    )
 
     @classmethod
-    def success(cls, request: ControlRequest) -> ControlResult:
+    def success(cls, request: ControlRequest, example: str | None = None) -> ControlResult:
         return cls(
-            request_id=request.request_id, ok=True, action=request.action, detection=request.detection, errors=[]
+            request_id=request.request_id,
+            ok=True,
+            action=request.action,
+            detection=request.detection,
+            errors=[],
+            example=example,
         )
 
     @classmethod
@@ -86,7 +130,8 @@ class ControlResult(BaseModel):
         )
 
     def to_json(self) -> bytes:
-        return self.model_dump_json().encode()
+        """`example` only when there is one: the other actions' results are as they always were."""
+        return self.model_dump_json(exclude={"example"} if self.example is None else None).encode()
 
 
 class ControlChannel(Protocol):
@@ -158,8 +203,39 @@ def take_request(
     answer(outcome)
 
 
+# The fields beyond request_id, action, detection and config that each action takes, and those it needs.
+_ACTION_FIELDS = {
+    "enrol": ("stream", "last_seconds", "negative"),
+    "false_alarm": ("stream",),
+    "forget_example": ("file",),
+    "rebaseline": ("stream", "seconds"),
+}
+_NEEDED_FIELDS = {
+    "enrol": ("stream", "last_seconds"),
+    "forget_example": ("file",),
+    "rebaseline": ("stream", "seconds"),
+}
+
+
+def _field_problems(request: ControlRequest) -> list[str]:
+    """Fields given to an action that takes none of them, and fields an action needs but was not given."""
+    takes = _ACTION_FIELDS.get(request.action, ())
+    given = request.model_fields_set & {"stream", "last_seconds", "negative", "file", "seconds", "detection"}
+    takes = (*takes, "detection") if request.action != "rebaseline" else takes
+    problems = [f"{name}: {request.action} takes no {name}" for name in sorted(given - set(takes))]
+    if request.action == "rebaseline" and request.config is not None:
+        problems.append("config: rebaseline takes no config")
+    needed = (*_NEEDED_FIELDS.get(request.action, ()), *(("detection",) if request.action != "rebaseline" else ()))
+    if request.action in EXAMPLE_ACTIONS and request.config is not None:
+        problems.append(f"config: {request.action} takes no config")
+    return problems + [f"{name}: {request.action} needs {name}" for name in needed if getattr(request, name) is None]
+
+
 def _config_problems(request: ControlRequest) -> list[str]:
-    """The problems of `config` for the request's action, each under the key path `config.…`."""
+    """The problems of `config` (and of the other fields) for the request's action, each under its key path."""
+    problems = _field_problems(request)
+    if problems or request.action in (*EXAMPLE_ACTIONS, "rebaseline"):
+        return problems
     if request.action == "remove":
         return [] if request.config is None else ["config: remove takes no config"]
     if request.config is None:
@@ -184,8 +260,10 @@ def apply_request(
 
     `detections` is not changed. Removing an unknown detection, or the last one, is refused; so is an update of a
     detection that does not exist (use set to add one), and a set that would add one beyond `max_detections`
-    (`mqtt.control.max_detections`; None: no limit).
+    (`mqtt.control.max_detections`; None: no limit). The example actions are `clapd.daemon.enrol`'s.
     """
+    if request.action in EXAMPLE_ACTIONS:
+        raise ControlError([f"action = {request.action!r}: applied by clapd.daemon.enrol.Enroller, not here"])
     name = request.detection
     if request.action == "remove":
         if name not in detections:

@@ -21,11 +21,12 @@ from typing import Protocol
 
 import numpy as np
 
+from clapd.daemon.anomaly.monitor import StreamAnomaly
 from clapd.daemon.config import DetectionConfig
 from clapd.daemon.events import EventTracker, StreamClock
 from clapd.daemon.loudness import LevelWatch, window_level_dbfs
 from clapd.daemon.matcher import Matcher
-from clapd.daemon.records import DetectionEvent, Scores, Window, WindowEmbedding
+from clapd.daemon.records import AnomalyReading, DetectionEvent, Scores, Window, WindowEmbedding
 
 
 class Embedder(Protocol):
@@ -56,6 +57,7 @@ class Detections:
     scores: list[Scores]
     events: list[DetectionEvent]
     embedded: list[WindowEmbedding] = field(default_factory=list)  # the windows the model embedded, in order
+    anomalies: list[AnomalyReading] = field(default_factory=list)  # every anomaly-scored window's reading, in order
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,8 +83,10 @@ class Detector:
         *,
         gates: Mapping[str, float | None] | None = None,
         hidden: Matcher | None = None,
+        anomalies: Mapping[str, StreamAnomaly] | None = None,
     ) -> None:
         self._embedder = embedder
+        self.anomalies = dict(anomalies or {})  # stream -> its anomaly monitoring (`clapd.daemon.anomaly`)
         self._hidden = hidden
         self._detections = detections
         self._tracker = EventTracker(detections.tracked, dict(clocks), hop)
@@ -100,8 +104,8 @@ class Detector:
 
     @property
     def pairs(self) -> list[tuple[str, str]]:
-        """The (stream, detection) pairs being tracked."""
-        return self._tracker.pairs
+        """The (stream, detection) pairs being tracked, anomaly events' (stream, event name) included."""
+        return self._tracker.pairs + [(stream, anomaly.config.event) for stream, anomaly in self.anomalies.items()]
 
     def process(self, windows: Sequence[Window]) -> Detections:
         """Embed the windows that need the model in one call, score each window, and track events; windows of a
@@ -113,7 +117,7 @@ class Detector:
         modelled = [not below and self._embeds(w.stream) for w, below in zip(windows, gated, strict=True)]
         to_embed = [w.samples for w, m in zip(windows, modelled, strict=True) if m]
         embeddings = iter(self._embedder.embed(np.stack(to_embed)) if to_embed else ())
-        scores, events, embedded = [], [], []
+        scores, events, embedded, anomalies = [], [], [], []
         for window, below, needs_model in zip(windows, gated, modelled, strict=True):
             values: dict[str, float] = {}
             if below:
@@ -124,14 +128,18 @@ class Detector:
                 if not np.isfinite(embedding).all():  # the model overflowed (fp16 on absurd audio): a NaN score
                     self.unscored += 1  # would start every detection
                     continue
-                values = matcher.score(window.stream, embedding)
+                values = matcher.score(window.stream, embedding) if matcher.watches(window.stream) else {}
                 embedded.append(self._embedded(window, embedding))
+                if (anomaly := self.anomalies.get(window.stream)) is not None:
+                    reading, anomaly_events = anomaly.feed(window, embedding)
+                    anomalies.extend([reading] if reading is not None else [])
+                    events.extend(anomaly_events)
             levels = self._levels[window.stream].feed(window)
             values.update({name: level.score for name, level in levels.items()})
             window_scores = Scores(window.stream, window.start_sample, window.end_sample, values)
             scores.append(window_scores)
             events.extend(self._tracker.feed(window_scores, {name: level.span for name, level in levels.items()}))
-        return Detections(scores, events, embedded)
+        return Detections(scores, events, embedded, anomalies)
 
     def replace(self, detections: DetectionSet, end_samples: Mapping[str, int]) -> Swap:
         """Use `detections` from the next call on: unchanged ones keep their state; removed or changed ones end where
@@ -145,11 +153,17 @@ class Detector:
     def close(self, stream: str, end_sample: int) -> list[DetectionEvent]:
         """The stream's audio ended at `end_sample`: its events in progress end there."""
         self._levels[stream].reset()
-        return self._tracker.close(stream, end_sample)
+        anomaly = self.anomalies.get(stream)
+        return self._tracker.close(stream, end_sample) + (anomaly.close(end_sample) if anomaly is not None else [])
+
+    def rebaseline(self, stream: str, seconds: float, end_sample: int) -> list[DetectionEvent]:
+        """Learn the stream's normal bank anew from its next `seconds` of audio; an anomaly in progress ends at
+        `end_sample`. KeyError for a stream without anomaly monitoring."""
+        return self.anomalies[stream].relearn(seconds, end_sample)
 
     def _embeds(self, stream: str) -> bool:
         hidden = self._hidden is not None and self._hidden.watches(stream)
-        return hidden or self._detections.matcher.watches(stream)
+        return hidden or self._detections.matcher.watches(stream) or stream in self.anomalies
 
     def _embedded(self, window: Window, embedding: np.ndarray) -> WindowEmbedding:
         hidden = self._hidden.score(window.stream, embedding) if self._hidden is not None else {}

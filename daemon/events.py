@@ -18,6 +18,7 @@ from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Protocol
 
 from clapd.daemon.config import DetectionConfig
 from clapd.daemon.records import DetectionEvent, EventKind, Scores
@@ -73,10 +74,28 @@ class _Active:
     last_heard: _Heard | None = None
 
 
+class EventRules(Protocol):
+    """What a tracker reads of its config: a `DetectionConfig`, or a stream's anomaly rules
+    (`clapd.daemon.anomaly.monitor`), whose scores are normalised distances rather than probabilities."""
+
+    @property
+    def level(self) -> object | None: ...  # not None: a level detection (0/1 scores, no smoothing)
+    @property
+    def threshold_on(self) -> float: ...
+    @property
+    def threshold_off(self) -> float: ...
+    @property
+    def smoothing_windows(self) -> int: ...
+    @property
+    def min_duration_seconds(self) -> float: ...
+    @property
+    def cooldown_seconds(self) -> float: ...
+
+
 class DetectionTracker:
     """One detection on one stream, fed one window's score at a time."""
 
-    def __init__(self, stream: str, detection: str, config: DetectionConfig, clock: StreamClock, hop: int) -> None:
+    def __init__(self, stream: str, detection: str, config: EventRules, clock: StreamClock, hop: int) -> None:
         self.stream, self.detection = stream, detection
         self._config = config
         self._clock = clock
@@ -85,6 +104,11 @@ class DetectionTracker:
         self._history: deque[_Heard] = deque(maxlen=smoothing)
         self._active: _Active | None = None
         self._quiet_until = 0  # cooldown: no new start before this sample
+
+    @property
+    def active(self) -> bool:
+        """An event is in progress (announced or not yet)."""
+        return self._active is not None
 
     def feed(self, score: float, start_sample: int, end_sample: int, onset: int | None = None) -> list[DetectionEvent]:
         """One window's score; `onset`, when known (a level detection's loud stretch), dates an event it starts."""

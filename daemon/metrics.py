@@ -49,6 +49,7 @@ class DaemonCollector(Collector):
         yield from self._stream_metrics()
         yield from self._event_metrics()
         yield from self._publisher_metrics()
+        yield from self._anomaly_metrics()
 
     def _stream_metrics(self) -> Iterator[Metric]:
         level = GaugeMetricFamily("clapd_input_level_dbfs", "RMS level of the last second", labels=["stream"])
@@ -83,6 +84,23 @@ class DaemonCollector(Collector):
         for (stream, detection, kind), count in sorted(self._runner.events_by_kind.copy().items()):
             events.add_metric([stream, detection, kind], count)
         yield events
+
+    def _anomaly_metrics(self) -> Iterator[Metric]:
+        statuses = self._runner.anomaly_status()
+        if not statuses:
+            return
+        score = GaugeMetricFamily("clapd_anomaly_score", "Last window's normalised anomaly score", labels=["stream"])
+        size = GaugeMetricFamily("clapd_anomaly_bank_size", "Embeddings in the normal bank", labels=["stream"])
+        updates = CounterMetricFamily(
+            "clapd_anomaly_bank_updates", "Normal bank updates (learnt, admitted)", labels=["stream", "kind"]
+        )
+        for status in statuses:
+            if status.score is not None:
+                score.add_metric([status.stream], status.score)
+            size.add_metric([status.stream], status.bank_size)
+            for kind, count in status.updates.items():
+                updates.add_metric([status.stream, kind], count)
+        yield from (score, size, updates)
 
     def _publisher_metrics(self) -> Iterator[Metric]:
         connected = GaugeMetricFamily("clapd_broker_connected", "1 while a broker session is up", labels=["publisher"])

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from clapd.daemon.config import DetectionConfig
 from clapd.daemon.detector import Detections
-from clapd.daemon.records import DetectionEvent, LevelReading, OutputRecord, Scores, StateChange
+from clapd.daemon.records import AnomalyReading, DetectionEvent, LevelReading, OutputRecord, Scores, StateChange
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +57,10 @@ class Output(ABC):
 
     @abstractmethod
     def publish_scores(self, scores: Scores) -> None: ...
+
+    @abstractmethod
+    def publish_anomaly(self, reading: AnomalyReading) -> None:
+        """A stream's anomaly score, at most every `anomaly.publish_interval_seconds` of its audio."""
 
     @abstractmethod
     def announce(self, streams: Sequence[str], detections: Mapping[str, DetectionConfig]) -> None:
@@ -116,5 +120,7 @@ def deliver(output: Output, record: OutputRecord) -> None:
         output.publish_level(record)
     elif isinstance(record, Scores):
         output.publish_scores(record)
+    elif isinstance(record, AnomalyReading):
+        output.publish_anomaly(record)
     else:
         raise TypeError(f"not an output record: {type(record).__name__}")

@@ -75,6 +75,20 @@ class LevelReading:
 
 
 @dataclass(frozen=True, slots=True)
+class AnomalyReading:
+    """A stream's anomaly score for one window (`clapd.daemon.anomaly`): its normalised distance to the stream's
+    bank of normal-operation embeddings, about 1 for typical normal operation."""
+
+    stream: str
+    start_sample: int
+    end_sample: int  # one past the window's last real (unpadded) sample
+    score: float  # mean k-NN cosine distance / the bank's reference distance; with `due`, the peak since the last due
+    bank_size: int  # embeddings in the bank that scored it
+    due: bool  # the stream's publishing interval has passed: outputs get this one (each stream's first is due)
+    end_utc: str | None = None  # ISO 8601 of the window's end, set by the Runner when it hands the reading over
+
+
+@dataclass(frozen=True, slots=True)
 class WindowEmbedding:
     """One window the model embedded (the Detector hands these out: the model is never run twice on a window)."""
 
@@ -87,4 +101,4 @@ class WindowEmbedding:
 
 
 # What the inference thread hands to the outputs' thread, in order.
-OutputRecord = DetectionEvent | StateChange | LevelReading | Scores
+OutputRecord = DetectionEvent | StateChange | LevelReading | Scores | AnomalyReading

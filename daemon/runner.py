@@ -23,10 +23,14 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from datetime import datetime, timezone
 
+from clapd.daemon.anomaly.monitor import AnomalyStatus
 from clapd.daemon.config import DetectionConfig
+from clapd.daemon.control import ControlError
 from clapd.daemon.detector import DetectionSet, Detector
+from clapd.daemon.enrol import Clip, ClipRequest, EventSpan, cut_clip
 from clapd.daemon.output import Output, Recorder, deliver
 from clapd.daemon.records import DetectionEvent, LevelReading, OutputRecord, Scores, StateChange, Window
 from clapd.daemon.streams import Stream, StreamStats
@@ -75,6 +79,10 @@ class Runner:
         self._stop = threading.Event()
         self._pending_lock = threading.Lock()
         self._pending: DetectionSet | None = None  # swapped in by the inference thread before its next call
+        self._clip_requests: list[tuple[ClipRequest, Future[Clip]]] = []  # under _pending_lock; cut between calls
+        self._last_events: dict[tuple[str, str], EventSpan] = {}  # (stream, detection) -> its last event (false_alarm)
+        self._events_started = 0
+        self._rebaselines: list[tuple[str, float]] = []  # (stream, seconds) re-baselines asked for, under the lock
         self._inference = threading.Thread(target=self._run_inference, name="inference", daemon=True)
         self._delivery = threading.Thread(target=self._deliver_records, name="outputs", daemon=True)
         self._heartbeat: Callable[[], None] = lambda: None
@@ -114,6 +122,18 @@ class Runner:
         """Use these detections from the next model call on: events of removed or changed ones end there."""
         with self._pending_lock:
             self._pending = detections
+
+    def anomaly_status(self) -> list[AnomalyStatus]:
+        """Each monitored stream's last anomaly score, bank size and bank updates (for metrics)."""
+        return [anomaly.status() for anomaly in self._detector.anomalies.values()]
+
+    def rebaseline(self, stream: str, seconds: float) -> None:
+        """Learn `stream`'s normal bank anew from its next `seconds` of audio, from the next model call on;
+        ValueError for a stream without anomaly monitoring."""
+        if stream not in self._detector.anomalies:
+            raise ValueError(f"stream {stream!r} has no anomaly monitoring")
+        with self._pending_lock:
+            self._rebaselines.append((stream, seconds))
 
     def running(self) -> bool:
         """The inference loop goes on: False once stopped, crashed, or every (finite) source has been processed."""
@@ -177,6 +197,7 @@ class Runner:
         while not self._stop.is_set():
             self._heartbeat()
             self._take_pending()
+            self._serve_clips()
             for recorder in self.recorders:
                 recorder.turn()  # audio for clips, copied between model calls
             self._measure_levels()
@@ -215,6 +236,10 @@ class Runner:
             self._put_event(event)
         for recorder in self.recorders:
             recorder.record(found)
+        for reading in found.anomalies:
+            if reading.due:
+                clock = next(s.clock for s in self._streams if s.name == reading.stream)
+                self._put(dataclasses.replace(reading, end_utc=clock.utc(reading.end_sample)))
         self.windows_processed += len(windows)
         seconds = time.perf_counter() - started
         if self.on_inference is not None:
@@ -234,6 +259,12 @@ class Runner:
     def _take_pending(self) -> None:
         with self._pending_lock:
             pending, self._pending = self._pending, None
+            rebaselines, self._rebaselines = self._rebaselines, []
+        for stream in self._streams:
+            for name, seconds in rebaselines:
+                if name == stream.name:
+                    for event in self._detector.rebaseline(name, seconds, stream.ring.total_written):
+                        self._put_event(event)
         if pending is None:
             return
         swap = self._detector.replace(pending, {s.name: s.ring.total_written for s in self._streams})
@@ -258,9 +289,46 @@ class Runner:
                 if stream.level_measured:  # none before its first audio: a false -120 dBFS at every start
                     self._put(LevelReading(stream.name, stream.level_dbfs))
 
+    def clip(self, request: ClipRequest, timeout: float) -> Clip:
+        """A copy of a stream's audio (`clapd.daemon.enrol`), cut by the inference thread, the rings' one reader,
+        between two model calls; `ControlError` with the reason when there is none, or none within `timeout` s."""
+        if not self.running():
+            raise ControlError(["(daemon): the inference loop has stopped: no audio to take"])
+        future: Future[Clip] = Future()
+        with self._pending_lock:
+            self._clip_requests.append((request, future))
+        try:
+            return future.result(timeout)
+        except TimeoutError:
+            future.cancel()  # not cut yet: the inference thread skips it
+            raise ControlError([f"(daemon): the inference thread did not cut the audio within {timeout:g} s"]) from None
+
+    def _serve_clips(self) -> None:
+        with self._pending_lock:
+            requests, self._clip_requests = self._clip_requests, []
+        streams = {stream.name: stream for stream in self._streams}
+        for request, future in requests:
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(cut_clip(request, streams, self._last_events))
+                except Exception as e:  # ControlError, the reason there is no such audio, goes to the requester
+                    future.set_exception(e)
+
+    def _remember(self, event: DetectionEvent) -> None:
+        """Each (stream, detection)'s last event, for a false alarm's audio."""
+        key = (event.stream, event.detection)
+        if event.kind == "start":
+            self._events_started += 1
+            self._last_events[key] = EventSpan(
+                event.event_id, event.stream, event.detection, event.start_sample, None, self._events_started
+            )
+        elif (last := self._last_events.get(key)) is not None and last.event_id == event.event_id:
+            self._last_events[key] = dataclasses.replace(last, end_sample=event.end_sample)
+
     def _put_event(self, event: DetectionEvent) -> None:
         for recorder in self.recorders:
             event = recorder.on_event(event)  # an end gets its clip's path
+        self._remember(event)
         self.events_by_kind[(event.stream, event.detection, event.kind)] += 1
         self._put(event)
         self._put(StateChange(event.stream, event.detection, on=event.kind == "start"))

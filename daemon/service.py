@@ -12,8 +12,17 @@ from pathlib import Path
 
 from clapd.daemon.assembly import Assembly, assemble
 from clapd.daemon.config import ClapdConfig, ConfigError, DetectionConfig, load_config
-from clapd.daemon.control import CONTROL_FILE, ControlError, ControlRequest, ControlResult, ControlStore, apply_request
+from clapd.daemon.control import (
+    CONTROL_FILE,
+    EXAMPLE_ACTIONS,
+    ControlError,
+    ControlRequest,
+    ControlResult,
+    ControlStore,
+    apply_request,
+)
 from clapd.daemon.demo import default_config, default_state_dir
+from clapd.daemon.enrol import ExampleChange
 from clapd.daemon.logs import configure_logging
 from clapd.daemon.manifest import BundleError
 from clapd.daemon.metrics import MetricsServer
@@ -215,6 +224,17 @@ class Service:
                 return
             control.answer(self._control_request(request))
 
+    def _rebaseline(self, request: ControlRequest) -> ControlResult:
+        """A stream's normal bank learnt anew from its coming audio (the bank is replaced, on disk too, once learnt)."""
+        assert request.stream is not None and request.seconds is not None  # parse_request checked them
+        try:
+            self._runner.rebaseline(request.stream, request.seconds)
+        except ValueError as e:
+            logger.warning("control: refused rebaseline of %r: %s", request.stream, e)
+            return ControlResult.failure(request, [f"stream = {request.stream!r}: {e}"])
+        logger.info("control: rebaseline of %r from its next %.0f s", request.stream, request.seconds)
+        return ControlResult.success(request)
+
     def _drop_control_requests(self) -> None:
         """Requests still queued at the stop are dropped: not applied, not answered (a result for each would hold up
         the outputs' last messages within the stop time); a requester without a result must not assume success."""
@@ -231,23 +251,36 @@ class Service:
     def _control_request(self, request: ControlRequest) -> ControlResult:
         """Apply one change made over MQTT: validated as the config is, live from the next model call, saved."""
         assert self._saved_changes is not None, "requests are taken only with a store"
+        if request.action == "rebaseline":
+            return self._rebaseline(request)
         mqtt = self._config.outputs.mqtt
         limit = mqtt.control.max_detections if mqtt is not None else None
+        change = ExampleChange({})
         try:
-            detections = apply_request(self._runner.detections, request, list(self._config.streams), limit)
-            self._apply(detections, list(self._config.background_prompts))
-            self._saved_changes.save(detections, self._file_detections)
+            change = self._changed(request, limit)
+            self._apply(change.detections, list(self._config.background_prompts))
+            self._saved_changes.save(change.detections, self._file_detections)
         except ControlError as e:
+            change.undo()
             logger.warning("control: refused %s of %r: %s", request.action, request.detection, "; ".join(e.problems))
             return ControlResult.failure(request, e.problems)
         except OSError as e:  # applied, but not saved: say so, the change is lost at the next restart
             logger.error("control: %s of %r applied but not saved: %s", request.action, request.detection, e)
             return ControlResult.failure(request, [f"applied, but not saved in {self._saved_changes.path}: {e}"])
         except Exception as e:
+            change.undo()
             logger.exception("control: %s of %r failed", request.action, request.detection)
             return ControlResult.failure(request, [f"failed: {e}"])
+        change.finish()
         logger.info("control: %s of %r applied", request.action, request.detection)
-        return ControlResult.success(request)
+        return ControlResult.success(request, change.example)
+
+    def _changed(self, request: ControlRequest, limit: int | None) -> ExampleChange:
+        """The detections after the request (an example action's with the example file it adds or removes)."""
+        streams, enroller = list(self._config.streams), self._assembly.enroller
+        if request.action in EXAMPLE_ACTIONS and enroller is not None:
+            return enroller.change(self._runner.detections, request, streams, limit)
+        return ExampleChange(apply_request(self._runner.detections, request, streams, limit))
 
     def _apply(self, detections: dict[str, DetectionConfig], background: list[str]) -> None:
         """The one path of every detection change: embed while audio flows, swap in between two model calls."""

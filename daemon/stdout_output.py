@@ -16,9 +16,9 @@ from typing import Literal, TextIO
 from pydantic import BaseModel, ConfigDict, Field
 
 from clapd.daemon.config import DetectionConfig
-from clapd.daemon.mqtt.payloads import EventPayload
+from clapd.daemon.mqtt.payloads import AnomalyPayload, EventPayload
 from clapd.daemon.output import Output, OutputStats
-from clapd.daemon.records import DetectionEvent, LevelReading, Scores, StateChange
+from clapd.daemon.records import AnomalyReading, DetectionEvent, LevelReading, Scores, StateChange
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +65,9 @@ class StdoutOutput(Output):
     def publish_scores(self, scores: Scores) -> None:
         if self._scores_rate is not None:
             self._write(ScoresPayload.from_scores(scores, self._scores_rate).model_dump_json())
+
+    def publish_anomaly(self, reading: AnomalyReading) -> None:
+        self._write(AnomalyPayload.from_reading(reading).model_dump_json())
 
     def publish_state(self, change: StateChange) -> None:
         """Nothing to write: the state is implied by the start and end events."""

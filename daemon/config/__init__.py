@@ -12,6 +12,7 @@ from typing import Annotated
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from clapd.daemon.config.anomaly import AnomalyConfig, DriftConfig
 from clapd.daemon.config.base import (
     EXAMPLE_MARGIN,
     MAX_EXAMPLES,
@@ -43,12 +44,14 @@ __all__ = [
     "MIN_DBFS",
     "NAME_PATTERN",
     "TOPIC_PREFIX_PATTERN",
+    "AnomalyConfig",
     "ClapdConfig",
     "ClipsConfig",
     "ConfigError",
     "ControlConfig",
     "DetectionClipsConfig",
     "DetectionConfig",
+    "DriftConfig",
     "ExamplePath",
     "FileSource",
     "HistoryConfig",
@@ -115,6 +118,13 @@ class ClapdConfig(Section):
             unknown = sorted(set(detection.streams or []) - set(self.streams))
             if unknown:
                 raise ValueError(f"detection {name!r} watches unknown streams {unknown}")
+        return self
+
+    @model_validator(mode="after")
+    def _anomaly_events_are_not_detections(self) -> ClapdConfig:
+        for name, stream in self.streams.items():
+            if stream.anomaly is not None and stream.anomaly.event in self.detections:
+                raise ValueError(f"streams.{name}.anomaly.event {stream.anomaly.event!r} is also a detection's name")
         return self
 
 

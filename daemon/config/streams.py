@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
+from clapd.daemon.config.anomaly import AnomalyConfig, anomaly_field
 from clapd.daemon.config.base import MAX_CHANNEL, MAX_INTERVAL_SECONDS, MIN_DBFS, MIN_RESTART_SECONDS, Section
 
 
@@ -48,6 +49,7 @@ class MicSource(Section):
         0.05, ge=0.005, le=1.0, description="seconds of audio PortAudio delivers per capture callback"
     )
     min_level_dbfs: float | None = _min_level_dbfs()
+    anomaly: AnomalyConfig | None = anomaly_field()
 
 
 class FileSource(Section):
@@ -66,6 +68,7 @@ class FileSource(Section):
         description="use this channel only (numbered from 0); default: average all channels (downmix)",
     )
     min_level_dbfs: float | None = _min_level_dbfs()
+    anomaly: AnomalyConfig | None = anomaly_field()
 
 
 class PipeSource(Section):
@@ -97,6 +100,7 @@ class PipeSource(Section):
         "at least 0.1, so a command that dies at once is restarted at most 10 times a second",
     )
     min_level_dbfs: float | None = _min_level_dbfs()
+    anomaly: AnomalyConfig | None = anomaly_field()
 
 
 StreamConfig = Annotated[MicSource | FileSource | PipeSource, Field(discriminator="type")]

@@ -16,7 +16,9 @@ Assistant's status, and announces on every connect; the sender thread (`mqtt-sen
 
 from __future__ import annotations
 
+import dataclasses
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +50,7 @@ def build_mqtt(
     hostname: str | None = None,
     reconnect_min_seconds: int = 1,
     reconnect_max_seconds: int = 60,
+    anomaly_events: Sequence[tuple[str, str]] = (),
 ) -> MqttLink:
     """The MQTT output and control channel on one connection, not started; opens the spool (`SPOOL_FILE` in
     `state_dir`, messages of earlier runs included) and raises RuntimeError when it cannot.
@@ -55,7 +58,8 @@ def build_mqtt(
     `client_id_default`: the client id unless `mqtt.client_id` is set; `hostname`: the node id unless
     `mqtt.client_id` is set (default: this machine's), in the default topic prefix `clapd/{node id}` and the Home
     Assistant device's name; `reconnect_*_seconds`: the first and the longest wait between connection attempts
-    (doubling in between).
+    (doubling in between); `anomaly_events`: (stream, event name) of the streams with anomaly monitoring, announced
+    to Home Assistant with their score sensors.
     """
     client_id = config.client_id or client_id_default
     node = node_id_for(config.client_id, socket.gethostname() if hostname is None else hostname)
@@ -66,6 +70,7 @@ def build_mqtt(
         config, client_id, topics=topics, reconnect_seconds=reconnect, spooled=lambda: len(spool)
     )
     settings = DiscoverySettings.from_config(config, client_id=client_id, node=node, topics=topics)
+    settings = dataclasses.replace(settings, anomaly_events=tuple(anomaly_events))
     announcer = Announcer(settings, connection, state_dir / ANNOUNCED_FILE, enabled=config.home_assistant.enabled)
     sender = Sender(spool, connection, each_round=announcer.confirm)
     connection.when_acknowledged(sender.take_ack)

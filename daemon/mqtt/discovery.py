@@ -5,7 +5,9 @@ One device per daemon. Per (stream, detection) pair, a detection watching the st
 - an `event` entity with event types `start` and `end`, fed by `{prefix}/{stream}/{detection}/event` (its JSON
   carries `event_type`);
 - a `binary_sensor` with device class `sound`, fed by the retained `{prefix}/{stream}/{detection}/state` (ON/OFF).
-Per stream, when levels are published, a diagnostic `sensor` for `{prefix}/{stream}/level` (dBFS). Every entity is
+Per stream, when levels are published, a diagnostic `sensor` for `{prefix}/{stream}/level` (dBFS). Per stream with
+anomaly monitoring, the anomaly event's pair of entities (as a detection's) and a `sensor` for the score
+(`{prefix}/{stream}/anomaly`). Every entity is
 available while `{prefix}/status` says "online".
 
 The payloads follow Home Assistant's documented schema (https://www.home-assistant.io/integrations/mqtt/ for the
@@ -57,6 +59,7 @@ logger = logging.getLogger(__name__)
 EVENT_TYPES = ("start", "end")  # EventPayload.event_type
 EVENT_ICON = "mdi:ear-hearing"  # the binary_sensor's icon comes from its device class (sound)
 LEVEL_ICON = "mdi:waveform"
+ANOMALY_ICON = "mdi:chart-bell-curve"
 LEVEL_EXPIRY_INTERVALS = 3  # a level sensor turns unavailable after this many missed level messages
 ANNOUNCED_FILE = "ha-discovery.json"  # in the state directory, next to the spool
 _NOT_IN_OBJECT_ID = re.compile(r"[^A-Za-z0-9_-]")  # Home Assistant's object id / node id character class
@@ -74,6 +77,7 @@ class DiscoverySettings:
     topics: Topics  # the daemon's own topics
     qos: int  # the QoS Home Assistant subscribes with
     level_interval_seconds: float  # 0: no level sensors
+    anomaly_events: tuple[tuple[str, str], ...] = ()  # (stream, anomaly event name) of streams with anomaly monitoring
 
     @classmethod
     def from_config(cls, config: MqttConfig, *, client_id: str, node: str, topics: Topics) -> DiscoverySettings:
@@ -107,6 +111,11 @@ def discovery_messages(
             if detection.streams is None or stream in detection.streams:
                 name = where + (detection.name or readable(key))
                 messages.update(_pair_entities(settings, stream, key, name))
+        for monitored, event in settings.anomaly_events:
+            if monitored == stream:  # an anomaly is a detection of its own, and its score a sensor
+                messages.update(_pair_entities(settings, stream, event, where + readable(event)))
+                sensor = _anomaly_sensor(settings, stream, f"{where}Anomaly score")
+                messages[_config_topic(settings, "sensor", f"{stream}_anomaly")] = _json(sensor)
         if settings.level_interval_seconds > 0:
             sensor = _level_sensor(settings, stream, f"{where}Input level")
             messages[_config_topic(settings, "sensor", f"{stream}_level")] = _json(sensor)
@@ -156,6 +165,23 @@ def _level_sensor(settings: DiscoverySettings, stream: str, name: str) -> dict[s
         "suggested_display_precision": 1,
         "entity_category": "diagnostic",
         "expire_after": math.ceil(LEVEL_EXPIRY_INTERVALS * settings.level_interval_seconds),
+        "qos": 0,  # published at QoS 0
+        "availability": _availability(settings),
+        "device": _device(settings),
+        "origin": _origin(),
+    }
+
+
+def _anomaly_sensor(settings: DiscoverySettings, stream: str, name: str) -> dict[str, object]:
+    """The stream's normalised anomaly score (`{prefix}/{stream}/anomaly`, JSON): about 1 is normal operation."""
+    return {
+        **_names(settings, "sensor", name),
+        "icon": ANOMALY_ICON,
+        "unique_id": f"clapd:{settings.node_id}:{stream}:anomaly",
+        "state_topic": settings.topics.anomaly(stream),
+        "value_template": "{{ value_json.score }}",
+        "state_class": "measurement",
+        "suggested_display_precision": 2,
         "qos": 0,  # published at QoS 0
         "availability": _availability(settings),
         "device": _device(settings),

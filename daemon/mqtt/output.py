@@ -17,11 +17,19 @@ from paho.mqtt.client import MQTT_ERR_SUCCESS as OK
 from clapd.daemon.config import DetectionConfig, MqttConfig
 from clapd.daemon.mqtt.connection import ConnectionState, MqttConnection
 from clapd.daemon.mqtt.discovery import Announcer
-from clapd.daemon.mqtt.payloads import STATE_OFF, STATE_ON, EventPayload, ScoresTopicPayload, Topics, level_payload
+from clapd.daemon.mqtt.payloads import (
+    STATE_OFF,
+    STATE_ON,
+    AnomalyPayload,
+    EventPayload,
+    ScoresTopicPayload,
+    Topics,
+    level_payload,
+)
 from clapd.daemon.mqtt.sender import Sender
 from clapd.daemon.mqtt.spool import OutgoingMessage, Spool
 from clapd.daemon.output import Output, OutputStats
-from clapd.daemon.records import DetectionEvent, LevelReading, Scores, StateChange
+from clapd.daemon.records import AnomalyReading, DetectionEvent, LevelReading, Scores, StateChange
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +82,12 @@ class MqttOutput(Output):
         topic = self._topics.state(change.stream, change.detection)
         payload = (STATE_ON if change.on else STATE_OFF).encode()
         self._spool_message(OutgoingMessage(topic, payload, self._qos, retain=True))
+
+    def publish_anomaly(self, reading: AnomalyReading) -> None:
+        """The stream's anomaly score: QoS 0, not retained, dropped while disconnected (like a level)."""
+        if self._connection.ready:
+            payload = AnomalyPayload.from_reading(reading).to_json()
+            self._connection.publish(self._topics.anomaly(reading.stream), payload, qos=0, retain=False)
 
     def publish_level(self, reading: LevelReading) -> None:
         """The stream's input level: QoS 0, not retained, dropped while disconnected."""

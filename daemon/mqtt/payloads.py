@@ -21,6 +21,12 @@ default never share a topic (earlier versions defaulted to `clapd` alone, which 
   QoS 0, not retained, never spooled (dropped and counted while the broker is away):
   `{"stream": "kitchen", "start_utc": "2026-12-01T11:00:00.500+00:00", "start_offset_seconds": 0.5,
   "end_offset_seconds": 2.5, "scores": [{"detection": "smoke_alarm", "score": 0.91}, ...], "level_dbfs": -31.5}`.
+- `{prefix}/{stream}/anomaly` (only for a stream with `anomaly:` monitoring and a bank): one `AnomalyPayload` as
+  JSON every `anomaly.publish_interval_seconds` of the stream's audio, the highest normalised anomaly score since the
+  last (about 1: typical of normal operation); QoS 0, not retained, not spooled while the broker is away:
+  `{"kind": "anomaly", "stream": "pump", "score": 1.07, "utc": "2026-12-01T11:00:02.500+00:00", "bank_size": 1200}`.
+  Anomaly events and states are a detection's, under the stream's `anomaly.event` name (`{prefix}/pump/anomaly_event`
+  ... see `clapd.daemon.config.AnomalyConfig`), their scores the normalised anomaly scores.
 - `{prefix}/control/set` (only with `mqtt.control.enabled`, which needs an authenticated broker; restrict who
   may publish here with the broker's ACL): one JSON `ControlRequest` (`clapd.daemon.control`) per message, not
   retained (a retained request the broker replays on (re)subscription is refused, never applied again), at most
@@ -48,7 +54,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from clapd import __version__
-from clapd.daemon.records import DetectionEvent, Scores
+from clapd.daemon.records import AnomalyReading, DetectionEvent, Scores
 
 StatusPayload = Literal["online", "offline"]
 StatePayload = Literal["ON", "OFF"]
@@ -108,6 +114,27 @@ class EventPayload(BaseModel):
             mean_score=event.mean_score,
             clip=event.clip,
         )
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json().encode()
+
+
+class AnomalyPayload(BaseModel):
+    """A stream's anomaly score: its distance to learned normal operation (`clapd.daemon.anomaly`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["anomaly"] = "anomaly"
+    stream: str = Field(description="the audio stream's name from the config")
+    score: float = Field(
+        ge=0, description="the highest normalised anomaly score since the last message; about 1 is typical of normal"
+    )
+    utc: str | None = Field(description="ISO 8601 time of the end of the window that gave this message")
+    bank_size: int = Field(ge=0, description="embeddings of normal operation in the stream's bank")
+
+    @classmethod
+    def from_reading(cls, reading: AnomalyReading) -> AnomalyPayload:
+        return cls(stream=reading.stream, score=reading.score, utc=reading.end_utc, bank_size=reading.bank_size)
 
     def to_json(self) -> bytes:
         return self.model_dump_json().encode()
@@ -219,6 +246,9 @@ class Topics:
 
     def scores(self, stream: str) -> str:
         return build_topic(self.prefix, stream, "scores")
+
+    def anomaly(self, stream: str) -> str:
+        return build_topic(self.prefix, stream, "anomaly")
 
     @property
     def control_set(self) -> str:

@@ -1,0 +1,247 @@
+"""One stream's anomaly monitoring inside the Detector: its bank, its event tracker, its publishing rate limit, its
+learning period and its drift update. Synchronous, fed one window's embedding at a time in the stream's order, so
+`clapd classify` and `clapd run` give the same scores.
+
+Events go through the detections' own `DetectionTracker` (smoothing, hysteresis, minimum duration, cooldown) under
+the configured event name, so outputs see ordinary `DetectionEvent`s whose scores are normalised anomaly scores.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from clapd.daemon.anomaly.bank import NormalBank
+from clapd.daemon.config import AnomalyConfig, StreamConfig
+from clapd.daemon.events import DetectionTracker, StreamClock
+from clapd.daemon.records import AnomalyReading, DetectionEvent, Window
+
+logger = logging.getLogger(__name__)
+
+BANK_DIR = "normal-banks"  # in the state directory: one `<stream>.npz` per monitored stream
+SECONDS_PER_HOUR = 3600.0
+
+
+def bank_path(state_dir: Path, stream: str) -> Path:
+    return state_dir / BANK_DIR / f"{stream}.npz"
+
+
+def overlapping_windows(window: int, hop: int) -> int:
+    """How many windows either side of one share audio with it (`NormalBank.fit`'s `exclude_neighbours`)."""
+    return max(0, math.ceil(window / hop) - 1)
+
+
+def anomaly_events(streams: Mapping[str, StreamConfig]) -> list[tuple[str, str]]:
+    """(stream, anomaly event name) of every stream with anomaly monitoring enabled."""
+    return [(name, c.anomaly.event) for name, c in streams.items() if c.anomaly is not None and c.anomaly.enabled]
+
+
+def build_anomalies(
+    streams: Mapping[str, StreamConfig],
+    state_dir: Path | None,
+    clocks: Mapping[str, StreamClock],
+    bundle_sha256: str,
+    window: int,
+    hop: int,
+) -> dict[str, StreamAnomaly]:
+    """Each stream with `anomaly.enabled`: its monitoring, with the bank stored in `state_dir` (None: keep none).
+
+    Raises `BankError` for a stored bank that cannot be used (another model's), and ValueError for a stream with
+    neither a bank nor a learning period: both name the stream, the file and what to do."""
+    monitors = {}
+    for name, config in streams.items():
+        anomaly = config.anomaly
+        if anomaly is None or not anomaly.enabled:
+            continue
+        store = BankStore(bank_path(state_dir, name) if state_dir is not None else None, bundle_sha256)
+        bank = store.load()
+        if bank is None and anomaly.learn_seconds is None:
+            raise ValueError(
+                f"stream {name!r} has anomaly monitoring but no normal bank ({store.path}): learn one with "
+                f"`clapd learn-normal -c CONFIG --stream {name} --minutes N` (or --from FOLDER), or set "
+                f"streams.{name}.anomaly.learn_seconds"
+            )
+        if bank is not None:
+            logger.info("%s: normal bank of %d embeddings loaded from %s", name, bank.size, store.path)
+        monitors[name] = StreamAnomaly(name, anomaly, bank, store, clocks[name], window, hop)
+    return monitors
+
+
+@dataclass(frozen=True, slots=True)
+class AnomalyStatus:
+    """A stream's anomaly monitoring as metrics read it (from another thread: plain values only)."""
+
+    stream: str
+    score: float | None  # the last window's normalised score; None before the first (or while learning)
+    bank_size: int  # 0 while there is no bank
+    learning: bool
+    updates: dict[str, int]  # "learnt": banks fitted by the daemon; "admitted": windows added by the drift update
+
+
+@dataclass(frozen=True, slots=True)
+class AnomalyRules:
+    """A stream's anomaly settings as the event tracker reads them (`clapd.daemon.events.EventRules`)."""
+
+    threshold_on: float
+    threshold_off: float
+    smoothing_windows: int
+    min_duration_seconds: float
+    cooldown_seconds: float
+    level: None = None
+
+    @classmethod
+    def of(cls, config: AnomalyConfig) -> AnomalyRules:
+        return cls(
+            config.threshold,
+            config.threshold_off,
+            config.smoothing_windows,
+            config.min_duration_seconds,
+            config.cooldown_seconds,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class BankStore:
+    """Where a stream's bank is kept, and the sha256 of the audio model its embeddings come from; `path` None: in
+    memory only (`clapd classify`)."""
+
+    path: Path | None
+    bundle_sha256: str
+
+    def load(self) -> NormalBank | None:
+        """The stored bank, None when there is none; `BankError` for one that cannot be used."""
+        if self.path is None:
+            return None
+        try:
+            return NormalBank.load(self.path, bundle_sha256=self.bundle_sha256)
+        except FileNotFoundError:
+            return None
+
+    def save(self, bank: NormalBank) -> None:
+        if self.path is not None:
+            bank.save(self.path, bundle_sha256=self.bundle_sha256)
+
+
+class StreamAnomaly:
+    """One stream: windows' embeddings in, `AnomalyReading`s and anomaly events out.
+
+    Without a bank, it learns one from the first `learn_seconds` of audio (or the seconds a re-baseline asks for),
+    scoring nothing meanwhile. `updates` counts what changed the bank: `learnt` (a bank fitted here) and `admitted`
+    (windows added by the drift update)."""
+
+    def __init__(
+        self,
+        stream: str,
+        config: AnomalyConfig,
+        bank: NormalBank | None,
+        store: BankStore,
+        clock: StreamClock,
+        window: int,
+        hop: int,
+    ) -> None:
+        self.stream, self.config = stream, config
+        self.bank = bank
+        self._store = store
+        self._clock = clock
+        self._hop = hop
+        self._exclude = overlapping_windows(window, hop)
+        self._tracker = DetectionTracker(stream, config.event, AnomalyRules.of(config), clock, hop)
+        self._interval = round(config.publish_interval_seconds * clock.sample_rate)  # samples between due readings
+        self._last_due: int | None = None
+        self._peak = 0.0  # highest score since the last due reading
+        self._learn_seconds = config.learn_seconds if bank is None else None
+        self._learn_until: int | None = None  # sample where learning ends (set by the first window)
+        self._learnt: list[np.ndarray] = []
+        self._drift_spacing = round(SECONDS_PER_HOUR / config.drift.max_per_hour * clock.sample_rate)
+        self._next_admit = 0
+        self.updates: Counter[str] = Counter(learnt=0, admitted=0)  # every key made here: read by another thread
+        self.last_score: float | None = None
+
+    @property
+    def learning(self) -> bool:
+        return self._learn_seconds is not None
+
+    def status(self) -> AnomalyStatus:
+        bank = self.bank
+        size = bank.size if bank is not None else 0
+        return AnomalyStatus(self.stream, self.last_score, size, self.learning, dict(self.updates))
+
+    def feed(self, window: Window, embedding: np.ndarray) -> tuple[AnomalyReading | None, list[DetectionEvent]]:
+        """One window's embedding: its reading (None while learning) and the anomaly events it started or ended."""
+        if self._learn_seconds is not None:
+            self._learn(window, embedding)
+            return None, []
+        if self.bank is None:
+            return None, []
+        score = float(self.bank.score(embedding[None, :])[0])
+        self.last_score = score
+        events = self._tracker.feed(score, window.start_sample, window.end_sample)
+        self._peak = max(self._peak, score)
+        due = self._last_due is None or window.end_sample - self._last_due >= self._interval
+        reading = AnomalyReading(
+            self.stream, window.start_sample, window.end_sample, self._peak if due else score, self.bank.size, due
+        )
+        if due:
+            self._last_due, self._peak = window.end_sample, 0.0
+        self._drift(window, embedding, score)
+        return reading, events
+
+    def close(self, end_sample: int) -> list[DetectionEvent]:
+        """The stream's audio ended at `end_sample`: an anomaly in progress ends there."""
+        return self._tracker.close(end_sample)
+
+    def relearn(self, seconds: float, end_sample: int) -> list[DetectionEvent]:
+        """Re-baseline: learn a new bank from the next `seconds` of audio (normal operation), replacing the current
+        one once learnt; an anomaly in progress ends at `end_sample`, and nothing is scored while learning."""
+        logger.info("%s: re-baselining the normal bank from the next %.0f s of audio", self.stream, seconds)
+        self._learn_seconds, self._learn_until, self._learnt = seconds, None, []
+        return self._tracker.close(end_sample)
+
+    def _learn(self, window: Window, embedding: np.ndarray) -> None:
+        assert self._learn_seconds is not None
+        if self._learn_until is None:
+            self._learn_until = window.start_sample + round(self._learn_seconds * self._clock.sample_rate)
+            logger.info("%s: learning normal operation for %.0f s", self.stream, self._learn_seconds)
+        self._learnt.append(np.array(embedding, dtype=np.float32))
+        if window.end_sample < self._learn_until or len(self._learnt) < self.config.k + self._exclude + 1:
+            return
+        embeddings = np.stack(self._learnt)
+        bank = NormalBank.fit(
+            embeddings, k=self.config.k, max_size=self.config.max_bank_size, exclude_neighbours=self._exclude
+        )
+        self._learn_seconds, self._learn_until, self._learnt = None, None, []
+        self._install(bank, f"learnt from {len(embeddings)} windows")
+        self.updates["learnt"] += 1
+
+    def _drift(self, window: Window, embedding: np.ndarray, score: float) -> None:
+        """The slow update: a clearly normal window, while no anomaly is in progress, at most `max_per_hour`."""
+        drift = self.config.drift
+        if not drift.enabled or score >= drift.admit_below or window.start_sample < self._next_admit:
+            return
+        if self._tracker.active or self.bank is None:
+            return
+        self._next_admit = window.start_sample + self._drift_spacing
+        self.bank = self.bank.admit(embedding[None, :], max_size=self.config.max_bank_size, seed=window.start_sample)
+        self.updates["admitted"] += 1
+        logger.info("%s: drift update admitted a window scored %.2f (bank %d)", self.stream, score, self.bank.size)
+        self._save()
+
+    def _install(self, bank: NormalBank, how: str) -> None:
+        self.bank = bank
+        logger.info(
+            "%s: normal bank %s: %d embeddings, reference distance %.4f", self.stream, how, bank.size, bank.reference
+        )
+        self._save()
+
+    def _save(self) -> None:
+        assert self.bank is not None
+        try:
+            self._store.save(self.bank)
+        except OSError as e:  # a full or read-only disk: scoring goes on with the bank in memory
+            logger.error("%s: cannot save the normal bank (%s); it is kept in memory only", self.stream, e)

@@ -1,0 +1,266 @@
+"""Anomaly monitoring against learned normal operation: the normal bank, `clapd learn-normal`, anomaly events of
+`clapd run` at a real broker on a machine stream with planted faults, the bank across a restart, a wrong bundle's
+bank refused, and a re-baseline over MQTT control (an authenticated broker). The demo bundle, short windows."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import paho.mqtt.publish
+import pytest
+import soundfile
+import yaml
+from helpers import run_clapd, start_daemon, stop_daemon
+from mqtt_broker import MosquittoBroker, wait_until
+
+from clapd.daemon.anomaly import BankError, NormalBank
+from clapd.daemon.anomaly.monitor import bank_path
+from clapd.daemon.config import ModelConfig
+from clapd.daemon.control import ControlRequest, ControlResult, parse_request
+from clapd.daemon.demo import installed_demo_bundle
+from clapd.daemon.inference import AudioModel, open_bundle
+from clapd.daemon.mqtt.discovery import DiscoverySettings, discovery_messages
+from clapd.daemon.mqtt.payloads import Topics
+from clapd.models.machine_sounds import SAMPLE_RATE, PlannedFault, make_machine_stream
+
+HOP_S = 0.5
+LEARN_S = 40.0  # the stream's first 40 s are normal operation: the daemon learns from them
+FAULTS = [
+    PlannedFault("bearing", 45.0, 55.0),
+    PlannedFault("leak", 65.0, 75.0),
+    PlannedFault("gear_whine", 85.0, 95.0),
+]
+STREAM_S = 100.0
+PREFIX = "test/clapd"
+USER, PASSWORD = "clapd", "correct horse"
+WAIT = 60.0  # s, for a daemon to get through the audio on a busy machine
+
+
+# --- the bank ---
+
+
+def _cluster(rng: np.random.Generator, n: int, spread: float = 0.3) -> tuple[np.ndarray, np.ndarray]:
+    centre = rng.normal(size=64)
+    return centre, centre + spread * rng.normal(size=(n, 64))
+
+
+def test_a_normal_sample_scores_about_one_and_a_far_one_much_more() -> None:
+    rng = np.random.default_rng(0)
+    centre, normal = _cluster(rng, 400)
+    bank = NormalBank.fit(normal, k=2)
+    _, more_normal = centre, centre + 0.3 * rng.normal(size=(200, 64))
+    scores = bank.score(more_normal)
+    assert 0.8 < float(np.median(scores)) < 1.25
+    assert bank.score(rng.normal(size=(5, 64))).min() > 5 * float(np.median(scores))
+    assert bank.embeddings.dtype == np.float32
+    assert np.allclose(np.linalg.norm(bank.embeddings, axis=1), 1.0, atol=1e-5)
+
+
+def test_the_bank_is_subsampled_to_max_size_and_left_out_neighbours_keep_the_scale() -> None:
+    rng = np.random.default_rng(1)
+    _, normal = _cluster(rng, 3000)
+    bank = NormalBank.fit(normal, max_size=500, seed=3)
+    assert bank.size == 500
+    assert NormalBank.fit(normal, max_size=500, seed=3).embeddings.tobytes() == bank.embeddings.tobytes()
+    # Overlapping windows are near-copies: left out of the reference, they do not shrink it.
+    copies = np.repeat(normal[:300], 3, axis=0) + 1e-4 * rng.normal(size=(900, 64))
+    assert NormalBank.fit(copies).reference < 0.01 < NormalBank.fit(copies, exclude_neighbours=2).reference
+    with pytest.raises(ValueError, match="at least k \\+ 1"):
+        NormalBank.fit(normal[:2], k=2)
+
+
+def test_a_bank_round_trips_and_another_bundles_is_refused(tmp_path: Path) -> None:
+    rng = np.random.default_rng(2)
+    _, normal = _cluster(rng, 100)
+    bank = NormalBank.fit(normal, k=3)
+    path = tmp_path / "banks" / "pump.npz"
+    bank.save(path, bundle_sha256="a" * 64)
+    assert path.stat().st_mode & 0o777 == 0o600
+    loaded = NormalBank.load(path, bundle_sha256="a" * 64)
+    assert loaded.k == 3 and loaded.reference == bank.reference
+    assert np.array_equal(loaded.embeddings, bank.embeddings)
+    assert np.array_equal(loaded.score(normal[:5]), bank.score(normal[:5]))
+    with pytest.raises(BankError, match="another model bundle"):
+        NormalBank.load(path, bundle_sha256="b" * 64)
+    path.write_bytes(b"not a bank")
+    with pytest.raises(BankError, match="not a readable normal bank"):
+        NormalBank.load(path, bundle_sha256="a" * 64)
+
+
+def test_drift_admits_into_a_bounded_bank_keeping_the_reference() -> None:
+    rng = np.random.default_rng(4)
+    _, normal = _cluster(rng, 50)
+    bank = NormalBank.fit(normal)
+    grown = bank.admit(normal[:5], max_size=52, seed=0)
+    assert grown.size == 52 and grown.reference == bank.reference and bank.size == 50
+
+
+# --- the control request and Home Assistant discovery ---
+
+
+def test_a_rebaseline_request_needs_a_stream_and_seconds() -> None:
+    ok = parse_request(json.dumps({"action": "rebaseline", "stream": "pump", "seconds": 30}).encode())
+    assert isinstance(ok, ControlRequest) and ok.seconds == 30 and ok.detection is None
+    refused = parse_request(json.dumps({"action": "rebaseline", "stream": "pump"}).encode())
+    assert isinstance(refused, ControlResult) and refused.errors == ["seconds: rebaseline needs seconds"]
+    no_detection = parse_request(json.dumps({"action": "remove"}).encode())
+    assert isinstance(no_detection, ControlResult) and "detection: remove needs detection" in no_detection.errors
+
+
+def test_discovery_announces_the_anomaly_event_and_score_sensor() -> None:
+    settings = DiscoverySettings("homeassistant", "node", "clapd node", Topics("p"), 1, 0.0, (("pump", "anomaly"),))
+    messages = discovery_messages(settings, ["pump"], {})
+    sensor = json.loads(messages["homeassistant/sensor/node/pump_anomaly/config"])
+    assert sensor["state_topic"] == "p/pump/anomaly" and sensor["value_template"] == "{{ value_json.score }}"
+    binary = [json.loads(v) for k, v in messages.items() if k.startswith("homeassistant/binary_sensor/")]
+    assert [b["state_topic"] for b in binary] == ["p/pump/anomaly/state"]
+
+
+# --- the daemon ---
+
+
+@pytest.fixture(scope="module")
+def machine(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A pump at one condition for 100 s, faults planted after its first 40 s; and those 40 s alone in normal/."""
+    folder = tmp_path_factory.mktemp("machine")
+    stream = make_machine_stream("pump", 3, STREAM_S, faults=FAULTS)
+    stream.write_wav(folder / "pump.wav")
+    (folder / "normal").mkdir()
+    soundfile.write(folder / "normal" / "first.wav", stream.audio[: int(LEARN_S * SAMPLE_RATE)], SAMPLE_RATE)
+    return folder
+
+
+def _config(tmp_path: Path, audio: Path, anomaly: dict, **sections: object) -> Path:
+    bundle = installed_demo_bundle()
+    assert bundle is not None
+    config = {
+        "model": {"bundle": str(bundle), "providers": ["cpu"], "threads": 1},
+        "windows": {"window_seconds": 1, "hop_seconds": HOP_S},
+        "streams": {"pump": {"type": "file", "path": str(audio), "realtime": False, "anomaly": anomaly}},
+        "detections": {"siren": {"prompts": ["a siren wailing"], "threshold_on": 0.95, "threshold_off": 0.9}},
+        "state_dir": str(tmp_path / "state"),
+        **sections,
+    }
+    path = tmp_path / "clapd.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+ANOMALY = {"threshold": 5.0, "threshold_off": 3.0, "smoothing_windows": 3, "publish_interval_seconds": 5}
+
+
+def _anomaly_starts(subscribers: list) -> list[dict]:
+    return [
+        json.loads(m.payload)
+        for m in subscribers
+        if m.topic == f"{PREFIX}/pump/anomaly/event" and json.loads(m.payload)["kind"] == "start"
+    ]
+
+
+def _run_to_the_end(config: Path, broker: MosquittoBroker, subscribers) -> list:
+    received = subscribers(broker.port, f"{PREFIX}/#")
+    daemon = start_daemon(config)
+    try:
+        _, stderr = daemon.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        stop_daemon(daemon)
+        raise
+    assert daemon.returncode == 0, stderr[-3000:]
+    got = received.wait_for(
+        lambda got: sum(m.topic == f"{PREFIX}/pump/anomaly/state" and m.payload == b"OFF" for m in got) >= 4,
+        WAIT,
+        "the anomaly events' end states",
+    )
+    received.close()
+    return got
+
+
+def test_clapd_run_reports_each_planted_fault_and_nothing_else_and_the_bank_survives_a_restart(
+    tmp_path: Path, machine: Path, broker: MosquittoBroker, subscribers
+) -> None:
+    mqtt = {"mqtt": {"host": "127.0.0.1", "port": broker.port, "topic_prefix": PREFIX, "qos": 1}}
+    config = _config(tmp_path, machine / "pump.wav", {**ANOMALY, "learn_seconds": LEARN_S}, outputs=mqtt)
+    first = _run_to_the_end(config, broker, subscribers)
+    assert bank_path(tmp_path / "state", "pump").is_file()
+    starts = _anomaly_starts(first)
+    onsets = sorted(s["start_offset_seconds"] for s in starts)
+    assert len(onsets) == len(FAULTS), onsets
+    for onset, fault in zip(onsets, FAULTS, strict=True):
+        assert abs(onset - fault.start_s) <= 2 * HOP_S, (onset, fault)
+    assert all(s["peak_score"] >= ANOMALY["threshold"] for s in starts)
+    scores = [json.loads(m.payload) for m in first if m.topic == f"{PREFIX}/pump/anomaly"]
+    assert len(scores) >= 8 and all(s["bank_size"] > 0 and s["score"] >= 0 for s in scores)
+    # Again, with no learning period: the stored bank is what scores, and the same faults are found.
+    again = _config(tmp_path, machine / "pump.wav", ANOMALY, outputs=mqtt)
+    second = _run_to_the_end(again, broker, subscribers)
+    assert sorted(s["start_offset_seconds"] for s in _anomaly_starts(second)) == onsets
+
+
+def test_learn_normal_from_a_folder_and_a_wrong_bundles_bank_is_refused(tmp_path: Path, machine: Path) -> None:
+    config = _config(tmp_path, machine / "pump.wav", ANOMALY, outputs={"stdout": True})
+    missing = run_clapd("run", "-c", str(config), timeout=120)
+    assert missing.returncode != 0 and "learn-normal" in missing.stderr and "no normal bank" in missing.stderr
+    learnt = run_clapd("learn-normal", "-c", str(config), "--stream", "pump", "--from", str(machine / "normal"))
+    assert learnt.returncode == 0, learnt.stderr
+    path = bank_path(tmp_path / "state", "pump")
+    bundle = installed_demo_bundle()
+    assert bundle is not None
+    sha = AudioModel(bundle, open_bundle(bundle), ModelConfig(providers=["cpu"])).entry.sha256
+    bank = NormalBank.load(path, bundle_sha256=sha)
+    assert bank.size == 79  # 40 s in 1 s windows every 0.5 s
+    again = run_clapd("learn-normal", "-c", str(config), "--stream", "pump", "--from", str(machine / "normal"))
+    assert again.returncode == 1 and "--rebaseline" in again.stderr
+    bank.save(path, bundle_sha256="0" * 64)  # as if learnt with another model
+    refused = run_clapd("run", "-c", str(config), timeout=120)
+    assert refused.returncode != 0
+    assert "another model bundle" in refused.stderr and "learn-normal" in refused.stderr, refused.stderr[-2000:]
+
+
+def test_rebaseline_over_mqtt_control_learns_a_new_bank(
+    tmp_path: Path, machine: Path, brokers, subscribers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    broker = brokers(users={USER: PASSWORD})
+    mqtt = {
+        "host": "127.0.0.1",
+        "port": broker.port,
+        "topic_prefix": PREFIX,
+        "username": USER,
+        "password_env": "CLAPD_TEST_PASSWORD",
+        "control": {"enabled": True},
+    }
+    short = tmp_path / "short.wav"
+    soundfile.write(short, soundfile.read(machine / "normal" / "first.wav")[0][: 10 * SAMPLE_RATE], SAMPLE_RATE)
+    config = _config(tmp_path, short, {**ANOMALY, "learn_seconds": 3}, outputs={"mqtt": mqtt})
+    raw = yaml.safe_load(config.read_text())
+    raw["streams"]["pump"].update(realtime=True, loop=True)
+    config.write_text(yaml.safe_dump(raw))
+    path = bank_path(tmp_path / "state", "pump")
+    answers = subscribers(broker.port, f"{PREFIX}/control/result", username=USER, password=PASSWORD)
+    daemon = start_daemon(config, CLAPD_TEST_PASSWORD=PASSWORD)
+    try:
+        wait_until(path.is_file, WAIT, "the bank learnt at start")
+        first = path.read_bytes()
+        request = {"request_id": "r1", "action": "rebaseline", "stream": "pump", "seconds": 2}
+        paho.mqtt.publish.single(
+            f"{PREFIX}/control/set",
+            json.dumps(request).encode(),
+            qos=1,
+            hostname="127.0.0.1",
+            port=broker.port,
+            auth={"username": USER, "password": PASSWORD},
+        )
+        got = answers.wait_for(lambda got: len(got) >= 1, WAIT, "the rebaseline's result")
+        assert json.loads(got[0].payload) == {
+            "request_id": "r1",
+            "ok": True,
+            "action": "rebaseline",
+            "detection": None,
+            "errors": [],
+        }
+        wait_until(lambda: path.read_bytes() != first, WAIT, "the re-learnt bank on disk")
+    finally:
+        _, stderr = stop_daemon(daemon)
+    assert "re-baselining the normal bank" in stderr and "normal bank learnt from" in stderr
