@@ -181,13 +181,7 @@ class MqttConnection:
         client.reconnect_delay_set(*self._reconnect_seconds)
         client.max_inflight_messages_set(PAHO_WINDOW)
         client.will_set(self._status_topic, STATUS_OFFLINE, qos=1, retain=True)
-        password = _read_password(self._config)
-        if self._config.username is not None:
-            client.username_pw_set(self._config.username, password)
-        elif password is not None:
-            raise MqttSetupError("mqtt.password_file / mqtt.password_env is set but mqtt.username is not")
-        if self._config.tls is not None:
-            _configure_tls(client, self._config.tls)
+        log_in(client, self._config)
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
@@ -268,6 +262,18 @@ class MqttConnection:
                 self._reconnect_seconds[1],
             )
             self._problem = problem
+
+
+def log_in(client: Client, config: MqttConfig) -> None:
+    """Give `client` the config's credentials and TLS settings (the daemon's connection and `clapd enrol`'s alike);
+    `MqttSetupError` names the config key of what cannot be used, never the password."""
+    password = _read_password(config)
+    if config.username is not None:
+        client.username_pw_set(config.username, password)
+    elif password is not None:
+        raise MqttSetupError("mqtt.password_file / mqtt.password_env is set but mqtt.username is not")
+    if config.tls is not None:
+        _configure_tls(client, config.tls)
 
 
 def _drop_client(handler: MessageHandler) -> Callable[[Client, object, MQTTMessage], None]:
