@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -17,13 +18,15 @@ from helpers import run_clapd, start_daemon, stop_daemon
 from mqtt_broker import MosquittoBroker, wait_until
 
 from clapd.daemon.anomaly import BankError, NormalBank
-from clapd.daemon.anomaly.monitor import bank_path
-from clapd.daemon.config import ModelConfig
+from clapd.daemon.anomaly.monitor import BankStore, StreamAnomaly, bank_path
+from clapd.daemon.config import AnomalyConfig, ModelConfig
 from clapd.daemon.control import ControlRequest, ControlResult, parse_request
 from clapd.daemon.demo import installed_demo_bundle
+from clapd.daemon.events import StreamClock
 from clapd.daemon.inference import AudioModel, open_bundle
 from clapd.daemon.mqtt.discovery import DiscoverySettings, discovery_messages
 from clapd.daemon.mqtt.payloads import Topics
+from clapd.daemon.records import Window
 from clapd.models.machine_sounds import SAMPLE_RATE, PlannedFault, make_machine_stream
 
 HOP_S = 0.5
@@ -264,3 +267,24 @@ def test_rebaseline_over_mqtt_control_learns_a_new_bank(
     finally:
         _, stderr = stop_daemon(daemon)
     assert "re-baselining the normal bank" in stderr and "normal bank learnt from" in stderr
+
+
+def test_drift_admits_only_normal_windows_at_most_max_per_hour_and_counts_them(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    centre, normal = _cluster(rng, 200)
+    rate, hop = 1000, 500  # a 1 kHz stream, a window every 0.5 s
+    config = AnomalyConfig(drift={"enabled": True, "admit_below": 1.5, "max_per_hour": 360})  # one per 10 s at most
+    store = BankStore(tmp_path / "pump.npz", "a" * 64)
+    monitor = StreamAnomaly(
+        "pump", config, NormalBank.fit(normal), store, StreamClock(datetime.now(timezone.utc), rate), 1000, hop
+    )
+    silence = np.zeros(1000, np.float32)
+    for i in range(60):  # 30 s of normal windows: at most 3 admitted (0, 10, 20 s)
+        embedding = (centre + 0.3 * rng.normal(size=64)).astype(np.float32)
+        monitor.feed(Window("pump", i * hop, i * hop + 1000, silence), embedding)
+    admitted = monitor.updates["admitted"]
+    assert 1 <= admitted <= 3 and monitor.bank is not None and monitor.bank.size == 200 + admitted
+    assert NormalBank.load(store.path, bundle_sha256="a" * 64).size == 200 + admitted  # saved
+    for i in range(60, 120):  # 30 s of a fault: nothing admitted
+        monitor.feed(Window("pump", i * hop, i * hop + 1000, silence), rng.normal(size=64).astype(np.float32))
+    assert monitor.updates["admitted"] == admitted and monitor.status().bank_size == 200 + admitted
