@@ -203,31 +203,31 @@ class Enroller:
         max_detections: int | None = None,
     ) -> ExampleChange:
         """Raises `ControlError` with every reason when the request cannot be applied; nothing is left on disk then."""
-        current = detections.get(request.detection)
-        if current is None:
-            raise ControlError(
-                [f"detection = {request.detection!r}: no such detection (there are: {', '.join(sorted(detections))})"]
-            )
+        name = request.detection
+        current = detections.get(name) if name is not None else None
+        if name is None or current is None:
+            known = ", ".join(sorted(detections))
+            raise ControlError([f"detection = {name!r}: no such detection (there are: {known})"])
         if current.level is not None:
-            raise ControlError([f"detection = {request.detection!r}: a level detection takes no audio examples"])
+            raise ControlError([f"detection = {name!r}: a level detection takes no audio examples"])
         if request.action == "forget_example":
-            return self._forget(detections, request, stream_names, max_detections)
+            return self._forget(detections, name, request, stream_names, max_detections)
         negative = request.action == "false_alarm" or request.negative
-        path = self._save(request.detection, self._audio.clip(self._clip_request(request), CLIP_WAIT_SECONDS), negative)
+        path = self._save(name, self._audio.clip(self._clip_request(name, request), CLIP_WAIT_SECONDS), negative)
         key = "negative_examples" if negative else "examples"
         try:
             fields = {key: [*getattr(current, key), str(path)]}
-            changed = _updated(detections, request.detection, fields, stream_names, max_detections)
+            changed = _updated(detections, name, fields, stream_names, max_detections)
         except BaseException:
             path.unlink(missing_ok=True)
             raise
         return ExampleChange(changed, added=path)
 
-    def _clip_request(self, request: ControlRequest) -> ClipRequest:
+    def _clip_request(self, detection: str, request: ControlRequest) -> ClipRequest:
         if request.action == "enrol":
             assert request.stream is not None and request.last_seconds is not None, "parse_request checks them"
             return RecentAudio(request.stream, request.last_seconds)
-        return EventAudio(request.detection, request.stream, MAX_ENROL_SECONDS, self._window)
+        return EventAudio(detection, request.stream, MAX_ENROL_SECONDS, self._window)
 
     def _save(self, detection: str, clip: Clip, negative: bool) -> Path:
         """The clip as a FLAC file in the detection's folder, checked as an example file; `ControlError` if unusable."""
@@ -259,6 +259,7 @@ class Enroller:
     def _forget(
         self,
         detections: Mapping[str, DetectionConfig],
+        name: str,
         request: ControlRequest,
         stream_names: Collection[str],
         max_detections: int | None,
@@ -266,8 +267,8 @@ class Enroller:
         """Only an enrolled example (a file of the detection's folder) is forgotten: the config file's are edited
         there."""
         assert request.file is not None, "parse_request checks it"
-        current = detections[request.detection]
-        folder = self._folder / request.detection
+        current = detections[name]
+        folder = self._folder / name
         enrolled = [
             entry
             for entry in (*current.examples, *current.negative_examples)
@@ -276,14 +277,12 @@ class Enroller:
         chosen = [entry for entry in enrolled if request.file in (entry, Path(entry).name)]
         if not chosen:
             listed = ", ".join(Path(entry).name for entry in enrolled) or "none"
-            raise ControlError(
-                [f"file = {request.file!r}: not an enrolled example of {request.detection!r} (enrolled: {listed})"]
-            )
+            raise ControlError([f"file = {request.file!r}: not an enrolled example of {name!r} (enrolled: {listed})"])
         fields = {
             key: [entry for entry in getattr(current, key) if entry not in chosen]
             for key in ("examples", "negative_examples")
         }
-        changed = _updated(detections, request.detection, fields, stream_names, max_detections)
+        changed = _updated(detections, name, fields, stream_names, max_detections)
         return ExampleChange(changed, forgotten=Path(chosen[0]))
 
 

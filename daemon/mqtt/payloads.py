@@ -34,11 +34,19 @@ default never share a topic (earlier versions defaulted to `clapd` alone, which 
   `{"request_id": "r1", "action": "set", "detection": "smoke", "config": {"prompts": ["a smoke alarm"]}}`
   (add, or replace with a whole detection as written in the config file),
   `{"action": "update", "detection": "smoke", "config": {"threshold_on": 0.6}}` (change the fields given),
-  `{"action": "remove", "detection": "smoke"}`. Changes are validated like the config file and survive restarts.
+  `{"action": "remove", "detection": "smoke"}`; audio examples from the live stream (`clapd.daemon.enrol`):
+  `{"action": "enrol", "detection": "doorbell", "stream": "hall", "last_seconds": 4, "negative": false}` (the
+  stream's newest 4 s, at most `clapd.daemon.control.MAX_ENROL_SECONDS`, become an example, or a negative one),
+  `{"action": "false_alarm", "detection": "smoke", "stream": "kitchen"}` (the audio of its last event there, or
+  on any stream without `stream`, becomes a negative example),
+  `{"action": "forget_example", "detection": "doorbell", "file": "hall-20261201T101500123Z-positive.flac"}`
+  (an enrolled example's entry and file removed). Changes are validated like the config file and survive restarts.
 - `{prefix}/control/result`: one JSON `ControlResult` per request, QoS 1, not retained:
   `{"request_id": "r1", "ok": false, "action": "set", "detection": "smoke",
   "errors": ["config.threshold_on = 1.5: Input should be less than 1"]}`; every error names its key path, value
-  and reason, as the config file's errors do.
+  and reason, as the config file's errors do. The result of an accepted enrol or false_alarm also names the
+  example file it added (`"example": "kitchen-20261201T101502250Z-negative.flac"`), a forget_example the one it
+  removed; other results carry no `example` key.
 
 Home Assistant (with `mqtt.home_assistant.enabled`): retained discovery configs under
 `{discovery_prefix}/{component}/{node_id}/{object_id}/config`, described in `clapd.daemon.mqtt.discovery`.
@@ -134,7 +142,7 @@ class AnomalyPayload(BaseModel):
 
     @classmethod
     def from_reading(cls, reading: AnomalyReading) -> AnomalyPayload:
-        return cls(stream=reading.stream, score=reading.score, utc=reading.end_utc, bank_size=reading.bank_size)
+        return cls(stream=reading.stream, score=reading.peak, utc=reading.end_utc, bank_size=reading.bank_size)
 
     def to_json(self) -> bytes:
         return self.model_dump_json().encode()
