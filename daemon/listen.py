@@ -99,6 +99,8 @@ class ListenView(Output):
         with self._lock:
             pair = (change.stream, change.detection)
             (self._on.add if change.on else self._on.discard)(pair)
+            if change.detection in self._detections:
+                self._draw(force=True)  # rare; it follows its window's scores: shown now, not a hop later
 
     def publish_level(self, reading: LevelReading) -> None:
         with self._lock:

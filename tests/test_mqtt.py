@@ -106,7 +106,7 @@ def test_output_refuses_a_bad_name_before_spooling(tmp_path: Path) -> None:
 def test_the_mqtt_output_is_an_output_that_takes_no_scores(tmp_path: Path) -> None:
     link = build_mqtt(MqttConfig(host="127.0.0.1"), tmp_path, client_id_default="t")
     assert isinstance(link.output, Output) and not link.output.wants_scores and link.control is None
-    link.output.publish_scores(Scores("kitchen", 0, 48_000, {"clap": 0.9}))  # no scores topic yet: nothing
+    link.output.publish_scores(Scores("kitchen", 0, 48_000, {"clap": 0.9}))  # scores are off by default: nothing
     assert link.output.stats() == OutputStats(sent=0, dropped=0, queued=0, connected=False)
     link.output.stop()
 

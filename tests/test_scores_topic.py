@@ -18,8 +18,11 @@ from paho.mqtt.client import Client, MQTTMessage
 from paho.mqtt.enums import CallbackAPIVersion
 
 import clapd
+from clapd.daemon.config import MqttConfig
 from clapd.daemon.demo import DEMO_DETECTIONS, DEMO_EVENT_SETTINGS, DEMO_WINDOWS
+from clapd.daemon.mqtt import build_mqtt
 from clapd.daemon.mqtt.spool import SPOOL_FILE, Spool
+from clapd.daemon.records import Scores
 from clapd.models.demo_stream import PlannedEvent, make_demo_stream
 
 DEMO_BUNDLE = Path(clapd.__file__).parent / "demo_bundle"
@@ -131,3 +134,17 @@ def test_scores_are_dropped_and_counted_while_the_broker_is_away_never_spooled(t
         spool.close()
     assert any(topic.endswith("/smoke_alarm/event") for topic in topics), topics  # the spool did keep events
     assert not [topic for topic in topics if topic.endswith("/scores")], topics
+
+
+def test_the_mqtt_output_thins_per_stream_and_counts_what_it_could_not_send(tmp_path: Path) -> None:
+    """Not connected (never started): every window due by the interval is dropped and counted, the others skipped;
+    nothing reaches the spool."""
+    config = MqttConfig(host="127.0.0.1", port=free_port(), scores_interval_seconds=INTERVAL)
+    output = build_mqtt(config, tmp_path, client_id_default="t").output
+    rate = 48_000
+    for stream in STREAMS:
+        for start in range(0, 4 * rate, rate // 2):  # 4 s of windows at a 0.5 s hop
+            output.publish_scores(Scores(stream, start, start + 2 * rate, {"a": 0.5}, "2026-01-01T00:00:00", rate))
+    stats = output.stats()
+    assert output.wants_scores and stats.scores_dropped == 4 * len(STREAMS) and stats.queued == 0
+    output.stop()
