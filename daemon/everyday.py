@@ -13,11 +13,9 @@ trained on them, and its guesses among them mean little.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from clapd.daemon.config import ClapdConfig, ConfigError, DetectionConfig
 
-from clapd.daemon.config import ClapdConfig, DetectionConfig
-
-HIDDEN_PREFIX = "everyday--"  # a hidden detection's name: this and the key; a configured name never holds "--" here
+HIDDEN_PREFIX = "everyday--"  # a hidden detection's name is this and its key; a configured one of that name is refused
 
 # The demo model's classes (`clapd.models.synthetic.CLASSES` keys -> the key of their description below).
 DEMO_CLASS_SOUNDS = {
@@ -105,13 +103,17 @@ def hidden_name(key: str) -> str:
     return HIDDEN_PREFIX + key
 
 
-def with_everyday(config: ClapdConfig, sounds: Mapping[str, str] = EVERYDAY_SOUNDS) -> ClapdConfig:
+def with_everyday(config: ClapdConfig) -> ClapdConfig:
     """The config with one hidden detection per everyday sound (its description the only prompt, watching every
-    stream), named `hidden_name(key)`; its thresholds never matter, nothing publishes its events."""
-    hidden = {hidden_name(key): DetectionConfig(prompts=[text]) for key, text in sounds.items()}
+    stream), named `hidden_name(key)`; its thresholds never matter, nothing publishes its events. `ConfigError` if a
+    configured detection has such a name."""
+    hidden = {hidden_name(key): DetectionConfig(prompts=[text]) for key, text in EVERYDAY_SOUNDS.items()}
     clashes = sorted(set(hidden) & set(config.detections))
     if clashes:
-        raise ValueError(f"detections {clashes} use names reserved for everyday sounds ({HIDDEN_PREFIX}...)")
+        problems = [
+            f"detections.{name}: the name is reserved for an everyday sound of `clapd listen`" for name in clashes
+        ]
+        raise ConfigError("clapd listen", problems)
     return config.model_copy(update={"detections": {**config.detections, **hidden}})
 
 
