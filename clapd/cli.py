@@ -342,6 +342,36 @@ def _run_calibrate(args: argparse.Namespace) -> int:
     return run_calibration(config, file=args.file, minutes=args.minutes, stream=args.stream, store=not args.dry_run)
 
 
+def _add_calibrate(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "calibrate",
+        help="set thresholds from the room's ambient sound (for threshold_on: auto)",
+        description="Scores ambient audio (a recording, or --minutes of a configured stream) through the daemon's "
+        "own Detector, prints each detection's ambient score distribution, and chooses each detection's threshold_on "
+        "so it would start at most its false_alarms_per_day events a day on audio like it; stored in state_dir and "
+        "used where a detection says `threshold_on: auto` (restart or reload the daemon to apply).",
+    )
+    parser.add_argument("-c", "--config", type=Path, required=True)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--file", type=Path, help="a recording of the room's ordinary sound")
+    source.add_argument("--minutes", type=float, help="record this many minutes of a configured stream")
+    parser.add_argument("--stream", help="the stream to record with --minutes (default: the first)")
+    parser.add_argument("--dry-run", action="store_true", help="print the thresholds, store nothing")
+    parser.set_defaults(run=_run_calibrate)
+
+
+def _run_calibrate(args: argparse.Namespace) -> int:
+    from clapd.daemon.calibrate import run_calibration
+    from clapd.daemon.config import ConfigError, load_config
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as e:
+        print(f"clapd calibrate: {e}", file=sys.stderr)
+        return 2
+    return run_calibration(config, file=args.file, minutes=args.minutes, stream=args.stream, store=not args.dry_run)
+
+
 def _add_devices(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("devices", help="list the audio input devices PortAudio sees")
     parser.set_defaults(run=_run_devices)
@@ -530,6 +560,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_devices,
         _add_learn_normal,
         _add_classify,
+        _add_calibrate,
         _add_search,
         _add_calibrate,
         _add_example_commands,

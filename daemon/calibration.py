@@ -57,8 +57,8 @@ class ChosenThreshold:
     fingerprint: str
     threshold_on: float
     threshold_off: float
-    starts_per_day: float  # expected on audio like the ambient recording, at threshold_on
-    method: str  # observed | extrapolated | above_ambient | floor | ceiling: see clapd.daemon.calibrate
+    starts_per_day: float | None  # expected on audio like the ambient recording at threshold_on; None: unknown
+    method: str  # observed | extrapolated | capped | above_ambient | floor | ceiling: see clapd.daemon.calibrate
     ambient: AmbientScores
 
 

@@ -1,0 +1,350 @@
+"""`clapd calibrate`: each detection's threshold_on from the room's ambient sound, for a target false-alarm rate.
+
+The ambient recording goes through the daemon's own Detector (`clapd.daemon.classify.Classifier`), so the scores
+are those `clapd run` would see. For each model detection, its window scores are fed, at each threshold of a
+grid, through the daemon's own event lifecycle (`DetectionTracker`: smoothing, hysteresis, minimum duration,
+cooldown), counting the events it would start; the chosen threshold_on is the lowest that keeps the count at or
+under `false_alarms_per_day` on audio like the recording:
+
+- observed: the recording is long enough to show the target rate itself (at least MIN_OBSERVED_STARTS starts at
+  the target), and the lowest grid threshold whose count does not exceed it is taken;
+- extrapolated: a target rarer than the recording can show (1 a day from an hour) is reached along the count's
+  tail: log(starts a day) falls about linearly with the threshold's logit above the ambient's usual scores, so a
+  line fitted to the tail's last few points with starts is followed down to the target;
+  An extrapolated threshold stays within MAX_EXTRAPOLATION_LOGITS of the ambient's highest smoothed score
+  (`capped`, with a warning to record longer): a line followed far past anything heard says little;
+- above_ambient: the recording starts (almost) no event at any threshold, so there is no tail to follow: the
+  threshold is put ABOVE_AMBIENT_LOGITS above the ambient's highest smoothed score.
+
+Every choice is then kept within [MIN_AUTO_THRESHOLD, MAX_AUTO_THRESHOLD] (methods `floor`, `ceiling`): a quiet
+room does not make a detection fire on anything faintly like it, and a detection whose threshold would have to
+reach the ceiling is one the room cannot tell apart from its own sound (a warning says so, as it does when the
+ambient's highest score reaches the detection's own examples' scores).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from clapd.daemon.calibration import (
+    AmbientScores,
+    CalibrationStore,
+    ChosenThreshold,
+    auto_threshold_off,
+    fingerprint,
+)
+from clapd.daemon.classify import Classifier, Scoring, read_audio, scoring_from
+from clapd.daemon.config import ClapdConfig, DetectionConfig
+from clapd.daemon.events import DetectionTracker, StreamClock
+from clapd.daemon.examples import example_files
+from clapd.daemon.manifest import BundleError
+from clapd.daemon.ring import RingBuffer
+from clapd.daemon.sources import SourceError, build_source
+
+logger = logging.getLogger(__name__)
+
+GRID_POINTS = 61  # thresholds tried, evenly spaced in logit between the grid's ends
+GRID_LOW, GRID_HIGH = 0.02, 0.995
+MIN_OBSERVED_STARTS = 3.0  # the recording shows a rate itself when it holds at least this many starts at it
+TAIL_POINTS = 6  # grid thresholds with starts, from the highest down, that the tail's line is fitted to
+MAX_EXTRAPOLATION_LOGITS = 2.0  # an extrapolated threshold stays within this (in logit) of the ambient's highest score
+ABOVE_AMBIENT_LOGITS = 1.0  # with no tail to follow: this far (in logit) above the ambient's highest smoothed score
+MIN_AUTO_THRESHOLD = 0.3  # the lowest auto threshold: a quiet room must not make a detection fire on near misses
+MAX_AUTO_THRESHOLD = 0.99
+SECONDS_PER_DAY = 86_400.0
+MAX_RECORD_MINUTES = 24 * 60
+MIN_AMBIENT_SECONDS = 30.0  # shorter ambient audio says too little about the room
+RECORD_RING_SECONDS = 30  # what a recording source may get ahead of the copy loop
+RECORD_POLL_SECONDS = 0.05
+
+
+@dataclass(frozen=True, slots=True)
+class AmbientRun:
+    """One detection's window scores over the ambient audio, and where the windows lay."""
+
+    scores: np.ndarray  # [windows] raw (unsmoothed) scores, 0 to 1
+    start_samples: np.ndarray  # [windows]
+    end_samples: np.ndarray  # [windows]
+    sample_rate: int
+    hop: int  # samples between window starts
+    seconds: float  # the ambient audio's length
+
+
+def _logit(p: np.ndarray | float) -> np.ndarray | float:
+    p = np.clip(p, 1e-6, 1 - 1e-6)
+    return np.log(p / (1 - p))
+
+
+def _sigmoid(z: float) -> float:
+    return 1.0 / (1.0 + math.exp(-z))
+
+
+def threshold_grid() -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.linspace(_logit(GRID_LOW), _logit(GRID_HIGH), GRID_POINTS)))
+
+
+def count_starts(config: DetectionConfig, run: AmbientRun, threshold_on: float) -> int:
+    """Events the daemon's lifecycle would start on these scores with this threshold_on."""
+    settings = config.model_copy(
+        update={"threshold_on": threshold_on, "threshold_off": auto_threshold_off(config, threshold_on)}
+    )
+    clock = StreamClock(datetime(2000, 1, 1, tzinfo=timezone.utc), run.sample_rate)
+    tracker = DetectionTracker("ambient", "calibrating", settings, clock, run.hop)
+    starts = 0
+    for score, start, end in zip(run.scores, run.start_samples, run.end_samples, strict=True):
+        starts += sum(1 for event in tracker.feed(float(score), int(start), int(end)) if event.kind == "start")
+    return starts
+
+
+def smoothed_scores(config: DetectionConfig, scores: np.ndarray) -> np.ndarray:
+    """The trailing mean the event lifecycle compares with its thresholds (shorter at the start)."""
+    width = config.smoothing_windows
+    sums = np.cumsum(np.concatenate([[0.0], scores]))
+    ends = np.arange(1, len(scores) + 1)
+    starts = np.maximum(0, ends - width)
+    return (sums[ends] - sums[starts]) / (ends - starts)
+
+
+def ambient_scores(config: DetectionConfig, scores: np.ndarray) -> AmbientScores:
+    smoothed = smoothed_scores(config, scores)
+    p50, p99 = np.percentile(smoothed, [50, 99])
+    return AmbientScores(p50=round(float(p50), 4), p99=round(float(p99), 4), max=round(float(smoothed.max()), 4))
+
+
+class StartCurve:
+    """Event starts a day against threshold_on on the ambient audio: counted on a grid, and along the tail's line
+    (log starts a day linear in the threshold's logit) beyond what the recording can show."""
+
+    def __init__(self, config: DetectionConfig, run: AmbientRun) -> None:
+        self.days = run.seconds / SECONDS_PER_DAY
+        self.grid = threshold_grid()
+        # Monotone in the threshold: hysteresis can make a higher threshold start one event more, never many.
+        self.counts = np.minimum.accumulate([count_starts(config, run, float(t)) for t in self.grid])
+        self.line = self._tail_line()
+
+    def _tail_line(self) -> tuple[float, float] | None:
+        tail = np.flatnonzero(self.counts > 0)[-TAIL_POINTS:]
+        if len(tail) < 2 or len(set(self.counts[tail].tolist())) < 2:
+            return None
+        slope, intercept = np.polyfit(_logit(self.grid[tail]), np.log(self.counts[tail] / self.days), 1)
+        return (float(slope), float(intercept)) if slope < 0 else None
+
+    def observed_threshold(self, allowed: float) -> float:
+        """The lowest grid threshold whose count is within `allowed` starts (the highest if none is)."""
+        within = self.counts <= allowed
+        return float(self.grid[int(np.argmax(within))] if within.any() else self.grid[-1])
+
+    def extrapolated_threshold(self, per_day: float) -> float | None:
+        """Where the tail's line reaches `per_day`, above every threshold seen to start an event; None: no line."""
+        if self.line is None:
+            return None
+        slope, intercept = self.line
+        fired = np.flatnonzero(self.counts > 0)
+        above_fired = self.grid[min(fired[-1] + 1, len(self.grid) - 1)]
+        return max(_sigmoid((math.log(per_day) - intercept) / slope), float(above_fired))
+
+    def per_day(self, threshold: float) -> float | None:
+        """Starts a day expected at `threshold`: counted where the recording shows enough, else along the line;
+        None: fewer than the recording can show and no line to follow."""
+        index = max(0, int(np.searchsorted(self.grid, threshold, side="right")) - 1)
+        if self.counts[index] >= MIN_OBSERVED_STARTS:
+            return float(self.counts[index]) / self.days
+        if self.line is not None:
+            slope, intercept = self.line
+            return math.exp(intercept + slope * float(_logit(threshold)))
+        return None
+
+
+def choose_threshold(config: DetectionConfig, run: AmbientRun, background: Sequence[str]) -> ChosenThreshold:
+    """The lowest threshold_on that starts at most `config.false_alarms_per_day` events a day on audio like this."""
+    curve = StartCurve(config, run)
+    ambient = ambient_scores(config, run.scores)
+    target = config.false_alarms_per_day
+    if target * curve.days >= MIN_OBSERVED_STARTS:
+        threshold, method = curve.observed_threshold(target * curve.days), "observed"
+    elif (extrapolated := curve.extrapolated_threshold(target)) is not None:
+        threshold, method = extrapolated, "extrapolated"
+        cap = _sigmoid(float(_logit(ambient.max)) + MAX_EXTRAPOLATION_LOGITS)
+        if threshold > cap:  # the line followed too far past anything heard: the recording is too short for it
+            threshold, method = cap, "capped"
+    else:  # the recording starts (almost) nothing at any threshold: stay clear of its loudest moment
+        threshold, method = _sigmoid(float(_logit(ambient.max)) + ABOVE_AMBIENT_LOGITS), "above_ambient"
+    if threshold < MIN_AUTO_THRESHOLD:
+        threshold, method = MIN_AUTO_THRESHOLD, "floor"
+    elif threshold > MAX_AUTO_THRESHOLD:
+        threshold, method = MAX_AUTO_THRESHOLD, "ceiling"
+    threshold = round(threshold, 4)
+    per_day = curve.per_day(threshold)
+    return ChosenThreshold(
+        fingerprint=fingerprint(config, background),
+        threshold_on=threshold,
+        threshold_off=auto_threshold_off(config, threshold),
+        starts_per_day=round(per_day, 4) if per_day is not None else None,
+        method=method,
+        ambient=ambient,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """What `clapd calibrate` found, per model detection."""
+
+    seconds: float
+    chosen: dict[str, ChosenThreshold]
+    warnings: list[str]
+
+
+def example_warnings(chosen: Mapping[str, ChosenThreshold], example_scores: Mapping[str, float]) -> list[str]:
+    """Detections the room cannot tell apart: the ambient's highest score reaches their examples' own, or their
+    threshold had to go to the ceiling."""
+    warnings = []
+    for name, choice in chosen.items():
+        own = example_scores.get(name)
+        if own is not None and choice.ambient.max >= own:
+            warnings.append(
+                f"{name}: the room's sound scores up to {choice.ambient.max:.3f}, as high as its own examples "
+                f"({own:.3f}): the room holds sounds this detection cannot tell apart; add negative examples of them"
+            )
+        if choice.method == "capped":
+            rate = f"about {choice.starts_per_day:.0f}" if choice.starts_per_day is not None else "more"
+            warnings.append(
+                f"{name}: the recording is too short to show its false_alarms_per_day; at threshold_on "
+                f"{choice.threshold_on} the room's sound would start {rate} a day: calibrate on a longer recording"
+            )
+        if choice.method == "ceiling":
+            warnings.append(
+                f"{name}: even threshold_on {MAX_AUTO_THRESHOLD} would start more than the target on this room's "
+                "sound: describe the sound more precisely, or add negative prompts or examples"
+            )
+    return warnings
+
+
+def format_report(report: Report) -> str:
+    header = f"{'detection':<24} {'p50':>6} {'p99':>6} {'max':>6} {'on':>6} {'off':>6} {'per day':>8}  method"
+    lines = [f"ambient audio: {report.seconds / 60:.1f} min", header]
+    for name, c in report.chosen.items():
+        per_day = "-" if c.starts_per_day is None else f"{c.starts_per_day:.2f}"
+        lines.append(
+            f"{name:<24} {c.ambient.p50:6.3f} {c.ambient.p99:6.3f} {c.ambient.max:6.3f} "
+            f"{c.threshold_on:6.3f} {c.threshold_off:6.3f} {per_day:>8}  {c.method}"
+        )
+    lines.extend(f"warning: {warning}" for warning in report.warnings)
+    return "\n".join(lines)
+
+
+def calibrate(classifier: Classifier, audio: np.ndarray, config: ClapdConfig) -> Report:
+    """Choose every model detection's threshold_on from `audio` (mono float32 at the classifier's sample rate)."""
+    table = classifier.score(audio)
+    rate = classifier.sample_rate
+    hop = round(classifier.hop_seconds * rate)
+    starts, ends = np.round(table.starts * rate).astype(int), np.round(table.ends * rate).astype(int)
+    chosen = {}
+    for column, name in enumerate(table.prompts):
+        detection = config.detections[name]
+        if detection.level is not None:
+            continue  # loudness alone: no score to calibrate
+        run = AmbientRun(table.scores[:, column], starts, ends, rate, hop, len(audio) / rate)
+        chosen[name] = choose_threshold(detection, run, list(config.background_prompts))
+    own = examples_own_scores(classifier, config, chosen)
+    return Report(len(audio) / rate, chosen, example_warnings(chosen, own))
+
+
+def examples_own_scores(classifier: Classifier, config: ClapdConfig, detections: Collection[str]) -> dict[str, float]:
+    """Each detection's lowest score on its own example files (the highest smoothed score of each file's windows):
+    what the ambient must stay below for the detection to tell its sound from the room."""
+    names = list(classifier.detections.configs)
+    own = {}
+    for name in detections:
+        files = [file for entry in config.detections[name].examples for file in example_files(Path(entry))]
+        peaks = []
+        for file in files:
+            table = classifier.score(read_audio(file, classifier.sample_rate))
+            column = table.scores[:, names.index(name)]
+            peaks.append(float(smoothed_scores(config.detections[name], column).max()))
+        if peaks:
+            own[name] = min(peaks)
+    return own
+
+
+def scoring_for_calibration(config: ClapdConfig) -> Scoring:
+    """The config's scoring with auto thresholds set aside: scores do not depend on thresholds."""
+    placeholder = {
+        name: d.model_copy(update={"threshold_on": 0.5, "threshold_off": min(d.threshold_off, 0.35)})
+        if d.threshold_on == "auto"
+        else d
+        for name, d in config.detections.items()
+    }
+    return scoring_from(config.model_copy(update={"detections": placeholder}))
+
+
+def record_ambient(config: ClapdConfig, stream: str, seconds: float, sample_rate: int) -> np.ndarray:
+    """`seconds` of the stream's audio from its own source (microphone, pipe or file), at the model's rate; less if
+    the source ends first. `SourceError` when it cannot start."""
+    ring = RingBuffer(RECORD_RING_SECONDS * sample_rate)
+    source = build_source(stream, config.streams[stream], ring, sample_rate)
+    wanted = round(seconds * sample_rate)
+    parts, taken = [], 0
+    source.start()
+    try:
+        while taken < wanted:
+            available = min(ring.total_written, wanted, taken + ring.capacity // 2) - taken
+            if available > 0:
+                parts.append(ring.read(taken, available).copy())
+                taken += available
+                ring.mark_consumed(taken)
+            elif source.status().state in ("finished", "failed"):
+                break
+            else:
+                time.sleep(RECORD_POLL_SECONDS)
+    finally:
+        source.stop()
+    logger.info("recorded %.1f s of %s", taken / sample_rate, stream)
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
+
+
+def run_calibration(
+    config: ClapdConfig, *, file: Path | None, minutes: float | None, stream: str | None, store: bool
+) -> int:
+    """`clapd calibrate`: 0 when thresholds were chosen (and stored), 2 for bad arguments, 1 when it failed."""
+    if minutes is not None and not 0 < minutes <= MAX_RECORD_MINUTES:
+        return _refuse(f"--minutes must be above 0 and at most {MAX_RECORD_MINUTES}", 2)
+    name = stream or next(iter(config.streams))
+    if name not in config.streams:
+        return _refuse(f"--stream {name!r}: no such stream (the config has {', '.join(config.streams)})", 2)
+    try:
+        classifier = Classifier(scoring_for_calibration(config))
+        if file is not None:
+            audio = read_audio(file, classifier.sample_rate)
+        else:
+            assert minutes is not None
+            audio = record_ambient(config, name, 60 * minutes, classifier.sample_rate)
+        if len(audio) < MIN_AMBIENT_SECONDS * classifier.sample_rate:
+            return _refuse(
+                f"{len(audio) / classifier.sample_rate:.1f} s of ambient audio: at least "
+                f"{MIN_AMBIENT_SECONDS:.0f} s is needed",
+                1,
+            )
+        report = calibrate(classifier, audio, config)
+        print(format_report(report))
+        if store and report.chosen:
+            source = str(file) if file is not None else f"{minutes} min of stream {name}"
+            store_at = CalibrationStore(config.state_dir)
+            store_at.save(classifier.audio_model.entry.sha256, report.chosen, source)
+            print(f"stored in {store_at.path}: detections with `threshold_on: auto` use them from their next start")
+    except (BundleError, SourceError, ValueError, RuntimeError, OSError) as e:
+        return _refuse(str(e), 1)
+    return 0
+
+
+def _refuse(message: str, code: int) -> int:
+    print(f"clapd calibrate: {message}", file=sys.stderr)
+    return code
