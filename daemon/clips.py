@@ -320,7 +320,8 @@ class ClipRecorder(Recorder):
             logger.warning(
                 "%s: %d samples of a clip were overwritten before copied", pending.event.stream, pending.lost
             )
-        self._writer.put(ClipJob(pending.path, pending.buffer[: pending.copied], self._rate))
+        length = min(pending.copied, pending.end - pending.first)  # copying may have run past the end
+        self._writer.put(ClipJob(pending.path, pending.buffer[:length], self._rate))
 
 
 class ClipWriter:

@@ -73,8 +73,17 @@ CREATE INDEX IF NOT EXISTS events_by_time ON events (end_utc);
 """
 
 
-class HistoryUnusable(Exception):
+class HistoryUnavailable(Exception):
+    """The history cannot be written now (a full disk, an unwritable folder, an I/O error); the file stays as it is."""
+
+
+class HistoryUnusable(HistoryUnavailable):
     """The file cannot be used as it is: corrupt, not a database, locked by another process, of a newer schema."""
+
+
+# Set aside and started anew: a corrupt file, or one another process has held locked for BUSY_TIMEOUT_SECONDS (it
+# goes on with the renamed file; SQLite finds a database's WAL by the open file, not by its name).
+UNUSABLE_ERRORS = ("SQLITE_CORRUPT", "SQLITE_NOTADB", "SQLITE_BUSY", "SQLITE_LOCKED")
 
 
 def quantize(embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -87,6 +96,7 @@ def quantize(embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     """A connection to the history file in WAL mode; `HistoryUnusable` when it is not a usable history."""
+    db = None
     try:
         if readonly:
             db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_SECONDS)
@@ -105,15 +115,24 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
             if check != "ok":
                 raise HistoryUnusable(f"{path}: SQLite's quick check failed: {check}")
     except sqlite3.Error as e:
-        raise HistoryUnusable(f"{path}: {e}") from e
+        if db is not None:
+            db.close()
+        kind = HistoryUnusable if unusable(e) else HistoryUnavailable
+        raise kind(f"{path}: {e}") from e
     return db
+
+
+def unusable(error: sqlite3.Error) -> bool:
+    """Whether the error says the file is corrupt or locked by another process (not a full disk or an I/O error)."""
+    name = getattr(error, "sqlite_errorname", "") or ""
+    return name.startswith(UNUSABLE_ERRORS) or (not name and not isinstance(error, sqlite3.OperationalError))
 
 
 def set_aside(path: Path) -> Path:
     """Rename the file (and its WAL and shared-memory files) out of the way; returns the new name."""
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     aside = path.with_name(f"{path.name}.corrupt-{stamp}")
-    for suffix in ("", "-wal", "-shm"):
+    for suffix in ("", "-wal", "-shm", "-journal"):
         source = path.with_name(path.name + suffix)
         if source.exists():
             source.replace(aside.with_name(aside.name + suffix))
@@ -170,7 +189,7 @@ class HistoryStore:
 
     def recover(self, error: sqlite3.Error) -> bool:
         """After a failed write: a corrupt file is set aside and started anew (True); a full disk is not (False)."""
-        if isinstance(error, sqlite3.OperationalError):  # full, I/O, locked: the file itself is sound
+        if not unusable(error):  # a full disk, an I/O error: the file itself is sound
             return False
         self.close()
         self._start_anew(f"{self.path}: {error}")
@@ -316,7 +335,7 @@ class HistoryRecorder(Recorder):
     def work(self) -> None:
         try:
             self._store.open()
-        except (HistoryUnusable, OSError) as e:
+        except (HistoryUnavailable, OSError) as e:
             logger.error("history: cannot be kept: %s", e)
         rows: list[HistoryRow] = []
         events: list[DetectionEvent] = []
@@ -353,12 +372,12 @@ class HistoryRecorder(Recorder):
         try:
             self._store.write(rows, events)
             self.written += len(rows)
-        except (sqlite3.Error, HistoryUnusable, OSError) as e:
+        except (sqlite3.Error, HistoryUnavailable, OSError) as e:
             self.dropped_write += len(rows)
             if isinstance(e, sqlite3.Error):
                 try:
                     self._store.recover(e)
-                except HistoryUnusable as again:
+                except HistoryUnavailable as again:
                     logger.error("history: %s", again)
             if self._log.add():
                 logger.error("history: %d windows not written (%d so far): %s", len(rows), self.dropped_write, e)

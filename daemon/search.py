@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from clapd.daemon.config import ClapdConfig
-from clapd.daemon.history import HistoryUnusable, connect
+from clapd.daemon.history import HistoryUnavailable, connect
 
 CHUNK_WINDOWS = 65_536  # windows scored at once: 32 MB of float32 at 128 dims, 128 MB at 512
 CANDIDATES_PER_RESULT = 25  # best windows kept per result asked for: a long sound spans many windows
@@ -106,7 +106,7 @@ def search_history(
     top: int = 20,
 ) -> list[Match]:
     """The `top` time ranges most like `query` (a unit embedding of the history's size) in the history at `path`;
-    `HistoryUnusable` when the file cannot be read."""
+    `HistoryUnavailable` when the file cannot be read."""
     db = connect(path, readonly=True)
     try:
         keep = top * CANDIDATES_PER_RESULT
@@ -118,7 +118,7 @@ def search_history(
         ranges = _merge(found)[:top]
         return [_with_clip(db, match) for match in ranges]
     except sqlite3.Error as e:
-        raise HistoryUnusable(f"{path}: {e}") from e
+        raise HistoryUnavailable(f"{path}: {e}") from e
     finally:
         db.close()
 
@@ -133,7 +133,7 @@ def recent_events(path: Path, *, limit: int = 50, since: datetime | None = None)
             (since.timestamp() if since is not None else 0.0, limit),
         ).fetchall()
     except sqlite3.Error as e:
-        raise HistoryUnusable(f"{path}: {e}") from e
+        raise HistoryUnavailable(f"{path}: {e}") from e
     finally:
         db.close()
     return [EventRecord(r[0], r[1], r[2], _utc(r[3]), _utc(r[4]), r[5], r[6]) for r in rows]
