@@ -233,55 +233,6 @@ def _run_search(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_search(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser(
-        "search",
-        help="past moments that sound like a text or an example, from the embedding history",
-        description="Ranks the windows kept by `history:` (the daemon's state_dir) by cosine with the text (through "
-        "the config's bundle's text model) or the example (embedded as a detection's examples are), or both, and "
-        "prints the best time ranges, adjacent windows merged, with the clip of an event there if one exists.",
-    )
-    parser.add_argument("text", nargs="?", help='what to look for, e.g. "glass breaking"')
-    parser.add_argument("--example", type=Path, help="an audio file of what to look for")
-    parser.add_argument("--since", help="only after this: 30m, 24h, 7d, or an ISO 8601 time (default: all)")
-    parser.add_argument("--stream", help="only this stream")
-    parser.add_argument("--top", type=int, default=20, help="time ranges to show (default 20)")
-    parser.add_argument("--json", action="store_true", help="JSON for scripts")
-    parser.add_argument("-c", "--config", type=Path, required=True, help="the daemon's config")
-    parser.set_defaults(run=_run_search)
-
-
-def _run_search(args: argparse.Namespace) -> int:
-    from datetime import datetime, timezone
-
-    from clapd.daemon.config import ConfigError, load_config
-    from clapd.daemon.history import HISTORY_FILE, HistoryUnavailable
-    from clapd.daemon.manifest import BundleError
-    from clapd.daemon.search import format_json, format_table, parse_since, query_embedding, search_history
-
-    if args.text is None and args.example is None:
-        print("clapd search: give a text, --example FILE, or both", file=sys.stderr)
-        return 2
-    try:
-        config = load_config(args.config)
-        since = parse_since(args.since, datetime.now(timezone.utc)) if args.since else None
-        if args.top < 1:
-            raise ValueError(f"--top {args.top}: must be at least 1")
-        path = config.state_dir / HISTORY_FILE
-        if not path.is_file():
-            raise ValueError(f"no history at {path}: is `history: {{enabled: true}}` in the config?")
-        query, space = query_embedding(config, args.text, args.example)
-        matches = search_history(path, query, space, since=since, stream=args.stream, top=args.top)
-    except ConfigError as e:
-        print(f"clapd search: {e}", file=sys.stderr)
-        return 2
-    except (BundleError, HistoryUnavailable, ValueError, RuntimeError) as e:
-        print(f"clapd search: {e}", file=sys.stderr)
-        return 1
-    print(format_json(matches) if args.json else format_table(matches))
-    return 0
-
-
 def _add_run(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("run", help="listen and publish events (the daemon)")
     parser.add_argument(
@@ -609,7 +560,6 @@ def build_parser() -> argparse.ArgumentParser:
         _add_devices,
         _add_learn_normal,
         _add_classify,
-        _add_search,
         _add_calibrate,
         _add_search,
         _add_calibrate,
