@@ -141,6 +141,11 @@ def _add_classify(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--hop", type=float, help="hop seconds (default: the config's, else 0.5 s / 1 s)")
     parser.add_argument("--background", action="append", help="background prompts (default: the config's)")
+    parser.add_argument(
+        "--stream",
+        help="score anomalies as this stream of the config does, with its normal bank (default: the config's one "
+        "stream with anomaly monitoring, if only one has it)",
+    )
     parser.add_argument("--json", action="store_true", help="full-precision scores and the events, as JSON")
     parser.add_argument("--plot", type=Path, help="also write a PNG plot here")
     parser.set_defaults(run=_run_classify)
@@ -162,6 +167,7 @@ def _run_classify(args: argparse.Namespace) -> int:
             window_s=args.window,
             hop_s=args.hop,
             background=args.background,
+            anomaly_stream=args.stream,
         )
     except ConfigError as e:
         print(f"clapd classify: {e}", file=sys.stderr)
@@ -310,36 +316,6 @@ def _run_learn_normal(args: argparse.Namespace) -> int:
         f"k {bank.k}, reference distance {bank.reference:.4f}"
     )
     return 0
-
-
-def _add_calibrate(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser(
-        "calibrate",
-        help="set thresholds from the room's ambient sound (for threshold_on: auto)",
-        description="Scores ambient audio (a recording, or --minutes of a configured stream) through the daemon's "
-        "own Detector, prints each detection's ambient score distribution, and chooses each detection's threshold_on "
-        "so it would start at most its false_alarms_per_day events a day on audio like it; stored in state_dir and "
-        "used where a detection says `threshold_on: auto` (restart or reload the daemon to apply).",
-    )
-    parser.add_argument("-c", "--config", type=Path, required=True)
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--file", type=Path, help="a recording of the room's ordinary sound")
-    source.add_argument("--minutes", type=float, help="record this many minutes of a configured stream")
-    parser.add_argument("--stream", help="the stream to record with --minutes (default: the first)")
-    parser.add_argument("--dry-run", action="store_true", help="print the thresholds, store nothing")
-    parser.set_defaults(run=_run_calibrate)
-
-
-def _run_calibrate(args: argparse.Namespace) -> int:
-    from clapd.daemon.calibrate import run_calibration
-    from clapd.daemon.config import ConfigError, load_config
-
-    try:
-        config = load_config(args.config)
-    except ConfigError as e:
-        print(f"clapd calibrate: {e}", file=sys.stderr)
-        return 2
-    return run_calibration(config, file=args.file, minutes=args.minutes, stream=args.stream, store=not args.dry_run)
 
 
 def _add_calibrate(commands: argparse._SubParsersAction) -> None:
@@ -560,7 +536,6 @@ def build_parser() -> argparse.ArgumentParser:
         _add_devices,
         _add_learn_normal,
         _add_classify,
-        _add_calibrate,
         _add_search,
         _add_calibrate,
         _add_example_commands,

@@ -10,8 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
+from clapd.daemon.anomaly import NormalBank
+from clapd.daemon.anomaly.monitor import BankStore, StreamAnomaly, bank_path, stored_bank
 from clapd.daemon.calibration import AutoThresholds, CalibrationStore
-from clapd.daemon.config import ClapdConfig, DetectionConfig, ModelConfig, WindowConfig
+from clapd.daemon.config import AnomalyConfig, ClapdConfig, DetectionConfig, ModelConfig, WindowConfig
 from clapd.daemon.demo import DEMO_WINDOWS, installed_demo_bundle
 from clapd.daemon.detector import Detector
 from clapd.daemon.events import StreamClock
@@ -34,6 +36,7 @@ class ScoreTable:
     ends: np.ndarray  # [windows] seconds
     scores: np.ndarray  # [windows, prompts] in [0, 1]
     events: list[DetectionEvent]  # what the daemon would have published for this recording
+    anomaly: np.ndarray | None = None  # [windows] normalised anomaly scores (NaN: not scored); None: no monitoring
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +49,9 @@ class Scoring:
     background: list[str]
     windows: WindowConfig
     min_level_dbfs: float | None = None  # the level gate of the stream the recording stands for
-    state_dir: Path | None = None  # where `threshold_on: auto` finds its calibration
+    state_dir: Path | None = None  # where `threshold_on: auto` finds its calibration, and anomaly banks are
+    anomaly_stream: str | None = None  # the stream whose anomaly monitoring (and normal bank) scores the recording
+    anomaly: AnomalyConfig | None = None
 
 
 def scoring_from(
@@ -57,12 +62,14 @@ def scoring_from(
     window_s: float | None = None,
     hop_s: float | None = None,
     background: list[str] | None = None,
+    anomaly_stream: str | None = None,
 ) -> Scoring:
     """What `clapd run` would use with this config (None: the embedded default's model, on the CPU in fp32), with
     the given options laid over it; `prompts` replace the detections, each named by its text.
 
     The recording stands for every stream of the config: each detection scores it whichever streams it watches, and
-    the streams' level gate applies when they share one (`min_level_dbfs`)."""
+    the streams' level gate applies when they share one (`min_level_dbfs`). It is scored for anomalies as
+    `anomaly_stream` is (default: the one stream with anomaly monitoring, if only one has it)."""
     demo = installed_demo_bundle()
     gate = None
     if config is not None:
@@ -87,7 +94,18 @@ def scoring_from(
     if chosen is None:
         raise ValueError("no bundle: give --bundle (this install has no demo bundle)")
     state_dir = config.state_dir if config is not None else None
-    return Scoring(chosen, model, detections, background or default_background, windows, gate, state_dir)
+    monitored = _monitored_stream(config, anomaly_stream)
+    anomaly = config.streams[monitored].anomaly if config is not None and monitored is not None else None
+    return Scoring(
+        chosen, model, detections, background or default_background, windows, gate, state_dir, monitored, anomaly
+    )
+
+
+def _monitored_stream(config: ClapdConfig | None, chosen: str | None) -> str | None:
+    monitored = [] if config is None else [n for n, s in config.streams.items() if s.anomaly and s.anomaly.enabled]
+    if chosen is not None and chosen not in monitored:
+        raise ValueError(f"stream {chosen!r} has no anomaly monitoring (monitored: {', '.join(monitored) or 'none'})")
+    return chosen if chosen is not None else (monitored[0] if len(monitored) == 1 else None)
 
 
 def _shared_gate(config: ClapdConfig) -> float | None:
@@ -145,6 +163,22 @@ class Classifier:
         )
         self.detections = preparer.prepare(scoring.detections, scoring.background)
         self._scoring = scoring
+        self._bank = self._anomaly_bank(scoring)
+
+    def _anomaly_bank(self, scoring: Scoring) -> NormalBank | None:
+        """The monitored stream's stored bank (read, never written here); None when none is stored (a learning
+        period then learns one from the recording's start, as `clapd run` would)."""
+        if scoring.anomaly is None or scoring.anomaly_stream is None or scoring.state_dir is None:
+            return None
+        path = bank_path(scoring.state_dir, scoring.anomaly_stream)
+        return stored_bank(scoring.anomaly_stream, scoring.anomaly, BankStore(path, self.audio_model.entry.sha256))
+
+    def _anomalies(self, clock: StreamClock) -> dict[str, StreamAnomaly]:
+        anomaly = self._scoring.anomaly
+        if anomaly is None or (self._bank is None and anomaly.learn_seconds is None):
+            return {}
+        memory_only = BankStore(None, self.audio_model.entry.sha256)  # learning and drift stay in this run
+        return {STREAM: StreamAnomaly(STREAM, anomaly, self._bank, memory_only, clock, self._window, self._hop)}
 
     @property
     def hop_seconds(self) -> float:
@@ -154,19 +188,24 @@ class Classifier:
         """Mono float32 audio at `sample_rate` through a fresh `Detector` (events start from nothing)."""
         clock = StreamClock(datetime.now(timezone.utc), self.sample_rate)
         gates = {STREAM: self._scoring.min_level_dbfs}
-        detector = Detector(self.audio_model, self.detections, {STREAM: clock}, self._hop, gates=gates)
+        anomalies = self._anomalies(clock)
+        detector = Detector(
+            self.audio_model, self.detections, {STREAM: clock}, self._hop, gates=gates, anomalies=anomalies
+        )
         windows = clip_windows(STREAM, audio, self._window, self._hop, self._model_window)
-        scores, events = [], []
+        scores, events, anomaly = [], [], {}
         for first in range(0, len(windows), BATCH_WINDOWS):
             found = detector.process(windows[first : first + BATCH_WINDOWS])
             scores.extend(found.scores)
             events.extend(found.events)
+            anomaly.update({reading.start_sample: reading.score for reading in found.anomalies})
         events.extend(detector.close(STREAM, len(audio)))
         names = list(self._scoring.detections)
         rows = np.array([[s.values[name] for name in names] for s in scores]).reshape(-1, len(names))
         starts = np.array([s.start_sample for s in scores]) / self.sample_rate
         ends = np.array([s.end_sample for s in scores]) / self.sample_rate
-        return ScoreTable(names, starts, ends, rows, events)
+        column = np.array([anomaly.get(s.start_sample, np.nan) for s in scores]) if anomalies else None
+        return ScoreTable(names, starts, ends, rows, events, column)
 
 
 def format_json(table: ScoreTable) -> str:
@@ -175,15 +214,19 @@ def format_json(table: ScoreTable) -> str:
         {"start_s": float(start), "end_s": float(end), "scores": dict(zip(table.prompts, map(float, row), strict=True))}
         for start, end, row in zip(table.starts, table.ends, table.scores, strict=True)
     ]
+    if table.anomaly is not None:  # NaN (not scored: learning, gated) as null
+        for window, value in zip(windows, table.anomaly, strict=True):
+            window["anomaly"] = None if np.isnan(value) else float(value)
     events = [json.loads(EventPayload.from_event(e).model_dump_json()) for e in table.events]
     return json.dumps({"windows": windows, "events": events}, indent=1)
 
 
 def format_table(table: ScoreTable) -> str:
-    header = ["start_s", "end_s", *table.prompts]
+    header = ["start_s", "end_s", *table.prompts, *(["anomaly"] if table.anomaly is not None else [])]
     lines = ["\t".join(header)]
-    for start, end, row in zip(table.starts, table.ends, table.scores, strict=True):
-        lines.append("\t".join([f"{start:.2f}", f"{end:.2f}", *(f"{v:.3f}" for v in row)]))
+    for i, (start, end, row) in enumerate(zip(table.starts, table.ends, table.scores, strict=True)):
+        anomaly = [f"{table.anomaly[i]:.2f}"] if table.anomaly is not None else []
+        lines.append("\t".join([f"{start:.2f}", f"{end:.2f}", *(f"{v:.3f}" for v in row), *anomaly]))
     return "\n".join(lines)
 
 

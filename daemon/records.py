@@ -82,7 +82,8 @@ class AnomalyReading:
     stream: str
     start_sample: int
     end_sample: int  # one past the window's last real (unpadded) sample
-    score: float  # mean k-NN cosine distance / the bank's reference distance; with `due`, the peak since the last due
+    score: float  # this window's: mean k-NN cosine distance / the bank's reference distance
+    peak: float  # the highest score since the last due reading, this one's included (what outputs publish)
     bank_size: int  # embeddings in the bank that scored it
     due: bool  # the stream's publishing interval has passed: outputs get this one (each stream's first is due)
     end_utc: str | None = None  # ISO 8601 of the window's end, set by the Runner when it hands the reading over

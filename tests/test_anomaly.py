@@ -202,8 +202,11 @@ def test_clapd_run_reports_each_planted_fault_and_nothing_else_and_the_bank_surv
     assert sorted(s["start_offset_seconds"] for s in _anomaly_starts(second)) == onsets
 
 
-def test_learn_normal_from_a_folder_and_a_wrong_bundles_bank_is_refused(tmp_path: Path, machine: Path) -> None:
-    config = _config(tmp_path, machine / "pump.wav", ANOMALY, outputs={"stdout": True})
+def test_learn_normal_classify_agrees_with_run_and_a_wrong_bundles_bank_is_refused(
+    tmp_path: Path, machine: Path
+) -> None:
+    anomaly = {**ANOMALY, "publish_interval_seconds": 0}  # every window's score goes out
+    config = _config(tmp_path, machine / "pump.wav", anomaly, outputs={"stdout": True})
     missing = run_clapd("run", "-c", str(config), timeout=120)
     assert missing.returncode != 0 and "learn-normal" in missing.stderr and "no normal bank" in missing.stderr
     learnt = run_clapd("learn-normal", "-c", str(config), "--stream", "pump", "--from", str(machine / "normal"))
@@ -216,6 +219,28 @@ def test_learn_normal_from_a_folder_and_a_wrong_bundles_bank_is_refused(tmp_path
     assert bank.size == 79  # 40 s in 1 s windows every 0.5 s
     again = run_clapd("learn-normal", "-c", str(config), "--stream", "pump", "--from", str(machine / "normal"))
     assert again.returncode == 1 and "--rebaseline" in again.stderr
+    # clapd classify scores anomalies as clapd run does: the same windows, the same scores, the same events.
+    run = run_clapd("run", "-c", str(config), timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    lines = [json.loads(line) for line in run.stdout.splitlines()]
+    run_scores = [line["score"] for line in lines if line.get("kind") == "anomaly"]
+    classified = run_clapd("classify", "-c", str(config), "--json", str(machine / "pump.wav"), timeout=300)
+    assert classified.returncode == 0, classified.stderr[-2000:]
+    table = json.loads(classified.stdout)
+    assert len(run_scores) == len(table["windows"]) == 199
+    assert np.allclose(run_scores, [w["anomaly"] for w in table["windows"]], rtol=1e-4)
+    starts = [
+        e["start_offset_seconds"] for e in table["events"] if e["detection"] == "anomaly" and e["kind"] == "start"
+    ]
+    assert len(starts) == len(FAULTS)
+    assert starts == [
+        line["start_offset_seconds"] for line in lines if line.get("detection") == "anomaly" and line["kind"] == "start"
+    ]
+    # From the live source (a file, read as fast as it goes): 12 s of it, replacing the bank.
+    live = run_clapd("learn-normal", "-c", str(config), "--stream", "pump", "--minutes", "0.2", "--rebaseline")
+    assert live.returncode == 0, live.stderr
+    assert 23 <= NormalBank.load(path, bundle_sha256=sha).size <= 30
+    bank = NormalBank.load(path, bundle_sha256=sha)
     bank.save(path, bundle_sha256="0" * 64)  # as if learnt with another model
     refused = run_clapd("run", "-c", str(config), timeout=120)
     assert refused.returncode != 0

@@ -60,17 +60,24 @@ def build_anomalies(
         if anomaly is None or not anomaly.enabled:
             continue
         store = BankStore(bank_path(state_dir, name) if state_dir is not None else None, bundle_sha256)
-        bank = store.load()
-        if bank is None and anomaly.learn_seconds is None:
-            raise ValueError(
-                f"stream {name!r} has anomaly monitoring but no normal bank ({store.path}): learn one with "
-                f"`clapd learn-normal -c CONFIG --stream {name} --minutes N` (or --from FOLDER), or set "
-                f"streams.{name}.anomaly.learn_seconds"
-            )
-        if bank is not None:
-            logger.info("%s: normal bank of %d embeddings loaded from %s", name, bank.size, store.path)
+        bank = stored_bank(name, anomaly, store)
         monitors[name] = StreamAnomaly(name, anomaly, bank, store, clocks[name], window, hop)
     return monitors
+
+
+def stored_bank(stream: str, anomaly: AnomalyConfig, store: BankStore) -> NormalBank | None:
+    """The stream's stored bank; None when there is none and a learning period will make one. `BankError` for a
+    bank that cannot be used, ValueError when there is neither a bank nor a learning period."""
+    bank = store.load()
+    if bank is None and anomaly.learn_seconds is None:
+        raise ValueError(
+            f"stream {stream!r} has anomaly monitoring but no normal bank ({store.path}): learn one with "
+            f"`clapd learn-normal -c CONFIG --stream {stream} --minutes N` (or --from FOLDER), or set "
+            f"streams.{stream}.anomaly.learn_seconds"
+        )
+    if bank is not None:
+        logger.info("%s: normal bank of %d embeddings loaded from %s", stream, bank.size, store.path)
+    return bank
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,7 +192,7 @@ class StreamAnomaly:
         self._peak = max(self._peak, score)
         due = self._last_due is None or window.end_sample - self._last_due >= self._interval
         reading = AnomalyReading(
-            self.stream, window.start_sample, window.end_sample, self._peak if due else score, self.bank.size, due
+            self.stream, window.start_sample, window.end_sample, score, self._peak, self.bank.size, due
         )
         if due:
             self._last_due, self._peak = window.end_sample, 0.0
