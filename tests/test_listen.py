@@ -52,11 +52,13 @@ def tmux(tmp_path: Path) -> Iterator[tuple[str, ...]]:
     """A tmux server of this test's own (its own socket); killed at the end, whatever happened."""
     if subprocess.run(["which", "tmux"], capture_output=True, check=False).returncode != 0:
         pytest.fail("tmux is not installed (scripts/setup.sh installs it)")
-    command = (*TMUX, "-S", str(tmp_path / "tmux.sock"))
+    name = f"clapd-test-{os.getpid()}-{tmp_path.name}"  # a short socket path, whatever TMPDIR is
+    command = (*TMUX, "-L", name)
     try:
         yield command
     finally:
         subprocess.run([*command, "kill-server"], capture_output=True, timeout=10, check=False)
+        (Path(os.environ.get("TMUX_TMPDIR", "/tmp")) / f"tmux-{os.getuid()}" / name).unlink(missing_ok=True)
 
 
 def capture(tmux: tuple[str, ...]) -> str:
