@@ -35,11 +35,13 @@ from clapd.daemon.detector import Detections, DetectionSet, Detector, Embedder
 from clapd.daemon.events import StreamClock
 from clapd.daemon.manifest import Manifest
 from clapd.daemon.prompts import DetectionPreparer
-from clapd.daemon.records import Window
+from clapd.daemon.records import DetectionEvent, Window
 from clapd.daemon.windows import clip_windows
 
 if TYPE_CHECKING:
     from mqtt_broker import MosquittoBroker, Subscriber
+
+    from clapd.daemon.examples import ExampleEmbedder
 
 REPO = Path(__file__).resolve().parents[1]
 CODE_FOLDERS = ("clapd", "daemon", "export", "models", "benchmarks")  # what a measured figure depends on
@@ -372,14 +374,21 @@ class CachedEmbedder:
 
 
 def detection_preparer(
-    bundle: Path, manifest: Manifest, model: ModelConfig, cache_dir: Path | None = None
+    bundle: Path,
+    manifest: Manifest,
+    model: ModelConfig,
+    cache_dir: Path | None = None,
+    *,
+    examples: ExampleEmbedder | None = None,
 ) -> DetectionPreparer:
     """Embeds detections' prompts as the daemon does (`cache_dir`: its prompt cache, which a daemon started on the
-    same state directory then finds filled)."""
+    same state directory then finds filled), and their audio examples with `examples`."""
     from clapd.daemon.inference import LazyTextModel  # onnxruntime: not in every worker that imports this module
 
     text = LazyTextModel(bundle, manifest, model)
-    return DetectionPreparer(text, cache_dir, manifest.text.sha256, manifest.logit_scale, manifest.embedding_size)
+    return DetectionPreparer(
+        text, cache_dir, manifest.text.sha256, manifest.logit_scale, manifest.embedding_size, examples=examples
+    )
 
 
 def recording_windows(
@@ -417,3 +426,33 @@ def detect_offline(
         events += found.events
     events += detector.close(stream, audio.size)
     return Detections(scores, events)
+
+
+# --- events against the sounds planted in a recording ---
+
+
+@dataclass(frozen=True, slots=True)
+class Tally:
+    """One detection's event starts against spans of a recording (the planted sounds it should find, or those it
+    should not fire on)."""
+
+    spans: int  # spans given
+    found: int  # spans with at least one start within them
+    within: int  # starts within some span
+    outside: int  # starts within none: false alarms, when the spans are the detection's own sounds
+
+
+def event_starts(events: Sequence[DetectionEvent], detection: str) -> list[float]:
+    """When each of `detection`'s events started, in s from the start of its stream."""
+    return [e.start_sample / e.sample_rate for e in events if e.detection == detection and e.kind == "start"]
+
+
+def tally_starts(
+    starts: Sequence[float], spans: Sequence[tuple[float, float]], before_s: float, after_s: float
+) -> Tally:
+    """Which `spans` (start, end in s) a start falls in, each widened by `before_s` and `after_s`: an event's start
+    is its first window's start, which precedes the sound by up to a window, and windows still holding the end of a
+    sound may start one after it."""
+    hit = [any(a - before_s <= s <= b + after_s for s in starts) for a, b in spans]
+    within = sum(any(a - before_s <= s <= b + after_s for a, b in spans) for s in starts)
+    return Tally(len(spans), sum(hit), within, len(starts) - within)
