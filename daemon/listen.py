@@ -20,7 +20,6 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
@@ -36,11 +35,8 @@ from clapd.daemon.demo import default_config, default_state_dir
 from clapd.daemon.everyday import everyday_description, with_everyday
 from clapd.daemon.manifest import BundleError
 from clapd.daemon.output import Output, OutputStats
-from clapd.daemon.records import DetectionEvent, LevelReading, Scores, StateChange
+from clapd.daemon.records import AnomalyReading, DetectionEvent, LevelReading, Scores, StateChange
 from clapd.daemon.sources import SourceError
-
-if TYPE_CHECKING:
-    from clapd.daemon.records import AnomalyReading
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +59,6 @@ class ListenView(Output):
     wants_scores = True
 
     def __init__(self, console: Console, header: str = "") -> None:
-        self._console = console
         self._header = header
         self._live = Live(console=console, auto_refresh=False, transient=False, redirect_stderr=False)
         self._lock = threading.Lock()  # the outputs' thread draws; the main thread announces and stops
@@ -88,8 +83,8 @@ class ListenView(Output):
         with self._lock:
             if self._stopped or not self._started:
                 return
-            self._stopped = True
             self._draw(force=True)
+            self._stopped = True
             self._live.stop()
 
     def publish_event(self, event: DetectionEvent) -> None:
