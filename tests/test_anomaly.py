@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import urllib.request
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import pytest
 import soundfile
 import yaml
 from helpers import run_clapd, start_daemon, stop_daemon
-from mqtt_broker import MosquittoBroker, wait_until
+from mqtt_broker import MosquittoBroker, free_port, wait_until
 
 from clapd.daemon.anomaly import BankError, NormalBank
 from clapd.daemon.anomaly.monitor import BankStore, StreamAnomaly, bank_path
@@ -247,6 +248,14 @@ def test_learn_normal_classify_agrees_with_run_and_a_wrong_bundles_bank_is_refus
     assert "another model bundle" in refused.stderr and "learn-normal" in refused.stderr, refused.stderr[-2000:]
 
 
+def _scrape(port: int) -> str:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            return response.read().decode()
+    except OSError:  # not listening yet
+        return ""
+
+
 def test_rebaseline_over_mqtt_control_learns_a_new_bank(
     tmp_path: Path, machine: Path, brokers, subscribers, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -261,7 +270,9 @@ def test_rebaseline_over_mqtt_control_learns_a_new_bank(
     }
     short = tmp_path / "short.wav"
     soundfile.write(short, soundfile.read(machine / "normal" / "first.wav")[0][: 10 * SAMPLE_RATE], SAMPLE_RATE)
-    config = _config(tmp_path, short, {**ANOMALY, "learn_seconds": 3}, outputs={"mqtt": mqtt})
+    port = free_port()
+    metrics = {"enabled": True, "port": port}
+    config = _config(tmp_path, short, {**ANOMALY, "learn_seconds": 3}, outputs={"mqtt": mqtt}, metrics=metrics)
     raw = yaml.safe_load(config.read_text())
     raw["streams"]["pump"].update(realtime=True, loop=True)
     config.write_text(yaml.safe_dump(raw))
@@ -289,6 +300,9 @@ def test_rebaseline_over_mqtt_control_learns_a_new_bank(
             "errors": [],
         }
         wait_until(lambda: path.read_bytes() != first, WAIT, "the re-learnt bank on disk")
+        wait_until(lambda: 'kind="learnt",stream="pump"} 2.0' in _scrape(port), WAIT, "two banks learnt, counted")
+        wait_until(lambda: 'clapd_anomaly_score{stream="pump"}' in _scrape(port), WAIT, "the new bank's first score")
+        assert 'clapd_anomaly_bank_size{stream="pump"}' in _scrape(port)
     finally:
         _, stderr = stop_daemon(daemon)
     assert "re-baselining the normal bank" in stderr and "normal bank learnt from" in stderr

@@ -208,6 +208,7 @@ class StreamAnomaly:
         one once learnt; an anomaly in progress ends at `end_sample`, and nothing is scored while learning."""
         logger.info("%s: re-baselining the normal bank from the next %.0f s of audio", self.stream, seconds)
         self._learn_seconds, self._learn_until, self._learnt = seconds, None, []
+        self.last_score = None  # the old bank's: not this stream's score now
         return self._tracker.close(end_sample)
 
     def _learn(self, window: Window, embedding: np.ndarray) -> None:
