@@ -91,7 +91,10 @@ def assemble(
     streams = build_streams(config, manifest, window, hop, utc_now())
     gates = {name: stream.min_level_dbfs for name, stream in config.streams.items()}
     clocks = {s.name: s.clock for s in streams}
-    anomalies = build_anomalies(config.streams, config.state_dir, clocks, audio.entry.sha256, window, hop)
+    anomalies = build_anomalies(
+        config.streams, config.state_dir, clocks, audio.entry.sha256, window, hop, embed_text=text.embed
+    )
+    text.release()  # loaded only if anomaly descriptions were embedded
     hidden = privacy_matcher(config, text, manifest, config.state_dir / PROMPT_CACHE_DIR)
     detector = Detector(audio, detections, clocks, hop, gates=gates, anomalies=anomalies, hidden=hidden)
     clips = build_clip_recorder(config, {s.name: s.ring for s in streams}, manifest.sample_rate, hidden is not None)

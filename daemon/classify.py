@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from clapd.daemon.anomaly import NormalBank
-from clapd.daemon.anomaly.monitor import BankStore, StreamAnomaly, bank_path, stored_bank
+from clapd.daemon.anomaly.monitor import BankStore, Descriptions, StreamAnomaly, bank_path, stored_bank
 from clapd.daemon.calibration import AutoThresholds, CalibrationStore
 from clapd.daemon.config import AnomalyConfig, ClapdConfig, DetectionConfig, ModelConfig, WindowConfig
 from clapd.daemon.demo import DEMO_WINDOWS, installed_demo_bundle
@@ -164,6 +164,8 @@ class Classifier:
         self.detections = preparer.prepare(scoring.detections, scoring.background)
         self._scoring = scoring
         self._bank = self._anomaly_bank(scoring)
+        texts = scoring.anomaly.descriptions if scoring.anomaly is not None else []
+        self._descriptions = Descriptions.embedded(texts, text.embed)
 
     def _anomaly_bank(self, scoring: Scoring) -> NormalBank | None:
         """The monitored stream's stored bank (read, never written here); None when none is stored (a learning
@@ -178,7 +180,10 @@ class Classifier:
         if anomaly is None or (self._bank is None and anomaly.learn_seconds is None):
             return {}
         memory_only = BankStore(None, self.audio_model.entry.sha256)  # learning and drift stay in this run
-        return {STREAM: StreamAnomaly(STREAM, anomaly, self._bank, memory_only, clock, self._window, self._hop)}
+        monitor = StreamAnomaly(
+            STREAM, anomaly, self._bank, memory_only, clock, self._window, self._hop, self._descriptions
+        )
+        return {STREAM: monitor}
 
     @property
     def hop_seconds(self) -> float:

@@ -55,6 +55,7 @@ class DetectionEvent:
     mean_score: float
     sample_rate: int  # to turn the offsets into seconds
     clip: str | None = None  # on "end": the path its audio clip will be written to (`clapd.daemon.clips`); else None
+    description: str | None = None  # an anomaly event's best-matching configured description (`anomaly.descriptions`)
 
 
 @dataclass(frozen=True, slots=True)

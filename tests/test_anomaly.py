@@ -153,6 +153,7 @@ def _config(tmp_path: Path, audio: Path, anomaly: dict, **sections: object) -> P
     return path
 
 
+DESCRIPTIONS = ["a high-pitched whine", "a hissing air leak", "a metallic knocking"]
 ANOMALY = {"threshold": 5.0, "threshold_off": 3.0, "smoothing_windows": 3, "publish_interval_seconds": 5}
 
 
@@ -186,7 +187,8 @@ def test_clapd_run_reports_each_planted_fault_and_nothing_else_and_the_bank_surv
     tmp_path: Path, machine: Path, broker: MosquittoBroker, subscribers
 ) -> None:
     mqtt = {"mqtt": {"host": "127.0.0.1", "port": broker.port, "topic_prefix": PREFIX, "qos": 1}}
-    config = _config(tmp_path, machine / "pump.wav", {**ANOMALY, "learn_seconds": LEARN_S}, outputs=mqtt)
+    anomaly = {**ANOMALY, "learn_seconds": LEARN_S, "descriptions": DESCRIPTIONS}
+    config = _config(tmp_path, machine / "pump.wav", anomaly, outputs=mqtt)
     first = _run_to_the_end(config, broker, subscribers)
     assert bank_path(tmp_path / "state", "pump").is_file()
     starts = _anomaly_starts(first)
@@ -195,6 +197,10 @@ def test_clapd_run_reports_each_planted_fault_and_nothing_else_and_the_bank_surv
     for onset, fault in zip(onsets, FAULTS, strict=True):
         assert abs(onset - fault.start_s) <= 2 * HOP_S, (onset, fault)
     assert all(s["peak_score"] >= ANOMALY["threshold"] for s in starts)
+    events = [json.loads(m.payload) for m in first if m.topic == f"{PREFIX}/pump/anomaly/event"]
+    assert all(e["description"] in DESCRIPTIONS for e in events)  # each event named by one of them
+    by_id = {e["event_id"]: e["description"] for e in events if e["kind"] == "start"}
+    assert all(by_id[e["event_id"]] == e["description"] for e in events if e["kind"] == "end")
     scores = [json.loads(m.payload) for m in first if m.topic == f"{PREFIX}/pump/anomaly"]
     assert len(scores) >= 8 and all(s["bank_size"] > 0 and s["score"] >= 0 for s in scores)
     # Again, with no learning period: the stored bank is what scores, and the same faults are found.

@@ -8,16 +8,17 @@ the configured event name, so outputs see ordinary `DetectionEvent`s whose score
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from clapd.daemon.anomaly.bank import NormalBank
+from clapd.daemon.anomaly.bank import NormalBank, unit_rows
 from clapd.daemon.config import AnomalyConfig, StreamConfig
 from clapd.daemon.events import DetectionTracker, StreamClock
 from clapd.daemon.records import AnomalyReading, DetectionEvent, Window
@@ -49,8 +50,10 @@ def build_anomalies(
     bundle_sha256: str,
     window: int,
     hop: int,
+    embed_text: Callable[[list[str]], np.ndarray] | None = None,
 ) -> dict[str, StreamAnomaly]:
-    """Each stream with `anomaly.enabled`: its monitoring, with the bank stored in `state_dir` (None: keep none).
+    """Each stream with `anomaly.enabled`: its monitoring, with the bank stored in `state_dir` (None: keep none);
+    `embed_text` embeds the streams' `anomaly.descriptions` (None: events carry none).
 
     Raises `BankError` for a stored bank that cannot be used (another model's), and ValueError for a stream with
     neither a bank nor a learning period: both name the stream, the file and what to do."""
@@ -61,7 +64,8 @@ def build_anomalies(
             continue
         store = BankStore(bank_path(state_dir, name) if state_dir is not None else None, bundle_sha256)
         bank = stored_bank(name, anomaly, store)
-        monitors[name] = StreamAnomaly(name, anomaly, bank, store, clocks[name], window, hop)
+        descriptions = Descriptions.embedded(anomaly.descriptions, embed_text) if embed_text is not None else None
+        monitors[name] = StreamAnomaly(name, anomaly, bank, store, clocks[name], window, hop, descriptions)
     return monitors
 
 
@@ -78,6 +82,23 @@ def stored_bank(stream: str, anomaly: AnomalyConfig, store: BankStore) -> Normal
     if bank is not None:
         logger.info("%s: normal bank of %d embeddings loaded from %s", stream, bank.size, store.path)
     return bank
+
+
+@dataclass(frozen=True, slots=True)
+class Descriptions:
+    """A stream's `anomaly.descriptions` and their text embeddings ((n, d) float32, unit rows)."""
+
+    texts: tuple[str, ...]
+    embeddings: np.ndarray
+
+    @classmethod
+    def embedded(cls, texts: Sequence[str], embed: Callable[[list[str]], np.ndarray]) -> Descriptions | None:
+        """None for no texts; else their embeddings by `embed` (the text model's)."""
+        return cls(tuple(texts), unit_rows(embed(list(texts)))) if texts else None
+
+    def best(self, embedding: np.ndarray) -> str:
+        """The text whose embedding is closest (cosine) to a window's audio embedding."""
+        return self.texts[int(np.argmax(self.embeddings @ unit_rows(embedding[None, :])[0]))]
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,8 +172,14 @@ class StreamAnomaly:
         clock: StreamClock,
         window: int,
         hop: int,
+        descriptions: Descriptions | None = None,
     ) -> None:
         self.stream, self.config = stream, config
+        self._descriptions = descriptions
+        self._run_peak: tuple[float, np.ndarray] | None = (
+            None  # the highest window of the run that is or may be an event
+        )
+        self._description: str | None = None  # the event in progress's
         self.bank = bank
         self._store = store
         self._clock = clock
@@ -188,7 +215,8 @@ class StreamAnomaly:
             return None, []
         score = float(self.bank.score(embedding[None, :])[0])
         self.last_score = score
-        events = self._tracker.feed(score, window.start_sample, window.end_sample)
+        self._follow_run(score, embedding)
+        events = self._described(self._tracker.feed(score, window.start_sample, window.end_sample))
         self._peak = max(self._peak, score)
         due = self._last_due is None or window.end_sample - self._last_due >= self._interval
         reading = AnomalyReading(
@@ -201,7 +229,29 @@ class StreamAnomaly:
 
     def close(self, end_sample: int) -> list[DetectionEvent]:
         """The stream's audio ended at `end_sample`: an anomaly in progress ends there."""
-        return self._tracker.close(end_sample)
+        return self._described(self._tracker.close(end_sample))
+
+    def _follow_run(self, score: float, embedding: np.ndarray) -> None:
+        """Keep the highest-scoring window since the scores rose above `threshold_off` (what an event describes)."""
+        if self._descriptions is None:
+            return
+        if score < self.config.threshold_off and not self._tracker.active:
+            self._run_peak = None
+        elif self._run_peak is None or score > self._run_peak[0]:
+            self._run_peak = (score, embedding)
+
+    def _described(self, events: list[DetectionEvent]) -> list[DetectionEvent]:
+        """Events with the description best matching the run's highest window (chosen at the start, kept to the end)."""
+        if self._descriptions is None:
+            return events
+        described = []
+        for event in events:
+            if event.kind == "start" and self._run_peak is not None:
+                self._description = self._descriptions.best(self._run_peak[1])
+            described.append(dataclasses.replace(event, description=self._description))
+            if event.kind == "end":
+                self._description, self._run_peak = None, None
+        return described
 
     def relearn(self, seconds: float, end_sample: int) -> list[DetectionEvent]:
         """Re-baseline: learn a new bank from the next `seconds` of audio (normal operation), replacing the current
@@ -209,7 +259,7 @@ class StreamAnomaly:
         logger.info("%s: re-baselining the normal bank from the next %.0f s of audio", self.stream, seconds)
         self._learn_seconds, self._learn_until, self._learnt = seconds, None, []
         self.last_score = None  # the old bank's: not this stream's score now
-        return self._tracker.close(end_sample)
+        return self._described(self._tracker.close(end_sample))
 
     def _learn(self, window: Window, embedding: np.ndarray) -> None:
         assert self._learn_seconds is not None

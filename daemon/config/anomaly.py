@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import Field, model_validator
 
@@ -84,6 +84,13 @@ class AnomalyConfig(Section):
         description="when no bank is stored for this stream (and model), learn one from the stream's first this many "
         "seconds of audio, which must be normal operation, then save it and start scoring; default: none, the "
         "daemon refuses to start without a bank (`clapd learn-normal`)",
+    )
+    descriptions: list[Annotated[str, Field(min_length=1)]] = Field(
+        default_factory=list,
+        max_length=50,
+        description='texts of faults this machine may have ("grinding", "a squealing belt", "a hissing leak"): an '
+        "anomaly event carries the one whose text embedding is closest to its highest-scoring window's embedding "
+        "(`description` in its payload; the text model is loaded at start to embed them); default: none",
     )
     publish_interval_seconds: float = Field(
         5.0,

@@ -103,6 +103,11 @@ class EventPayload(BaseModel):
         "machine, written once the post-roll has been heard (post_roll_seconds after this message); the file never "
         "appears if the clip was dropped (full queue or disk) or withheld (privacy prompts); null otherwise",
     )
+    description: str | None = Field(
+        None,
+        description="an anomaly event's (`anomaly.event`) best-matching text of the stream's `anomaly.descriptions`, "
+        "by its highest-scoring window so far; null otherwise",
+    )
     clapd_version: str = Field(__version__, description="the version of clapd that published the event")
 
     @classmethod
@@ -121,6 +126,7 @@ class EventPayload(BaseModel):
             peak_score=event.peak_score,
             mean_score=event.mean_score,
             clip=event.clip,
+            description=event.description,
         )
 
     def to_json(self) -> bytes:
