@@ -125,6 +125,7 @@ def test_event_payload_schema() -> None:
         "end_offset_seconds": 3.5,
         "peak_score": 0.75,
         "mean_score": 0.625,
+        "description": None,  # anomaly events only
         "clapd_version": __version__,
     }
 
