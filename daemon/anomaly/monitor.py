@@ -176,9 +176,8 @@ class StreamAnomaly:
     ) -> None:
         self.stream, self.config = stream, config
         self._descriptions = descriptions
-        self._run_peak: tuple[float, np.ndarray] | None = (
-            None  # the highest window of the run that is or may be an event
-        )
+        # (score, embedding) of the highest window of the run of scores that is, or may become, an event
+        self._run_peak: tuple[float, np.ndarray] | None = None
         self._description: str | None = None  # the event in progress's
         self.bank = bank
         self._store = store
