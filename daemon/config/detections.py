@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, PlainValidator, model_validator
+from pydantic_core import PydanticCustomError
 
 from clapd.daemon.config.base import (
     EXAMPLE_MARGIN,
@@ -35,8 +37,10 @@ def _threshold_or_auto(value: object) -> float | Literal["auto"]:
     """A score strictly between 0 and 1, or `auto`; one check, so an error names the key itself, not a union member."""
     if value == "auto":
         return "auto"
+    if isinstance(value, float) and not math.isfinite(value):  # worded as every other number's refusal
+        raise PydanticCustomError("finite_number", "Input should be a finite number")
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 < value < 1.0:
-        raise ValueError("must be a number greater than 0 and less than 1, or auto")
+        raise PydanticCustomError("threshold", "Input should be a number greater than 0 and less than 1, or auto")
     return float(value)
 
 
