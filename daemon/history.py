@@ -40,7 +40,8 @@ logger = logging.getLogger(__name__)
 HISTORY_FILE = "history.sqlite3"  # in the state directory
 SCHEMA_VERSION = 1
 MAX_BATCH_WINDOWS = 1024  # windows of one stream in one row of `batches`
-RETENTION_SECONDS = 60.0  # retention runs at most this often
+RETENTION_SECONDS = 60.0  # retention and compaction run at most this often
+COMPACT_AFTER_SECONDS = 300.0  # batches older than this are merged per stream into rows of up to MAX_BATCH_WINDOWS
 PAGE_PRAGMAS = ("page_count", "freelist_count", "page_size")
 BUSY_TIMEOUT_SECONDS = 2.0  # how long to wait for another process's lock before calling the file locked
 SCHEMA = """
@@ -186,6 +187,7 @@ class HistoryStore:
         if time.monotonic() >= self._next_retention:
             self._next_retention = time.monotonic() + RETENTION_SECONDS
             self.apply_retention()
+            self.compact()
 
     def recover(self, error: sqlite3.Error) -> bool:
         """After a failed write: a corrupt file is set aside and started anew (True); a full disk is not (False)."""
@@ -215,6 +217,39 @@ class HistoryStore:
                 self.deleted_windows += gone
                 db.execute(f"DELETE FROM batches WHERE id IN ({oldest})", (n,))
         self._db.execute("PRAGMA incremental_vacuum")  # the file shrinks by the pages freed
+
+    def compact(self, now: float | None = None) -> None:
+        """Merge each stream's small batches older than COMPACT_AFTER_SECONDS into rows of up to MAX_BATCH_WINDOWS:
+        a flush every few seconds keeps little at risk, a search wants few rows."""
+        assert self._db is not None
+        cutoff = (time.time() if now is None else now) - COMPACT_AFTER_SECONDS
+        small = self._db.execute(
+            "SELECT id, space, stream, window_seconds, dim, count, first_utc, last_utc, times, levels, scales, "
+            "embeddings FROM batches WHERE count < ? AND last_utc < ? "
+            "ORDER BY space, stream, window_seconds, dim, first_utc",
+            (MAX_BATCH_WINDOWS // 2, cutoff),
+        ).fetchall()
+        groups: list[list[tuple]] = []
+        for row in small:
+            group = groups[-1] if groups else None
+            if group and group[0][1:5] == row[1:5] and sum(r[5] for r in group) + row[5] <= MAX_BATCH_WINDOWS:
+                group.append(row)
+            else:
+                groups.append([row])
+        merged = [g for g in groups if len(g) > 1]
+        if not merged:
+            return
+        with _transaction(self._db) as db:
+            for group in merged:
+                space, stream, seconds, dim = group[0][1:5]
+                count = sum(r[5] for r in group)
+                blobs = [b"".join(r[k] for r in group) for k in range(8, 12)]  # times, levels, scales, embeddings
+                db.execute(
+                    "INSERT INTO batches VALUES (NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (space, stream, group[0][6], group[-1][7], seconds, count, dim, *blobs),
+                )
+                db.executemany("DELETE FROM batches WHERE id = ?", [(r[0],) for r in group])
+        self._db.execute("PRAGMA incremental_vacuum")  # the small batches' pages go back to the file system
 
     def used_bytes(self) -> int:
         assert self._db is not None

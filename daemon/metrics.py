@@ -50,6 +50,7 @@ class DaemonCollector(Collector):
         yield from self._event_metrics()
         yield from self._publisher_metrics()
         yield from self._anomaly_metrics()
+        yield from self._recorder_metrics()
 
     def _stream_metrics(self) -> Iterator[Metric]:
         level = GaugeMetricFamily("clapd_input_level_dbfs", "RMS level of the last second", labels=["stream"])
@@ -84,6 +85,15 @@ class DaemonCollector(Collector):
         for (stream, detection, kind), count in sorted(self._runner.events_by_kind.copy().items()):
             events.add_metric([stream, detection, kind], count)
         yield events
+
+    def _recorder_metrics(self) -> Iterator[Metric]:
+        """Clips and history counters: `clapd_clips_written_total`, `clapd_history_windows_written_total`..."""
+        for recorder in self._runner.recorders:
+            for name, count in recorder.counters().items():
+                what = f"{recorder.name}: {name.replace('_', ' ')}"
+                counter = CounterMetricFamily(f"clapd_{recorder.name}_{name}", what)
+                counter.add_metric([], count)
+                yield counter
 
     def _anomaly_metrics(self) -> Iterator[Metric]:
         statuses = self._runner.anomaly_status()

@@ -1,18 +1,21 @@
 """Searching the embedding history (`clapd.daemon.history`): past moments ranked by cosine with a query embedding
 (a text through the bundle's text model, or an audio example), adjacent windows merged into time ranges.
 
-The int8 rows are scored in chunks of `CHUNK_WINDOWS` (cast to float32 into one reused buffer, one matrix-vector
-product, times each row's scale), so memory stays bounded whatever the history's size; only the best
-`CANDIDATES_PER_RESULT` windows per result asked for are kept between chunks. Candidates of one stream whose
-windows overlap or touch are merged into one range scored by its best window; ranges are ranked by that score.
+A reader thread streams the stored batches out of SQLite (memory-mapped) while the caller scores them: each batch's
+int8 rows cast to float32 into one reused buffer, one matrix-vector product, times each row's scale; only the best
+`CANDIDATES_PER_RESULT` windows per result asked for are kept every `CHUNK_WINDOWS`, so memory stays bounded
+whatever the history's size. Around each best window left, the touching windows of its stream that score within
+`RANGE_DROP` of it are merged into one time range; ranges are ranked by their best window.
 This module is also the API a local web page would use (`search_history`, `recent_events`).
 """
 
 from __future__ import annotations
 
 import json
+import queue
 import re
 import sqlite3
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -21,9 +24,11 @@ from pathlib import Path
 import numpy as np
 
 from clapd.daemon.config import ClapdConfig
-from clapd.daemon.history import HistoryUnavailable, connect
+from clapd.daemon.history import MAX_BATCH_WINDOWS, HistoryUnavailable, connect
 
-CHUNK_WINDOWS = 65_536  # windows scored at once: 32 MB of float32 at 128 dims, 128 MB at 512
+CHUNK_WINDOWS = 65_536  # windows scored between two cuts of the candidates to the best ones
+PREFETCH_ROWS = 8  # batches read ahead of the scoring
+MMAP_BYTES = 1 << 31  # SQLite's default build caps memory-mapped reads at about 2 GB
 CANDIDATES_PER_RESULT = 25  # best windows kept per result asked for: a long sound spans many windows
 RANGE_DROP = 0.1  # cosine: a range takes the touching windows within this of its best one
 TOUCHING_SECONDS = 1e-3  # windows this close are adjacent (times are float seconds)
@@ -87,14 +92,6 @@ class _Candidates:
         index = np.argpartition(-self.scores, keep - 1)[:keep]
         return _Candidates(self.scores[index], self.times[index], self.seconds[index], self.streams[index])
 
-    def joined(self, other: _Candidates) -> _Candidates:
-        return _Candidates(
-            np.concatenate([self.scores, other.scores]),
-            np.concatenate([self.times, other.times]),
-            np.concatenate([self.seconds, other.seconds]),
-            np.concatenate([self.streams, other.streams]),
-        )
-
 
 def search_history(
     path: Path,
@@ -107,16 +104,19 @@ def search_history(
 ) -> list[Match]:
     """The `top` time ranges most like `query` (a unit embedding of the history's size) in the history at `path`;
     `HistoryUnavailable` when the file cannot be read."""
+    query = np.ascontiguousarray(query, dtype=np.float32)
+    sql = "SELECT stream, window_seconds, count, times, scales, embeddings FROM batches WHERE space = ? AND dim = ?"
+    args: list[object] = [space, query.size]
+    if since is not None:
+        sql += " AND last_utc >= ?"
+        args.append(since.timestamp())
+    if stream is not None:
+        sql += " AND stream = ?"
+        args.append(stream)
+    found = _best_windows(_prefetched(path, sql, args), query, top * CANDIDATES_PER_RESULT)
     db = connect(path, readonly=True)
     try:
-        keep = top * CANDIDATES_PER_RESULT
-        found = _Candidates.empty()
-        query = np.ascontiguousarray(query, dtype=np.float32)
-        buffer = np.empty((CHUNK_WINDOWS, query.size), dtype=np.float32)
-        for chunk in _chunks(db, space, since, stream, query.size):
-            found = found.joined(_score(chunk, query, buffer)).best(keep)
-        ranges = _merge(found)[:top]
-        return [_with_clip(db, match) for match in ranges]
+        return [_with_clip(db, match) for match in _merge(found)[:top]]
     except sqlite3.Error as e:
         raise HistoryUnavailable(f"{path}: {e}") from e
     finally:
@@ -139,53 +139,75 @@ def recent_events(path: Path, *, limit: int = 50, since: datetime | None = None)
     return [EventRecord(r[0], r[1], r[2], _utc(r[3]), _utc(r[4]), r[5], r[6]) for r in rows]
 
 
-@dataclass(frozen=True, slots=True)
-class _Chunk:
-    rows: list[tuple]  # (stream, window_seconds, count, times, scales, embeddings) blobs
+def _prefetched(path: Path, sql: str, args: list[object]) -> Iterator[tuple]:
+    """The query's rows, read by a thread of its own while the caller scores the previous ones (SQLite lets go of
+    the GIL while it reads, numpy while it scores: the two share two cores). The thread ends with the iteration."""
+    rows: queue.Queue[tuple | BaseException | None] = queue.Queue(PREFETCH_ROWS)
+    stop = threading.Event()
+
+    def put(item: tuple | BaseException | None) -> bool:
+        while not stop.is_set():
+            try:
+                rows.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def read() -> None:
+        try:
+            db = connect(path, readonly=True)
+            try:
+                db.execute(f"PRAGMA mmap_size = {MMAP_BYTES}")  # blobs read from the page cache without a copy
+                for row in db.execute(sql, args):
+                    if not put(row):
+                        return
+            finally:
+                db.close()
+        except (sqlite3.Error, HistoryUnavailable) as e:
+            put(e)
+        put(None)
+
+    reader = threading.Thread(target=read, name="history-reader", daemon=True)
+    reader.start()
+    try:
+        while (item := rows.get()) is not None:
+            if isinstance(item, BaseException):
+                raise HistoryUnavailable(f"{path}: {item}") from item
+            yield item
+    finally:
+        stop.set()
+        reader.join()
 
 
-def _chunks(
-    db: sqlite3.Connection, space: str, since: datetime | None, stream: str | None, dim: int
-) -> Iterator[_Chunk]:
-    """Batches of the history in chunks of at most about CHUNK_WINDOWS windows, fetched a few at a time."""
-    sql = "SELECT stream, window_seconds, count, times, scales, embeddings FROM batches WHERE space = ? AND dim = ?"
-    args: list[object] = [space, dim]
-    if since is not None:
-        sql += " AND last_utc >= ?"
-        args.append(since.timestamp())
-    if stream is not None:
-        sql += " AND stream = ?"
-        args.append(stream)
-    cursor = db.execute(sql, args)
-    rows: list[tuple] = []
-    windows = 0
-    while batch := cursor.fetchmany(64):
-        for row in batch:
-            if windows + row[2] > CHUNK_WINDOWS and rows:
-                yield _Chunk(rows)
-                rows, windows = [], 0
-            rows.append(row)
-            windows += row[2]
-    if rows:
-        yield _Chunk(rows)
+def _best_windows(rows: Iterator[tuple], query: np.ndarray, keep: int) -> _Candidates:
+    """The `keep` best-scoring windows of all the rows, scored a batch at a time into one reused buffer."""
+    buffer = np.empty((MAX_BATCH_WINDOWS, query.size), dtype=np.float32)
+    found, pending, waiting = _Candidates.empty(), [], 0
+    for row in rows:
+        pending.append(_score(row, query, buffer))
+        waiting += row[2]
+        if waiting >= CHUNK_WINDOWS:
+            found, pending, waiting = _joined([found, *pending]).best(keep), [], 0
+    return _joined([found, *pending]).best(keep)
 
 
-def _score(chunk: _Chunk, query: np.ndarray, buffer: np.ndarray) -> _Candidates:
-    """Cosine of every window of the chunk with the query: (int8 row . query) * scale; rows are ~unit vectors."""
-    n = sum(row[2] for row in chunk.rows)
-    if n > buffer.shape[0]:
-        buffer = np.empty((n, query.size), dtype=np.float32)
-    at = 0
-    for row in chunk.rows:
-        count = row[2]
-        np.copyto(buffer[at : at + count], np.frombuffer(row[5], np.int8).reshape(count, -1), casting="unsafe")
-        at += count
-    scales = np.concatenate([np.frombuffer(row[4], np.float32) for row in chunk.rows])
-    scores = (buffer[:n] @ query) * scales
-    times = np.concatenate([np.frombuffer(row[3], np.float64) for row in chunk.rows])
-    seconds = np.repeat([row[1] for row in chunk.rows], [row[2] for row in chunk.rows])
-    streams = np.repeat(np.array([row[0] for row in chunk.rows], dtype=object), [row[2] for row in chunk.rows])
-    return _Candidates(scores.astype(np.float32), times, seconds.astype(np.float64), streams)
+def _score(row: tuple, query: np.ndarray, buffer: np.ndarray) -> _Candidates:
+    """Cosine of each window of one batch with the query: (int8 row . query) * scale (rows are ~unit vectors).
+    einsum, not BLAS: a matrix-vector product gains nothing from BLAS threads, which fight over busy cores."""
+    stream, seconds, count, times, scales, embeddings = row
+    if count > buffer.shape[0]:
+        buffer = np.empty((count, query.size), dtype=np.float32)
+    block = buffer[:count]
+    np.copyto(block, np.frombuffer(embeddings, np.int8).reshape(count, query.size), casting="unsafe")
+    scores = np.einsum("ij,j->i", block, query) * np.frombuffer(scales, np.float32)
+    return _Candidates(
+        scores, np.frombuffer(times, np.float64), np.full(count, seconds), np.full(count, stream, object)
+    )
+
+
+def _joined(parts: list[_Candidates]) -> _Candidates:
+    return _Candidates(*(np.concatenate([getattr(p, name) for p in parts]) for name in _Candidates.__slots__))
 
 
 def _merge(found: _Candidates) -> list[Match]:

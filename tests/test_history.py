@@ -18,7 +18,7 @@ from helpers import run_clapd
 import clapd
 from clapd.daemon.config import HistoryConfig
 from clapd.daemon.demo import DEMO_DETECTIONS, DEMO_EVENT_SETTINGS, DEMO_WINDOWS
-from clapd.daemon.history import HISTORY_FILE, HistoryRow, HistoryStore, quantize
+from clapd.daemon.history import HISTORY_FILE, MAX_BATCH_WINDOWS, HistoryRow, HistoryStore, quantize
 from clapd.daemon.search import parse_since
 from clapd.models.demo_stream import PlannedEvent, make_demo_stream
 
@@ -153,6 +153,12 @@ def test_retention_deletes_the_oldest_windows_by_age_and_by_size(tmp_path: Path)
     assert oldest > now - 40 * 3600 and kept < 40 * 100  # the old day and the oldest of the rest went first
     assert store.deleted_windows == 41 * 100 - kept
     assert store.used_bytes() <= 0.2e6
+    store.compact(now + 3600)  # small batches merged per stream, nothing lost, in time order
+    with sqlite3.connect(store.path) as db:
+        batches = db.execute("SELECT count, times FROM batches ORDER BY first_utc").fetchall()
+    times = np.concatenate([np.frombuffer(blob, np.float64) for _, blob in batches])
+    assert len(batches) == -(-kept // MAX_BATCH_WINDOWS) and sum(n for n, _ in batches) == kept == times.size
+    assert np.all(np.diff(times) > 0)
     store.close()
 
 
