@@ -373,7 +373,11 @@ class ClipWriter:
             if job is None:
                 return
             if isinstance(job, ClipJob):
-                self._write(job)
+                try:
+                    self._write(job)
+                except Exception:  # a bug must not end the thread: later clips may still be written
+                    self.dropped_write += 1
+                    logger.exception("clip %s not written", job.path.name)
             if job or time.monotonic() >= next_sweep:
                 self._prune()
                 next_sweep = time.monotonic() + SWEEP_SECONDS

@@ -416,6 +416,9 @@ class HistoryRecorder(Recorder):
                     logger.error("history: %s", again)
             if self._log.add():
                 logger.error("history: %d windows not written (%d so far): %s", len(rows), self.dropped_write, e)
+        except Exception:  # a bug must not end the thread: later batches may still be written
+            self.dropped_write += len(rows)
+            logger.exception("history: %d windows not written", len(rows))
 
 
 def build_history_recorder(

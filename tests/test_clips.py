@@ -178,3 +178,15 @@ def test_retention_deletes_the_oldest_clips_first(tmp_path: Path) -> None:
     assert writer.deleted_age == 1 and not ancient.exists() and foreign.exists()
     assert writer.written == 4 and writer.deleted_size >= 1
     assert left == names[-len(left) :] and sum(c.size for c in list_clips(folder)) <= 0.4e6
+
+
+def test_opus_clips_are_written_and_read_back(tmp_path: Path) -> None:
+    tone = (0.3 * np.sin(2 * np.pi * 440 * np.arange(RATE) / RATE)).astype(np.float32)
+    writer = ClipWriter(ClipsConfig(format="opus"), tmp_path)
+    path = tmp_path / "kitchen.siren.20261201T000000.000Z.ab.opus"
+    writer.put(ClipJob(path, tone, RATE))
+    writer.finish()
+    writer.work()
+    audio, rate = soundfile.read(path, dtype="float32")
+    assert writer.written == 1 and rate == RATE and abs(audio.size - RATE) < RATE // 10
+    assert [c.path for c in list_clips(tmp_path)] == [path] and path.stat().st_size < RATE  # compressed
