@@ -1,0 +1,391 @@
+"""Unsupervised anomalous machine sound detection, DCASE-style, on machine sounds the project generates.
+
+Per machine type (`clapd.models.machine_sounds`: fan, pump, gearbox, compressor), a bank is learnt from normal
+clips only, of all three operating conditions, and scores held-out normal clips and faulty ones (five faults, each
+at several fault-to-machine SNRs; every clip over a factory background at several machine-to-background SNRs;
+held-out seeds). Each clip is cut into windows as the daemon cuts a stream (`clip_windows`, the daemon's default
+window and hop); a window's score is `NormalBank.score` (k nearest bank members' mean cosine distance over the
+bank's median leave-one-out distance), a clip's the mean over its windows. Methods:
+  - clapd: the shipped demo bundle's audio embeddings through the daemon's onnxruntime path (`AudioModel`, CPU),
+    int8 and fp32, into the bank as they are;
+  - log-mel baseline: each band's mean and standard deviation of the window's log-mel frames (the demo model's
+    front-end settings, in dB), into the same bank as they are.
+AUC, and pAUC as DCASE reports it (the McClish-standardised partial AUC over FPR <= 0.1, what scikit-learn's
+`roc_auc_score(max_fpr=0.1)` computes), per machine type, and per fault SNR, background SNR and fault type.
+
+    .venv/bin/python benchmarks/bench_anomaly.py --write docs/benchmarks.md
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from common import arg_parser, header_lines, publish, recording_windows
+
+from clapd.daemon.config import ModelConfig, WindowConfig
+from clapd.daemon.inference import AudioModel, open_bundle
+from clapd.models import machine_sounds
+from clapd.models.log_mel import log_mel_stats, mel_bank
+
+BUNDLE = Path(__file__).resolve().parents[1] / "clapd" / "demo_bundle"
+START, END = "<!-- bench_anomaly:start -->", "<!-- bench_anomaly:end -->"
+PACKAGES = ("onnxruntime", "numpy")
+SAMPLE_RATE = machine_sounds.SAMPLE_RATE  # Hz
+FAULT_SNRS_DB = (-6.0, -12.0, -18.0)  # dB: fault over machine body
+BACKGROUND_SNRS_DB = (0.0, 6.0, 12.0)  # dB: machine body over factory background, in turn over the clips
+TEST_SEED, FAULT_SEED = 1_000_000, 2_000_000  # seeds of held-out clips: training uses 0, 1, ...
+MAX_FPR = 0.1  # DCASE's pAUC range
+WANT_MEAN_AUC, WANT_MIN_AUC = 0.90, 0.80  # issue 12's target for the shipped demo bundle
+THREADS = 2
+BASELINE = "log-mel baseline"
+BANK_NOTE = "a stand-in for clapd.daemon.anomaly.NormalBank (same definition; not committed yet)"
+
+
+@dataclass(frozen=True, slots=True)
+class ClipSpec:
+    """One clip to generate (a `machine_sounds.machine_clip` call)."""
+
+    machine: str
+    condition: str
+    seed: int
+    fault: str | None
+    fault_snr_db: float  # -inf when normal
+    background_snr_db: float
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    train_per_condition: int
+    test_per_condition: int  # held-out normal clips
+    faulty_per_cell: int  # per fault type and fault SNR
+    seconds: float  # per clip
+    fault_snrs_db: tuple[float, ...] = FAULT_SNRS_DB
+    background_snrs_db: tuple[float, ...] = BACKGROUND_SNRS_DB
+
+    def clips(self, machine: str) -> tuple[list[ClipSpec], list[ClipSpec]]:
+        """Training clips (normal, every condition) and test clips (held-out normal, then faulty)."""
+        conditions = machine_sounds.MACHINES[machine].condition_names
+        background = self.background_snrs_db
+
+        def normal(seed: int, i: int) -> ClipSpec:
+            return ClipSpec(machine, conditions[i % 3], seed, None, -np.inf, background[i // 3 % len(background)])
+
+        train = [normal(i // 3, i) for i in range(3 * self.train_per_condition)]
+        test = [normal(TEST_SEED + i // 3, i) for i in range(3 * self.test_per_condition)]
+        for f, fault in enumerate(machine_sounds.FAULTS):
+            for s, snr in enumerate(self.fault_snrs_db):
+                for c in range(self.faulty_per_cell):  # every condition, and (a Latin square) every background SNR
+                    seed = FAULT_SEED + len(test)
+                    bg = background[(c + s + f) % len(background)]
+                    test.append(ClipSpec(machine, conditions[c % 3], seed, fault, snr, bg))
+        return train, test
+
+
+# --- features: embeddings and log-mel statistics of each window --------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Windowing:
+    window: int  # samples of audio per window
+    hop: int  # samples
+    model_window: int  # the model's input, samples
+
+
+def clip_features(
+    spec: ClipSpec, plan: Plan, windowing: Windowing, models: dict[str, AudioModel], bank: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Per method, one feature row per window of the clip (windows as the daemon cuts a stream)."""
+    audio = machine_sounds.machine_clip(
+        spec.machine,
+        spec.condition,
+        spec.seed,
+        plan.seconds,
+        fault=spec.fault,
+        fault_snr_db=spec.fault_snr_db if spec.fault else 0.0,
+        background_snr_db=spec.background_snr_db,
+    ).audio
+    rows: dict[str, list[np.ndarray]] = {name: [] for name in [*models, BASELINE]}
+    for windows in recording_windows("machine", audio, windowing.window, windowing.hop, windowing.model_window):
+        batch = np.stack([w.samples for w in windows])
+        for name, model in models.items():
+            rows[name].append(model.embed(batch))
+        rows[BASELINE].append(np.stack([log_mel_stats(audio[w.start_sample : w.end_sample], bank) for w in windows]))
+    return {name: np.concatenate(parts) for name, parts in rows.items()}
+
+
+# --- scoring: the daemon's normal bank -----------------------------------------------------------------------------
+
+
+class NormalBank:
+    """Stand-in for `clapd.daemon.anomaly.NormalBank` (same API and definition) until that is committed."""
+
+    def __init__(self, members: np.ndarray, k: int, reference: float) -> None:
+        self.members, self.k, self.reference = members, k, reference
+
+    @classmethod
+    def fit(cls, embeddings: np.ndarray, *, k: int = 1, max_size: int = 2000, seed: int = 0) -> NormalBank:
+        members = _unit_rows(embeddings)
+        if len(members) > max_size:
+            members = members[np.random.default_rng(seed).choice(len(members), max_size, replace=False)]
+        if len(members) <= k:
+            raise ValueError(f"a bank with k={k} needs more than {k} embeddings, got {len(members)}")
+        distances = 1.0 - members @ members.T
+        np.fill_diagonal(distances, np.inf)  # leave one out
+        leave_one_out = np.sort(distances, axis=1)[:, :k].mean(axis=1)
+        return cls(members, k, max(float(np.median(leave_one_out)), 1e-12))
+
+    def score(self, embeddings: np.ndarray) -> np.ndarray:
+        distances = 1.0 - _unit_rows(embeddings) @ self.members.T
+        return np.partition(distances, self.k - 1, axis=1)[:, : self.k].mean(axis=1) / self.reference
+
+
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def clip_scores(train: list[np.ndarray], test: list[np.ndarray], k: int) -> np.ndarray:
+    """Each test clip's score: the mean of its windows' bank scores; the bank holds every training window."""
+    bank = NormalBank.fit(np.concatenate(train), k=k)
+    return np.array([bank.score(clip).mean() for clip in test])
+
+
+# --- AUC and DCASE's pAUC ------------------------------------------------------------------------------------------
+
+
+def roc_curve(normal: np.ndarray, anomalous: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """False and true positive rates at every distinct threshold, from (0, 0) to (1, 1); tied scores share one
+    point, so ties count half, as in scikit-learn's `roc_curve`."""
+    scores = np.concatenate([normal, anomalous])
+    labels = np.concatenate([np.zeros(len(normal)), np.ones(len(anomalous))])
+    order = np.argsort(-scores, kind="mergesort")
+    scores, labels = scores[order], labels[order]
+    last = np.r_[np.nonzero(np.diff(scores))[0], len(scores) - 1]  # the last index of each distinct score
+    true_positives = np.cumsum(labels)[last]
+    false_positives = last + 1 - true_positives
+    return np.r_[0.0, false_positives / len(normal)], np.r_[0.0, true_positives / len(anomalous)]
+
+
+def roc_auc(normal: np.ndarray, anomalous: np.ndarray, max_fpr: float | None = None) -> float:
+    """The area under the ROC curve; with `max_fpr`, the McClish-standardised partial area over FPR <= max_fpr
+    (0.5: chance, 1: perfect), as scikit-learn's `roc_auc_score(max_fpr=...)` and DCASE compute it."""
+    fpr, tpr = roc_curve(np.asarray(normal, float), np.asarray(anomalous, float))
+    if max_fpr is None or max_fpr >= 1.0:
+        return float(np.trapezoid(tpr, fpr))
+    stop = int(np.searchsorted(fpr, max_fpr, "right"))
+    tpr = np.r_[tpr[:stop], np.interp(max_fpr, fpr[stop - 1 : stop + 1], tpr[stop - 1 : stop + 1])]
+    fpr = np.r_[fpr[:stop], max_fpr]
+    partial, least, most = float(np.trapezoid(tpr, fpr)), 0.5 * max_fpr**2, max_fpr
+    return 0.5 * (1.0 + (partial - least) / (most - least))
+
+
+# --- the run -------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class MachineResult:
+    """One machine type's held-out clips and each method's clip scores (same order as `test`)."""
+
+    machine: str
+    test: list[ClipSpec]
+    scores: dict[str, np.ndarray]  # method -> [len(test)]
+
+    def auc(self, method: str, max_fpr: float | None = None, **match: object) -> float:
+        """Held-out normal clips against the faulty ones; `match`: only clips (faulty ones, or both for
+        background_snr_db) whose fields equal these."""
+        both = {"background_snr_db"}
+        normal, faulty = [], []
+        for spec, score in zip(self.test, self.scores[method], strict=True):
+            wanted = all(getattr(spec, key) == value for key, value in match.items() if spec.fault or key in both)
+            if wanted:
+                (faulty if spec.fault else normal).append(score)
+        return roc_auc(np.array(normal), np.array(faulty), max_fpr)
+
+
+def run_machine(machine: str, plan: Plan, windowing: Windowing, models: dict[str, AudioModel], k: int) -> MachineResult:
+    bank = mel_bank()
+    train, test = plan.clips(machine)
+    features = {
+        split: [clip_features(spec, plan, windowing, models, bank) for spec in specs]
+        for split, specs in (("train", train), ("test", test))
+    }
+    scores = {}
+    for method in [*models, BASELINE]:
+        rows = {split: [clip[method] for clip in clips] for split, clips in features.items()}
+        scores[method] = clip_scores(rows["train"], rows["test"], k)
+    return MachineResult(machine, test, scores)
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    results: list[MachineResult]
+    methods: list[str]
+    plan: Plan
+    windowing: Windowing
+    k: int
+    windows_per_clip: int
+    seconds: float  # run time
+    load: float  # 1-min load average at start
+    created_utc: str  # the bundle's
+
+
+def run(
+    bundle: Path, precisions: Sequence[str], plan: Plan, window_s: float, hop_s: float, k: int, machines: Sequence[str]
+) -> Report:
+    began, load = time.perf_counter(), os.getloadavg()[0]
+    manifest = open_bundle(bundle)
+    models = {
+        f"clapd {p}": AudioModel(
+            bundle, manifest, ModelConfig(bundle=bundle, precision=p, providers=["cpu"], threads=THREADS)
+        )
+        for p in precisions
+    }
+    windowing = Windowing(round(window_s * SAMPLE_RATE), round(hop_s * SAMPLE_RATE), manifest.window_samples)
+    results = []
+    for machine in machines:
+        started = time.perf_counter()
+        results.append(run_machine(machine, plan, windowing, models, k))
+        print(f"{machine}: {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    samples = round(plan.seconds * SAMPLE_RATE)
+    per_clip = (samples - windowing.window) // windowing.hop + 1 if samples > windowing.window else 1
+    return Report(
+        results,
+        [*models, BASELINE],
+        plan,
+        windowing,
+        k,
+        per_clip,
+        time.perf_counter() - began,
+        load,
+        manifest.created_utc,
+    )
+
+
+# --- the docs section -----------------------------------------------------------------------------------------------
+
+
+def machine_table(report: Report) -> list[str]:
+    lines = [
+        "| machine type | " + " | ".join(f"{m} AUC | {m} pAUC" for m in report.methods) + " |",
+        "|---|" + "---:|" * (2 * len(report.methods)),
+    ]
+    figures = {m: [(r.auc(m), r.auc(m, MAX_FPR)) for r in report.results] for m in report.methods}
+    for i, r in enumerate(report.results):
+        cells = [f"{figures[m][i][0]:.3f} | {figures[m][i][1]:.3f}" for m in report.methods]
+        lines.append(f"| {r.machine} | " + " | ".join(cells) + " |")
+    for name, reduce in (("mean", np.mean), ("lowest", np.min)):
+        cells = [
+            f"{reduce([a for a, _ in figures[m]]):.3f} | {reduce([p for _, p in figures[m]]):.3f}"
+            for m in report.methods
+        ]
+        lines.append(f"| **{name}** | " + " | ".join(cells) + " |")
+    return lines
+
+
+def breakdown_table(report: Report, title: str, key: str, values: Sequence[object]) -> list[str]:
+    """Mean (lowest) AUC over machine types, per value of one clip field."""
+    lines = [
+        f"| {title} | " + " | ".join(f"{m} AUC" for m in report.methods) + " |",
+        "|---|" + "---:|" * len(report.methods),
+    ]
+    for value in values:
+        cells = []
+        for m in report.methods:
+            aucs = [r.auc(m, **{key: value}) for r in report.results]
+            cells.append(f"{np.mean(aucs):.3f} ({np.min(aucs):.3f})")
+        lines.append(f"| {value} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def verdict(report: Report) -> tuple[bool, str]:
+    method = report.methods[0]
+    aucs = {r.machine: r.auc(method) for r in report.results}
+    lowest = min(aucs, key=aucs.__getitem__)
+    mean = float(np.mean(list(aucs.values())))
+    met = mean >= WANT_MEAN_AUC and aucs[lowest] >= WANT_MIN_AUC
+    return met, (
+        f"{method}: mean AUC {mean:.3f} (target >= {WANT_MEAN_AUC}), lowest {aucs[lowest]:.3f} ({lowest}; target >= "
+        f"{WANT_MIN_AUC}): target {'met' if met else 'not met'}"
+    )
+
+
+def section(report: Report, bundle: Path, note: str) -> str:
+    plan, w = report.plan, report.windowing
+    clips = (
+        3 * plan.train_per_condition,
+        3 * plan.test_per_condition,
+        len(machine_sounds.FAULTS) * len(plan.fault_snrs_db) * plan.faulty_per_cell,
+    )
+    lines = [
+        START,
+        "## Anomalous machine sounds (DCASE-style)",
+        "",
+        "Written by `benchmarks/bench_anomaly.py`: per machine type, a normal bank learnt from normal clips of all "
+        "three operating conditions scores held-out normal and faulty clips (`clapd.models.machine_sounds`: 5 fault "
+        "types at several fault-to-machine SNRs, factory background at several machine-to-background SNRs). A "
+        "window's score is `NormalBank.score` (k nearest bank members' mean cosine distance over the bank's median "
+        "leave-one-out distance), a clip's the mean over its windows. clapd: the demo bundle's embeddings (CPU, "
+        "onnxruntime); log-mel baseline: per-band mean and std of log-mel frames (dB), into the same bank as they "
+        "are. pAUC: DCASE's, the McClish-standardised partial AUC over FPR <= 0.1.",
+        "",
+        *header_lines(PACKAGES, machine_note=f" (1-min load average at start: {report.load:.2f})"),
+        f"- run time: {report.seconds:.0f} s",
+        f"- bundle: `{bundle.name}`, created {report.created_utc}; scoring: {note}, k = {report.k}",
+        f"- clips per machine type: {clips[0]} training (normal), {clips[1]} held-out normal, {clips[2]} faulty "
+        f"({plan.faulty_per_cell} per fault type and SNR), {plan.seconds:g} s each, {report.windows_per_clip} "
+        f"window(s) of {w.window / SAMPLE_RATE:g} s every {w.hop / SAMPLE_RATE:g} s per clip; fault SNRs "
+        f"{', '.join(f'{s:g}' for s in plan.fault_snrs_db)} dB, background SNRs "
+        f"{', '.join(f'{s:g}' for s in plan.background_snrs_db)} dB",
+        f"- result: {verdict(report)[1]}",
+        "",
+        *machine_table(report),
+        "",
+        "Mean AUC over machine types (lowest in brackets), held-out normal clips against the faulty clips of one kind:",
+        "",
+        *breakdown_table(report, "fault SNR, dB", "fault_snr_db", plan.fault_snrs_db),
+        "",
+        *breakdown_table(report, "background SNR, dB", "background_snr_db", plan.background_snrs_db),
+        "",
+        *breakdown_table(report, "fault type", "fault", list(machine_sounds.FAULTS)),
+        END,
+    ]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = arg_parser(__doc__)
+    window = WindowConfig()
+    parser.add_argument("--bundle", type=Path, default=BUNDLE)
+    parser.add_argument("--precisions", default="int8,fp32", help="audio models to score, comma-separated")
+    parser.add_argument("--machines", default=",".join(machine_sounds.MACHINES), help="comma-separated")
+    parser.add_argument("--train-per-condition", type=int, default=20, help="normal training clips per condition")
+    parser.add_argument("--test-per-condition", type=int, default=12, help="held-out normal clips per condition")
+    parser.add_argument("--faulty-per-cell", type=int, default=3, help="faulty clips per fault type and SNR")
+    parser.add_argument("--seconds", type=float, default=10.0, help="per clip")
+    parser.add_argument("--window-seconds", type=float, default=window.window_seconds)
+    parser.add_argument("--hop-seconds", type=float, default=window.hop_seconds)
+    parser.add_argument("--k", type=int, default=1, help="nearest bank members")
+    parser.add_argument("--write", type=Path, help="markdown file whose bench_anomaly section to update")
+    args = parser.parse_args()
+    plan = Plan(args.train_per_condition, args.test_per_condition, args.faulty_per_cell, args.seconds)
+    report = run(
+        args.bundle,
+        args.precisions.split(","),
+        plan,
+        args.window_seconds,
+        args.hop_seconds,
+        args.k,
+        args.machines.split(","),
+    )
+    publish(section(report, args.bundle, BANK_NOTE), args.write, START, END)
+    return 0 if verdict(report)[0] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
