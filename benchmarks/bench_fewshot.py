@@ -57,6 +57,7 @@ WANT_CONFUSION_DROP = 0.9  # the share of a confusion's false starts one negativ
 NEGATIVE = "text + 1 negative example"  # the guarded variant's label
 MARGINS = (0.2, 0.4, 0.5, 0.6)  # example_margin besides the default, tried with 3 examples
 NEGATIVE_MARGINS = (0.0, 0.1, 0.2)  # and with the negative example
+WITH_NEGATIVES = "3 examples + negatives"  # 3 examples and one negative example of every other unknown sound
 BACKGROUND_PROMPTS: list[str] = ClapdConfig.model_fields["background_prompts"].get_default(call_default_factory=True)
 WINDOW_S, HOP_S = float(DEMO_WINDOWS["window_seconds"]), float(DEMO_WINDOWS["hop_seconds"])
 EMPTY = Tally(0, 0, 0, 0)
@@ -115,12 +116,14 @@ def write_examples(folder: Path, draws: int) -> dict[str, list[list[str]]]:
     return files
 
 
-def variants(name: str, files: list[list[str]]) -> Iterator[tuple[str, str, DetectionConfig]]:
+def variants(name: str, files: dict[str, list[list[str]]]) -> Iterator[tuple[str, str, DetectionConfig]]:
     """(detection name, variant label, config) of one new class: text only, then per draw each shot count alone and
-    with the prompt."""
+    with the prompt; and, to see what a detection's false alarms are made of, 3 examples at other margins and with
+    one negative example of every other sound the streams hold that the demo model does not know."""
     prompt = NOVEL[name].prompt
+    others = [other for other in files if other != name]
     yield f"{name}__text", "text", DetectionConfig(prompts=[prompt], **DEMO_EVENT_SETTINGS)
-    for draw, paths in enumerate(files):
+    for draw, paths in enumerate(files[name]):
         for n in SHOTS:
             examples = {"examples": paths[:n], **DEMO_EVENT_SETTINGS}
             label = shots_label(n)
@@ -129,6 +132,9 @@ def variants(name: str, files: list[list[str]]) -> Iterator[tuple[str, str, Dete
         for margin in MARGINS:  # the investigation: the same 3 examples at other margins
             config = DetectionConfig(examples=paths[:3], example_margin=margin, **DEMO_EVENT_SETTINGS)
             yield f"{name}__ex3_m{round(100 * margin)}__d{draw}", margin_label(margin), config
+        negatives = [files[other][draw][0] for other in others]
+        config = DetectionConfig(examples=paths[:3], negative_examples=negatives, **DEMO_EVENT_SETTINGS)
+        yield f"{name}__ex3_negatives__d{draw}", WITH_NEGATIVES, config
 
 
 def guarded(confusion: str, files: list[list[str]]) -> Iterator[tuple[str, str, DetectionConfig]]:
@@ -156,7 +162,7 @@ class Plan:
 def plan(files: dict[str, list[list[str]]]) -> Plan:
     configs, labels = {}, {}
     for name in NOVEL:
-        for detection, label, config in variants(name, files[name]):
+        for detection, label, config in variants(name, files):
             configs[detection], labels[detection] = config, (name, label)
     for confusion in CONFUSIONS:
         for detection, label, config in guarded(confusion, files[confusion]):
@@ -300,14 +306,15 @@ class Report:
     planted: dict[str, int]  # sound -> occurrences over all streams
     draws: int
     precision: str
-    seconds: float
+    seconds: float  # wall
+    cpu_seconds: float  # this process's, all its threads
     load: float
     created: str
     calibration: CalibrationResult | None  # None: not run
 
 
 def run(bundle: Path, precision: str, streams: int, seconds: float, draws: int, calibration_minutes: float) -> Report:
-    began, load = time.perf_counter(), os.getloadavg()[0]
+    began, cpu, load = time.perf_counter(), time.process_time(), os.getloadavg()[0]
     model = open_model(bundle, precision)
     counts: dict[tuple[str, str], Count] = {}
     planted: dict[str, int] = {}
@@ -329,7 +336,18 @@ def run(bundle: Path, precision: str, streams: int, seconds: float, draws: int, 
     elapsed = time.perf_counter() - began
     precision_used, created = model.audio.precision, model.manifest.created_utc
     return Report(
-        counts, cosines(windows), streams, seconds, planted, draws, precision_used, elapsed, load, created, calibrated
+        counts,
+        cosines(windows),
+        streams,
+        seconds,
+        planted,
+        draws,
+        precision_used,
+        elapsed,
+        time.process_time() - cpu,
+        load,
+        created,
+        calibrated,
     )
 
 
@@ -506,11 +524,13 @@ def where_table(report: Report) -> list[str]:
 
 
 def margin_table(report: Report) -> list[str]:
-    """3 examples at each example_margin tried: recall / false alarms per hour, F1."""
+    """3 examples at each example_margin tried, and with negatives: recall / false alarms per hour, F1."""
     margins = sorted({*MARGINS, EXAMPLE_MARGIN})
-    lines = ["| class | " + " | ".join(margin_label(m) for m in margins) + " |", "|---|" + "---:|" * len(margins)]
+    labels = [shots_label(3) if m == EXAMPLE_MARGIN else margin_label(m) for m in margins] + [WITH_NEGATIVES]
+    header = [margin_label(m) + (" (default)" if m == EXAMPLE_MARGIN else "") for m in margins] + [WITH_NEGATIVES]
+    lines = ["| class | " + " | ".join(header) + " |", "|---|" + "---:|" * len(labels)]
     for name in NOVEL:
-        counts = [report.counts[(name, shots_label(3) if m == EXAMPLE_MARGIN else margin_label(m))] for m in margins]
+        counts = [report.counts[(name, label)] for label in labels]
         lines.append(f"| {name} | " + " | ".join(f"{cell(c)}, F1 {c.f1:.2f}" for c in counts) + " |")
     return lines
 
@@ -582,7 +602,7 @@ def section(report: Report, bundle: Path) -> str:
         f"{report.draws} independent draws of example files, the counts summed over draws.",
         "",
         *header_lines(PACKAGES, machine_note=f" (1-min load average at start: {report.load:.2f})"),
-        f"- run time: {report.seconds:.0f} s",
+        f"- run time: {report.seconds:.0f} s wall, {report.cpu_seconds:.0f} s CPU (onnxruntime on {THREADS} threads)",
         f"- bundle: `{bundle.name}`, {report.precision} audio model, created {report.created}",
         f"- streams: {report.streams} of {report.stream_seconds:.0f} s ({minutes:.0f} min; backgrounds "
         f"{', '.join(STREAM_BACKGROUNDS)} in turn at -50 dBFS RMS), seeds {STREAM_SEED} to "
@@ -607,7 +627,8 @@ def section(report: Report, bundle: Path) -> str:
         "",
         "### Why: what the demo model hears",
         "",
-        "3 examples at other `example_margin`s (recall / false alarms per hour, F1):",
+        "3 examples at other `example_margin`s, and at the default with one negative example of each other new "
+        "sound and confusion (recall / false alarms per hour, F1):",
         "",
         *margin_table(report),
         "",
