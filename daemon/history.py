@@ -216,7 +216,7 @@ class HistoryStore:
                 gone = db.execute(f"SELECT sum(count) FROM batches WHERE id IN ({oldest})", (n,)).fetchone()[0]
                 self.deleted_windows += gone
                 db.execute(f"DELETE FROM batches WHERE id IN ({oldest})", (n,))
-        self._db.execute("PRAGMA incremental_vacuum")  # the file shrinks by the pages freed
+        self._db.executescript("PRAGMA incremental_vacuum;")  # the file shrinks by the pages freed
 
     def compact(self, now: float | None = None) -> None:
         """Merge each stream's small batches older than COMPACT_AFTER_SECONDS into rows of up to MAX_BATCH_WINDOWS:
@@ -249,7 +249,7 @@ class HistoryStore:
                     (space, stream, group[0][6], group[-1][7], seconds, count, dim, *blobs),
                 )
                 db.executemany("DELETE FROM batches WHERE id = ?", [(r[0],) for r in group])
-        self._db.execute("PRAGMA incremental_vacuum")  # the small batches' pages go back to the file system
+        self._db.executescript("PRAGMA incremental_vacuum;")  # the small batches' pages go back to the file system
 
     def used_bytes(self) -> int:
         assert self._db is not None
