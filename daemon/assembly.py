@@ -34,6 +34,7 @@ from clapd.daemon.runner import Runner
 from clapd.daemon.sources import build_source
 from clapd.daemon.stdout_output import StdoutOutput
 from clapd.daemon.streams import Stream
+from clapd.daemon.web import WebPage, build_web
 from clapd.daemon.windows import StreamWindows
 
 logger = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ class Assembly:
     outputs: list[Output]
     control: ControlChannel | None  # None unless mqtt.control is enabled
     enroller: Enroller | None = None  # example actions (enrol, false_alarm, forget_example) on the running streams
+    web: WebPage | None = None  # the local web page (`web.enabled`): its output is among `outputs`
 
 
 def assemble(
@@ -99,7 +101,10 @@ def assemble(
     detector = Detector(audio, detections, clocks, hop, gates=gates, anomalies=anomalies, hidden=hidden)
     clips = build_clip_recorder(config, {s.name: s.ring for s in streams}, manifest.sample_rate, hidden is not None)
     history = build_history_recorder(config, clocks, manifest.text.sha256)
+    web = build_web(config, bundle_dir, manifest) if config.web.enabled and outputs is None else None
     outputs, control = build_outputs(config, manifest.sample_rate) if outputs is None else (list(outputs), None)
+    if web is not None:
+        outputs.append(web.output)
     mqtt = config.outputs.mqtt
     runner = Runner(
         streams,
@@ -110,7 +115,7 @@ def assemble(
         utc_now=utc_now,
         recorders=[r for r in (clips, history) if r is not None],
     )
-    return Assembly(runner, preparer, outputs, control, Enroller(runner, config.state_dir, window))
+    return Assembly(runner, preparer, outputs, control, Enroller(runner, config.state_dir, window), web)
 
 
 def resolve_bundle(config: ClapdConfig) -> Path:

@@ -88,6 +88,13 @@ class ControlRequest(BaseModel):
         max_length=MAX_ECHO_CHARS,
         description="forget_example: the enrolled example's file name (as the enrol result gave it) or path",
     )
+    event_id: str | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_ECHO_CHARS,
+        description="enrol (instead of last_seconds), false_alarm: take the audio of this event, which must be the "
+        "detection's last event on the stream (the ring keeps no older one's); the web page's per-event buttons",
+    )
     seconds: float | None = Field(
         None,
         gt=0.0,
@@ -205,8 +212,8 @@ def take_request(
 
 # The fields beyond request_id, action, detection and config that each action takes, and those it needs.
 _ACTION_FIELDS = {
-    "enrol": ("stream", "last_seconds", "negative"),
-    "false_alarm": ("stream",),
+    "enrol": ("stream", "last_seconds", "negative", "event_id"),
+    "false_alarm": ("stream", "event_id"),
     "forget_example": ("file",),
     "rebaseline": ("stream", "seconds"),
 }
@@ -220,12 +227,16 @@ _NEEDED_FIELDS = {
 def _field_problems(request: ControlRequest) -> list[str]:
     """Fields given to an action that takes none of them, and fields an action needs but was not given."""
     takes = _ACTION_FIELDS.get(request.action, ())
-    given = request.model_fields_set & {"stream", "last_seconds", "negative", "file", "seconds", "detection"}
+    given = request.model_fields_set & {*ControlRequest.model_fields} - {"request_id", "action", "config"}
     takes = (*takes, "detection") if request.action != "rebaseline" else takes
     problems = [f"{name}: {request.action} takes no {name}" for name in sorted(given - set(takes))]
     if request.action == "rebaseline" and request.config is not None:
         problems.append("config: rebaseline takes no config")
     needed = (*_NEEDED_FIELDS.get(request.action, ()), *(("detection",) if request.action != "rebaseline" else ()))
+    if request.action == "enrol" and request.event_id is not None:  # an event's audio instead of the newest
+        needed = tuple(name for name in needed if name != "last_seconds")
+        if request.last_seconds is not None:
+            problems.append("last_seconds: enrol takes last_seconds or event_id, not both")
     if request.action in EXAMPLE_ACTIONS and request.config is not None:
         problems.append(f"config: {request.action} takes no config")
     return problems + [f"{name}: {request.action} needs {name}" for name in needed if getattr(request, name) is None]

@@ -67,6 +67,7 @@ class EventAudio:
     stream: str | None
     max_seconds: float
     context: int  # samples: the configured window, so the clip holds what every window that fired heard
+    event_id: str | None = None  # this event, which must be the last one (the web page's per-event buttons)
 
 
 ClipRequest = RecentAudio | EventAudio
@@ -134,7 +135,15 @@ def _last_event(request: EventAudio, last_events: Mapping[tuple[str, str], Event
     if not spans:
         where = "any stream" if request.stream is None else f"stream {request.stream!r}"
         raise ControlError([f"detection = {request.detection!r}: no event on {where} since the daemon started"])
-    return max(spans, key=lambda span: span.order)
+    last = max(spans, key=lambda span: span.order)
+    if request.event_id is not None and last.event_id != request.event_id:
+        raise ControlError(
+            [
+                f"event_id = {request.event_id!r}: not {request.detection!r}'s last event on {last.stream!r} "
+                f"(that is {last.event_id!r}): only the last event's audio is kept"
+            ]
+        )
+    return last
 
 
 def _copy(stream: Stream, start: int, end: int, what: str) -> Clip:
@@ -224,10 +233,10 @@ class Enroller:
         return ExampleChange(changed, added=path)
 
     def _clip_request(self, detection: str, request: ControlRequest) -> ClipRequest:
-        if request.action == "enrol":
+        if request.action == "enrol" and request.event_id is None:
             assert request.stream is not None and request.last_seconds is not None, "parse_request checks them"
             return RecentAudio(request.stream, request.last_seconds)
-        return EventAudio(detection, request.stream, MAX_ENROL_SECONDS, self._window)
+        return EventAudio(detection, request.stream, MAX_ENROL_SECONDS, self._window, request.event_id)
 
     def _save(self, detection: str, clip: Clip, negative: bool) -> Path:
         """The clip as a FLAC file in the detection's folder, checked as an example file; `ControlError` if unusable."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import queue
@@ -15,6 +16,7 @@ from clapd.daemon.config import ClapdConfig, ConfigError, DetectionConfig, load_
 from clapd.daemon.control import (
     CONTROL_FILE,
     EXAMPLE_ACTIONS,
+    ControlChannel,
     ControlError,
     ControlRequest,
     ControlResult,
@@ -140,7 +142,10 @@ class Service:
         # The config file's detections, before the changes made over MQTT (`saved_changes`) are laid over them.
         self._file_detections = dict(file_detections if file_detections is not None else config.detections)
         self._saved_changes = saved_changes
-        self._requests: queue.Queue[ControlRequest] = queue.Queue()  # from the control channel's thread
+        # From the control channels' threads (MQTT, the web page), each with the channel that answers it.
+        self._requests: queue.Queue[tuple[ControlRequest, ControlChannel]] = queue.Queue()
+        web = assembly.web.control if assembly.web is not None else None
+        self._channels: list[ControlChannel] = [c for c in (assembly.control, web) if c is not None]
 
     @property
     def crashed(self) -> bool:
@@ -154,14 +159,16 @@ class Service:
         if store is not None:
             config = config.model_copy(update={"detections": _merged(store, file_detections, config)})
         service = cls(config, config_path, assemble(config), notifier, store, file_detections)
-        control = service._assembly.control
-        if control is not None and store is not None:
-            control.listen(service._requests.put)  # before connecting: "online" means requests are heard
+        for channel in service._channels if store is not None else []:
+            # Before connecting: "online" means requests are heard.
+            channel.listen(functools.partial(service._take_request, channel))
         service._announce()  # before connecting too: the first connect publishes it, once
         try:
             if config.metrics.enabled:
                 service._metrics = MetricsServer(config.metrics, service._runner, service._assembly.outputs)
             service._runner.start(heartbeat=notifier.watchdog)
+            if service._assembly.web is not None:
+                service._assembly.web.start()
         except BaseException:
             service.stop()
             raise
@@ -184,6 +191,8 @@ class Service:
         self._notifier.stopping("stopping")
         self._runner.stop(timeout)
         self._drop_control_requests()
+        if self._assembly.web is not None:
+            self._assembly.web.close()
         if self._metrics is not None:
             self._metrics.close()
         self._notifier.close()
@@ -216,13 +225,16 @@ class Service:
 
     def _serve_control_requests(self, signals: _Signals) -> None:
         """The queued requests, one at a time, until none is left or a signal (or the runner's end) needs the loop."""
-        control = self._assembly.control
-        while control is not None and self._runner.running() and not (signals.terminate or signals.reload):
+        while self._channels and self._runner.running() and not (signals.terminate or signals.reload):
             try:
-                request = self._requests.get_nowait()
+                request, channel = self._requests.get_nowait()
             except queue.Empty:
                 return
-            control.answer(self._control_request(request))
+            channel.answer(self._control_request(request))
+
+    def _take_request(self, channel: ControlChannel, request: ControlRequest) -> None:
+        """A channel's handler (in the channel's thread): only enqueue, with the channel that answers it."""
+        self._requests.put((request, channel))
 
     def _rebaseline(self, request: ControlRequest) -> ControlResult:
         """A stream's normal bank learnt anew from its coming audio (the bank is replaced, on disk too, once learnt)."""
@@ -304,13 +316,17 @@ class Service:
 
 
 def _control_store(config: ClapdConfig) -> ControlStore | None:
-    """The saved MQTT changes, when control is on; with it off they are ignored (and say so)."""
+    """The saved control changes, when a control channel is on (MQTT control, the web page's buttons); with none
+    on they are ignored (and say so)."""
     store = ControlStore(config.state_dir / CONTROL_FILE)
     mqtt = config.outputs.mqtt
-    if mqtt is not None and mqtt.control.enabled:
+    if (mqtt is not None and mqtt.control.enabled) or config.web.enabled:
         return store
     if store.path.exists():
-        logger.warning("%s holds detection changes made over MQTT; ignored while mqtt.control is off", store.path)
+        logger.warning(
+            "%s holds detection changes made over MQTT or the web page; ignored while mqtt.control and web are off",
+            store.path,
+        )
     return None
 
 

@@ -9,8 +9,8 @@ extras="${1:-export,dev}"
 # alsa-utils: ALSA's tools for the virtual capture device the tests use; espeak-ng: speech for the synthetic sounds;
 # systemd, procps: systemd-analyze and /bin/kill, which the tests need to verify and rate systemd/clapd.service;
 # openssl: the throw-away CA and certificates of the TLS broker tests; tmux: the terminal the `clapd listen` test
-# drives.
-system_packages=(libportaudio2 libsndfile1 mosquitto alsa-utils espeak-ng systemd procps openssl tmux)
+# drives; chromium: the headless browser the web page's tests drive (through playwright, at /usr/bin/chromium).
+system_packages=(libportaudio2 libsndfile1 mosquitto alsa-utils espeak-ng systemd procps openssl tmux chromium)
 missing=()
 for pkg in "${system_packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

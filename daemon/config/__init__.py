@@ -37,6 +37,7 @@ from clapd.daemon.config.outputs import (
     TlsConfig,
 )
 from clapd.daemon.config.streams import FileSource, MicSource, PipeSource, StreamConfig
+from clapd.daemon.config.web import WebConfig
 
 __all__ = [
     "EXAMPLE_MARGIN",
@@ -69,6 +70,7 @@ __all__ = [
     "StreamConfig",
     "TensorRTConfig",
     "TlsConfig",
+    "WebConfig",
     "WindowConfig",
     "describe_error",
     "load_config",
@@ -102,6 +104,9 @@ class ClapdConfig(Section):
     )
     history: HistoryConfig = Field(
         default_factory=HistoryConfig, description="every window's embedding kept for `clapd search` (off by default)"
+    )
+    web: WebConfig = Field(
+        default_factory=WebConfig, description="a local web page: live scores, events, clips, search (off by default)"
     )
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="log level and format")
 
