@@ -66,7 +66,7 @@ def test_a_clip_holds_the_event_with_its_pre_roll_and_the_end_payload_names_it(
 ) -> None:
     source, wav = glass_stream
     mqtt = {"mqtt": {"host": "127.0.0.1", "port": broker.port, "topic_prefix": PREFIX, "qos": 1}}
-    config = write_config(tmp_path, wav, outputs=mqtt)
+    config = write_config(tmp_path, wav, outputs=mqtt, history={"enabled": True, "flush_seconds": 0.5})
     events = subscribers(broker.port, f"{PREFIX}/+/+/event")
     result = run_clapd("run", "-c", str(config), timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -92,6 +92,11 @@ def test_a_clip_holds_the_event_with_its_pre_roll_and_the_end_payload_names_it(
     assert best_lag(audio, source, first) == 0  # sample-aligned with the source
     assert np.corrcoef(audio, source[first:last])[0, 1] > 0.999  # 16-bit FLAC of the same samples
     assert np.max(np.abs(audio - source[first:last])) < 2 / 32768
+    found = run_clapd("search", DEMO_DETECTIONS["glass_breaking"], "--json", "--top", "3", "-c", str(config))
+    assert found.returncode == 0, found.stderr[-3000:]
+    assert json.loads(found.stdout)[0]["clip"] == str(clip)  # the best range, with the event's clip
+    table = run_clapd("search", DEMO_DETECTIONS["glass_breaking"], "--top", "1", "-c", str(config)).stdout
+    assert str(clip) in table and "kitchen" in table, table
 
 
 def best_lag(clip: np.ndarray, source: np.ndarray, first: int, search: int = RATE // 2) -> int:
