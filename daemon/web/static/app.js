@@ -2,7 +2,7 @@
 // history and sends the per-event buttons' requests. Plain DOM, no library; every value is set as text.
 "use strict";
 
-const EVENTS_EVERY_MS = 2000;
+const EVENTS_EVERY_MS = 1000;
 const MIN_LIVE_MS = 250;
 let liveEveryMs = 1000;
 const shownEvents = new Map(); // event_id -> its row
@@ -157,6 +157,7 @@ function renderEvents(events) {
   for (const id of [...shownEvents.keys()]) if (!ids.has(id)) shownEvents.delete(id);
   if (rows.some((row, i) => body.children[i] !== row) || body.children.length !== rows.length) body.replaceChildren(...rows);
   document.getElementById("no-events").hidden = events.length > 0;
+  document.getElementById("events").hidden = events.length === 0;
 }
 
 async function pollEvents() {

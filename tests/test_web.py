@@ -1,0 +1,326 @@
+"""The local web page (issue 13, item 4) on real parts: `clapd run` on a planted demo stream serves the page, and a
+real headless Chromium (Debian's, driven by playwright) loads it: the live scores change, the planted sound's event
+appears with a clip the browser plays, a search finds the planted sound's time range, and the per-event buttons
+enrol its audio through the daemon's control path (MQTT control off). Beyond loopback a token is required; clip
+URLs serve nothing outside the clips folder; a config that would listen beyond loopback without a token is refused.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+import yaml
+from helpers import run_clapd, stop_daemon
+
+import clapd
+from clapd.daemon.demo import DEMO_DETECTIONS, DEMO_EVENT_SETTINGS, DEMO_WINDOWS
+from clapd.models.demo_stream import PlannedEvent, make_demo_stream
+
+playwright = pytest.importorskip("playwright.sync_api", reason="playwright is a dev dependency")
+
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's chromium (scripts/setup.sh); playwright never downloads one
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+DEMO_BUNDLE = Path(clapd.__file__).parent / "demo_bundle"
+GLASS = PlannedEvent("glass_breaking", 4.0, 6.0)
+STREAM_SECONDS = 60.0  # read in real time: the daemon runs while the browser looks (the test stops it sooner)
+TOKEN = "web-test-token-0123456789abcdef"
+START_SECONDS = 60.0  # model load and warm-up on a busy machine
+EVENT_SECONDS = 45.0  # the planted sound is heard 4 s in; its clip is written 1 s after its end
+SCREENSHOTS = os.environ.get("CLAPD_WEB_SCREENSHOTS")  # a folder (docs/) to copy the screenshots into
+T = TypeVar("T")
+
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium (scripts/setup.sh)")
+
+
+def write_config(tmp_path: Path, web: dict, wav: Path, **sections: object) -> Path:
+    """The demo detections on one file stream read in real time; clips for glass_breaking; the page on `web`."""
+    detections = {name: {"prompts": [prompt], **DEMO_EVENT_SETTINGS} for name, prompt in DEMO_DETECTIONS.items()}
+    detections["glass_breaking"]["clips"] = {"pre_roll_seconds": 1.0, "post_roll_seconds": 1.0}
+    config = {
+        "model": {"bundle": str(DEMO_BUNDLE), "providers": ["cpu"], "threads": 1},
+        "windows": DEMO_WINDOWS,
+        "streams": {"kitchen": {"type": "file", "path": str(wav), "realtime": True}},
+        "detections": detections,
+        "state_dir": str(tmp_path / "state"),
+        "outputs": {"stdout": True},
+        "web": {"enabled": True, "port": 0, **web},
+        **sections,
+    }
+    path = tmp_path / "clapd.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.fixture(scope="module")
+def glass_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    stream = make_demo_stream(seed=21, seconds=STREAM_SECONDS, events=[GLASS])
+    return stream.write_wav(tmp_path_factory.mktemp("audio") / "glass.wav")
+
+
+def wait_for(what: str, seconds: float, probe: Callable[[], T | None]) -> T:
+    """`probe()` until it gives something other than None (or False), at most `seconds`."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        found = probe()
+        if found is not None and found is not False:
+            return found
+        time.sleep(0.1)
+    raise AssertionError(f"no {what} within {seconds:g} s")
+
+
+class Daemon:
+    """`clapd run` with stdout and stderr in files; `port`: the page's, from the log line that names it."""
+
+    def __init__(self, config: Path, tmp_path: Path, **env: str) -> None:
+        self.out, self.log = tmp_path / "stdout.jsonl", tmp_path / "clapd.log"
+        with self.out.open("w") as out, self.log.open("w") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "clapd", "-v", "run", "-c", str(config)],
+                stdout=out,
+                stderr=log,
+                env=dict(os.environ, **env),
+                text=True,
+            )
+
+    def port(self) -> int:
+        def listening() -> int | None:
+            assert self.process.poll() is None, self.log.read_text()[-3000:]
+            found = re.search(r"web page on http://\S+:(\d+)/", self.log.read_text())
+            return int(found[1]) if found else None
+
+        return wait_for("web page", START_SECONDS, listening)
+
+    def events(self) -> list[dict]:
+        return [json.loads(line) for line in self.out.read_text().splitlines() if line.startswith("{")]
+
+    def stop(self) -> str:
+        if self.process.poll() is not None:
+            return self.log.read_text()
+        stop_daemon(self.process)
+        return self.log.read_text()
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[Daemon]]:
+    started: list[Daemon] = []
+    yield started
+    for daemon in started:
+        if daemon.process.poll() is None:
+            daemon.process.kill()
+            daemon.process.wait(10)
+
+
+def get(port: int, path: str, headers: dict[str, str] | None = None) -> http.client.HTTPResponse:
+    """A request with the path sent exactly as given (no client-side normalisation of `..` or escapes)."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    connection.request("GET", path, headers=headers or {})
+    response = connection.getresponse()
+    response.body = response.read()  # type: ignore[attr-defined]
+    connection.close()
+    return response
+
+
+def utc(text: str) -> datetime:
+    return datetime.fromisoformat(text)
+
+
+def test_the_page_in_a_browser(tmp_path: Path, glass_wav: Path, daemons: list[Daemon]) -> None:
+    config = write_config(tmp_path, {}, glass_wav, history={"enabled": True, "flush_seconds": 1})
+    daemon = Daemon(config, tmp_path)
+    daemons.append(daemon)
+    port = daemon.port()
+    shots = tmp_path / "shots"
+    with playwright.sync_playwright() as driver:
+        browser = driver.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1100, "height": 900})
+            page.goto(f"http://127.0.0.1:{port}/")
+            check_live_scores_change(page)
+            if glass_is_on(page):  # a picture of the page while the sound is heard, if the poll shows it ON
+                page.screenshot(path=shots / "web-live.png", full_page=True)
+            clip_url = check_event_with_playable_clip(page, port)
+            check_search_finds_the_glass(page, daemon)
+            check_buttons_enrol_the_event(page, tmp_path / "state")
+            page.screenshot(path=shots / "web-page.png", full_page=True)
+        finally:
+            browser.close()
+    assert get(port, f"/{clip_url}").status == 200
+    check_clip_urls_serve_only_clips(port)
+    log = daemon.stop()
+    assert daemon.process.returncode == 0, log[-3000:]
+    assert (shots / "web-page.png").exists()
+    for shot in shots.glob("*.png"):
+        assert shot.stat().st_size > 10_000
+        if SCREENSHOTS:
+            shutil.copy(shot, Path(SCREENSHOTS) / shot.name)
+
+
+def check_live_scores_change(page: playwright.Page) -> None:
+    """The bars are drawn for every detection, and the scores shown change from hop to hop."""
+    page.wait_for_selector('.stream[data-stream="kitchen"] .detection[data-detection="glass_breaking"]')
+    assert page.locator(".stream .detection").count() == len(DEMO_DETECTIONS)
+    score = page.locator('.detection[data-detection="glass_breaking"] .score')
+    seen: set[str] = set()
+
+    def changed() -> bool:
+        seen.add(score.text_content() or "")
+        return len(seen - {"–"}) >= 2
+
+    wait_for("change of the live score", 30, changed)
+    first = int(page.evaluate("document.body.dataset.windows"))
+    wait_for("window scored", 10, lambda: int(page.evaluate("document.body.dataset.windows")) > first)
+
+
+def glass_is_on(page: playwright.Page) -> bool:
+    """Whether the page showed the glass detection ON (its event lasts about a second: a slow poll may miss it)."""
+    try:
+        page.wait_for_selector('.detection[data-detection="glass_breaking"] .state.on', timeout=EVENT_SECONDS * 1000)
+    except playwright.TimeoutError:
+        return False
+    return True
+
+
+def check_event_with_playable_clip(page: playwright.Page, port: int) -> str:
+    """The planted glass's event is listed with an audio player whose clip the browser decodes (duration > 0),
+    served as FLAC."""
+    page.wait_for_selector("#events tbody tr audio", timeout=EVENT_SECONDS * 1000)
+    row = page.locator("#events tbody tr").filter(has=page.locator("audio")).first
+    assert "glass_breaking" in (row.text_content() or "")
+    duration = page.evaluate(
+        """() => new Promise((resolve) => {
+            const audio = document.querySelector('#events tbody tr audio');
+            if (audio.readyState >= 1) resolve(audio.duration);
+            audio.addEventListener('loadedmetadata', () => resolve(audio.duration));
+            audio.addEventListener('error', () => resolve(-1));
+            audio.load();
+        })"""
+    )
+    assert duration > 1.0, duration  # pre-roll 1 s + the event + post-roll 1 s
+    url = row.locator("audio").get_attribute("src")
+    assert url is not None and url.startswith("clips/kitchen.glass_breaking.")
+    response = get(port, f"/{url}")
+    assert response.status == 200 and response.getheader("content-type") == "audio/flac"
+    assert response.body.startswith(b"fLaC")  # type: ignore[attr-defined]
+    return url
+
+
+def check_search_finds_the_glass(page: playwright.Page, daemon: Daemon) -> None:
+    """The best time range for "glass breaking" holds the planted sound (placed by the stream's own clock)."""
+    end = next(e for e in daemon.events() if e["kind"] == "end" and e["detection"] == "glass_breaking")
+    anchor = utc(end["start_utc"]) - timedelta(seconds=end["start_offset_seconds"])  # the stream's sample 0
+    planted = (anchor + timedelta(seconds=GLASS.start_s), anchor + timedelta(seconds=GLASS.end_s))
+    page.fill("#q", "glass breaking")
+    page.select_option("#since", "1h")
+    page.click("#search-form button[type=submit]")
+    page.wait_for_selector("#results tbody tr", timeout=30_000)
+    first = page.locator("#results tbody tr").first.locator("td")
+    start, stop = (utc(first.nth(i).text_content().replace(" ", "T") + "+00:00") for i in (0, 1))
+    assert start < planted[1] and stop > planted[0], (start, stop, planted)
+    assert first.nth(2).text_content() == "kitchen"
+
+
+def check_buttons_enrol_the_event(page: playwright.Page, state: Path) -> None:
+    """ "use as an example" and "mark as a false alarm" on the glass event: each answered ok by the control path,
+    its example file written and kept in control.json (MQTT control is off in this config)."""
+    row = page.locator("#events tbody tr").filter(has=page.locator("audio")).first
+    result = row.locator(".result")
+    for button, label in (("false-alarm", "false alarm"), ("enrol", "use as an example")):
+        row.locator(f"button.{button}").click()
+        answer = wait_for(f"{label} result", 30, lambda: _answered(result.text_content() or ""))
+        assert answer.startswith(f"{label}: done"), answer
+    folder = state / "examples" / "glass_breaking"
+    assert len(list(folder.glob("kitchen-*-positive.flac"))) == 1
+    assert len(list(folder.glob("kitchen-*-negative.flac"))) == 1
+    saved = json.loads((state / "control.json").read_text())["detections"]["glass_breaking"]
+    assert len(saved["examples"]) == 1 and len(saved["negative_examples"]) == 1
+
+
+def _answered(text: str) -> str | None:
+    return text if text and not text.endswith("…") else None
+
+
+def check_clip_urls_serve_only_clips(port: int) -> None:
+    """Paths out of the clips folder, escaped or not, and files there that clapd did not name, are not served."""
+    for path in (
+        "/clips/..%2Fclapd.yaml",
+        "/clips/..%2F..%2Fclapd.yaml",
+        "/clips/%2e%2e%2fcontrol.json",
+        "/clips/../state/control.json",
+        "/clips/..%5Ccontrol.json",
+        "/clips/control.json",
+        "/static/..%2F..%2Fconfig%2Fweb.py",
+        "/static/../app.py",
+    ):
+        response = get(port, path)
+        assert response.status == 404, (path, response.status)
+        assert b"glass_breaking" not in response.body and b"prompts" not in response.body  # type: ignore[attr-defined]
+
+
+def test_beyond_loopback_a_token_is_required(tmp_path: Path, glass_wav: Path, daemons: list[Daemon]) -> None:
+    """Bound to every address: no token, or a wrong one, is refused; the header and the cookie (from ?token=) are
+    taken; the token never reaches the log."""
+    config = write_config(tmp_path, {"host": "0.0.0.0", "token_env": "CLAPD_WEB_TOKEN"}, glass_wav)
+    daemon = Daemon(config, tmp_path, CLAPD_WEB_TOKEN=TOKEN)
+    daemons.append(daemon)
+    port = daemon.port()
+    for path in ("/", "/api/live", "/api/events", "/static/app.js"):
+        assert get(port, path).status == 401, path
+        assert get(port, path, {"Authorization": "Bearer wrong-token-0123456789"}).status == 401, path
+        assert get(port, path, {"Authorization": f"Bearer {TOKEN}"}).status == 200, path
+    assert get(port, "/?token=wrong-token-0123456789").status == 401
+    visit = get(port, f"/?token={TOKEN}")
+    assert visit.status == 303 and visit.getheader("location") == "/"
+    cookie = visit.getheader("set-cookie")
+    assert cookie is not None and "HttpOnly" in cookie and "SameSite=strict" in cookie
+    live = get(port, "/api/live", {"Cookie": cookie.split(";")[0]})
+    assert live.status == 200 and json.loads(live.body)["streams"][0]["stream"] == "kitchen"  # type: ignore[attr-defined]
+    control = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    control.request("POST", "/api/control", body=b"{}", headers={"Content-Type": "application/json"})
+    assert control.getresponse().status == 401
+    control.close()
+    log = daemon.stop()
+    assert daemon.process.returncode == 0, log[-3000:]
+    assert re.search(r"web page on http://0\.0\.0\.0:\d+/", log)
+    assert TOKEN not in log
+
+
+def test_listening_beyond_loopback_without_a_token_is_a_config_error(tmp_path: Path, glass_wav: Path) -> None:
+    config = write_config(tmp_path, {"host": "0.0.0.0"}, glass_wav)
+    result = run_clapd("run", "-c", str(config), timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert "web: Value error, host = '0.0.0.0' listens beyond loopback: set token_file or token_env" in result.stderr
+
+
+def test_an_unset_token_variable_stops_the_start(tmp_path: Path, glass_wav: Path) -> None:
+    config = write_config(tmp_path, {"host": "0.0.0.0", "token_env": "CLAPD_WEB_TOKEN_UNSET"}, glass_wav)
+    env = {k: v for k, v in os.environ.items() if k != "CLAPD_WEB_TOKEN_UNSET"}
+    result = subprocess.run(
+        [sys.executable, "-m", "clapd", "run", "-c", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        check=False,
+    )
+    assert result.returncode == 1, result.stderr
+    assert "web.token_env: the environment variable CLAPD_WEB_TOKEN_UNSET is not set" in result.stderr
