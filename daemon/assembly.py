@@ -35,7 +35,7 @@ from clapd.daemon.sources import build_source
 from clapd.daemon.stdout_output import StdoutOutput
 from clapd.daemon.streams import Stream
 from clapd.daemon.web import WebPage, build_web
-from clapd.daemon.windows import StreamWindows
+from clapd.daemon.windows import BEHIND_SHARE, StreamWindows
 
 logger = logging.getLogger(__name__)
 
@@ -139,7 +139,8 @@ def build_streams(config: ClapdConfig, manifest: Manifest, window: int, hop: int
         source = build_source(name, source_config, ring, rate, hidden_env=secrets)
         lossless = isinstance(source_config, FileSource) and not source_config.realtime
         view = windows_view(ring, pre_roll, window, hop, rate) if lossless else ring  # keeps the pre-roll
-        windows = StreamWindows(name, view, window, hop, manifest.window_samples, lossless=lossless)
+        behind = round(BEHIND_SHARE * WINDOW_RING_SECONDS * rate)  # the lag a ring of windows alone would allow
+        windows = StreamWindows(name, view, window, hop, manifest.window_samples, lossless=lossless, behind_at=behind)
         streams.append(Stream(name, ring, source, windows, StreamClock(started, rate)))
     return streams
 

@@ -78,6 +78,7 @@ class StreamWindows:
         *,
         lossless: bool = False,
         max_batch: int = MAX_BATCH,
+        behind_at: int | None = None,
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
@@ -87,7 +88,9 @@ class StreamWindows:
         # A source that waits for the reader (a file read as fast as possible) is never skipped.
         self._lossless = lossless
         self._max_batch = max_batch
-        self._behind_at = int(BEHIND_SHARE * ring.capacity)  # samples waiting from the next window's start
+        # Samples waiting from the next window's start that mean inference is behind: by default a share of the ring;
+        # a ring kept larger for other readers (enrolment, clips' pre-roll) must not let windows lag further.
+        self._behind_at = int(BEHIND_SHARE * ring.capacity) if behind_at is None else min(behind_at, ring.capacity)
         self._next_start = 0
         self._produced = 0
         self._skipped = 0

@@ -77,6 +77,14 @@ def test_a_live_stream_truly_behind_skips_to_its_newest_audio_counted_and_logged
     assert len(lines) == 1, lines  # the second skip is counted, and reported with the next line (30 s later)
 
 
+def test_a_ring_kept_larger_for_other_readers_does_not_let_windows_lag_further() -> None:
+    ring = RingBuffer(2 * RING)  # enrolment and clips' pre-roll keep more audio than the windows need
+    windows = windows_over(ring, max_batch=3, behind_at=int(0.75 * RING))
+    ring.write(np.zeros(28 * RATE, dtype=np.float32))  # under 3/4 of this ring, beyond 3/4 of a windows-only ring
+    assert windows.due()[-1].start_sample == 28 * RATE - WINDOW  # skipped to the newest, as with a 30 s ring
+    assert windows.counts().skipped > 0
+
+
 def test_a_lossless_stream_is_never_skipped() -> None:
     ring = RingBuffer(RING)
     windows = windows_over(ring, lossless=True)
