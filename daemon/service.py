@@ -261,7 +261,8 @@ class Service:
             logger.warning("stopping: %d queued control request(s) dropped, not applied and not answered", dropped)
 
     def _control_request(self, request: ControlRequest) -> ControlResult:
-        """Apply one change made over MQTT: validated as the config is, live from the next model call, saved."""
+        """Apply one change made over MQTT or the web page: validated as the config is, live from the next model
+        call, saved."""
         assert self._saved_changes is not None, "requests are taken only with a store"
         if request.action == "rebaseline":
             return self._rebaseline(request)

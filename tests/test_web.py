@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -25,10 +26,15 @@ import yaml
 from helpers import run_clapd, stop_daemon
 
 import clapd
+from clapd.daemon.control import ControlRequest, ControlResult, parse_request
 from clapd.daemon.demo import DEMO_DETECTIONS, DEMO_EVENT_SETTINGS, DEMO_WINDOWS
+from clapd.daemon.web.channel import WebControlChannel
 from clapd.models.demo_stream import PlannedEvent, make_demo_stream
 
-playwright = pytest.importorskip("playwright.sync_api", reason="playwright is a dev dependency")
+try:
+    from playwright import sync_api as playwright
+except ImportError:  # a dev dependency: only the browser test needs it
+    playwright = None
 
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's chromium (scripts/setup.sh); playwright never downloads one
 CHROMIUM_ARGS = [
@@ -49,7 +55,9 @@ EVENT_SECONDS = 45.0  # the planted sound is heard 4 s in; its clip is written 1
 SCREENSHOTS = os.environ.get("CLAPD_WEB_SCREENSHOTS")  # a folder (docs/) to copy the screenshots into
 T = TypeVar("T")
 
-pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium (scripts/setup.sh)")
+needs_browser = pytest.mark.skipif(
+    playwright is None or not CHROMIUM.exists(), reason="needs playwright and Debian's chromium (scripts/setup.sh)"
+)
 
 
 def write_config(tmp_path: Path, web: dict, wav: Path, **sections: object) -> Path:
@@ -144,6 +152,7 @@ def utc(text: str) -> datetime:
     return datetime.fromisoformat(text)
 
 
+@needs_browser
 def test_the_page_in_a_browser(tmp_path: Path, glass_wav: Path, daemons: list[Daemon]) -> None:
     config = write_config(tmp_path, {}, glass_wav, history={"enabled": True, "flush_seconds": 1})
     daemon = Daemon(config, tmp_path)
@@ -324,3 +333,49 @@ def test_an_unset_token_variable_stops_the_start(tmp_path: Path, glass_wav: Path
     )
     assert result.returncode == 1, result.stderr
     assert "web.token_env: the environment variable CLAPD_WEB_TOKEN_UNSET is not set" in result.stderr
+
+
+def test_a_port_in_use_stops_the_start_naming_the_keys(tmp_path: Path, glass_wav: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = write_config(tmp_path, {"port": port}, glass_wav)
+        result = run_clapd("run", "-c", str(config), timeout=120)
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert f"web: cannot listen on 127.0.0.1:{port} (web.host, web.port)" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("fields", "problem"),
+    [
+        ({"action": "enrol", "detection": "d", "stream": "s", "event_id": "e1"}, None),
+        ({"action": "false_alarm", "detection": "d", "stream": "s", "event_id": "e1"}, None),
+        (
+            {"action": "enrol", "detection": "d", "stream": "s", "event_id": "e1", "last_seconds": 3},
+            "last_seconds: enrol takes last_seconds or event_id, not both",
+        ),
+        ({"action": "enrol", "detection": "d", "stream": "s"}, "last_seconds: enrol needs last_seconds"),
+        ({"action": "forget_example", "detection": "d", "file": "f", "event_id": "e1"}, "event_id: forget_example"),
+    ],
+)
+def test_an_event_id_names_the_audio_of_enrol_and_false_alarm(fields: dict, problem: str | None) -> None:
+    outcome = parse_request(json.dumps(fields).encode())
+    if problem is None:
+        assert isinstance(outcome, ControlRequest) and outcome.event_id == "e1"
+    else:
+        assert isinstance(outcome, ControlResult) and any(e.startswith(problem) for e in outcome.errors), outcome
+
+
+def test_the_web_channel_takes_only_the_buttons_actions() -> None:
+    channel = WebControlChannel()
+    channel.listen(lambda request: channel.answer(ControlResult.success(request, "x.flac")))
+    assert channel.submit({"action": "remove", "detection": "d"}).errors == [
+        "action = 'remove': the web page takes only enrol, false_alarm"
+    ]
+    refused = channel.submit({"action": "enrol", "detection": "d", "stream": "s"})
+    assert not refused.ok and refused.errors == ["last_seconds: enrol needs last_seconds"]
+    answered = channel.submit({"action": "false_alarm", "detection": "d", "event_id": "e1"})
+    assert answered.ok and answered.example == "x.flac"
+    channel.close()
+    assert channel.submit({"action": "false_alarm", "detection": "d"}).errors[0].startswith("(daemon): not accepting")
