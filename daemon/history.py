@@ -186,8 +186,13 @@ class HistoryStore:
             db.executemany("INSERT OR REPLACE INTO events VALUES (?, ?, ?, ?, ?, ?, ?)", map(_event_row, events))
         if time.monotonic() >= self._next_retention:
             self._next_retention = time.monotonic() + RETENTION_SECONDS
-            self.apply_retention()
-            self.compact()
+            try:  # the batch is committed: a failure here must not count it as lost
+                self.apply_retention()
+                self.compact()
+            except sqlite3.Error as e:
+                logger.warning(
+                    "history: retention or compaction failed, tried again in %.0f s: %s", RETENTION_SECONDS, e
+                )
 
     def recover(self, error: sqlite3.Error) -> bool:
         """After a failed write: a corrupt file is set aside and started anew (True); a full disk is not (False)."""
@@ -325,7 +330,6 @@ class HistoryRecorder(Recorder):
         self._clocks = dict(clocks)
         self._queue: queue.Queue[HistoryRow | DetectionEvent | None] = queue.Queue(config.queue_size)
         self._log = Throttle()
-        self.queued = 0
         self.dropped_queue = 0  # the history thread was behind
         self.written = 0  # windows committed
         self.dropped_write = 0  # windows in batches that failed (a full disk)
