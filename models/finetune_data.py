@@ -30,7 +30,7 @@ import soundfile
 import soxr
 
 from clapd.daemon.windows import repeat_pad
-from clapd.models import synthetic
+from clapd.models import synthetic, synthetic_channel
 
 logger = logging.getLogger(__name__)
 
@@ -289,12 +289,18 @@ class SyntheticDataset:
     seed: int = 0
     part: int = 0
     workers: int = 1
+    # Issue 15: the share of sounds made by `synthetic_channel.training_sound` (other synthesis methods, rooms) and
+    # of clips coloured by a microphone and codec; 0 draws nothing more, so the shipped demo's data stays the same.
+    methods_share: float = 0.0
 
     def __len__(self) -> int:
         return self.count
 
     def __iter__(self) -> Iterator[Pair]:
-        chunks = [(self.seed, self.part, k, min(CHUNK_CLIPS, self.count - k * CHUNK_CLIPS)) for k in self._chunks()]
+        chunks = [
+            (self.seed, self.part, k, min(CHUNK_CLIPS, self.count - k * CHUNK_CLIPS), self.methods_share)
+            for k in self._chunks()
+        ]
         if self.workers <= 1:
             for chunk in chunks:
                 yield from synthetic_chunk(*chunk)
@@ -321,7 +327,7 @@ class SyntheticDataset:
         return sorted({c for label in synthetic_labels() for c in synthetic_captions(label)})
 
 
-def synthetic_chunk(seed: int, part: int, chunk: int, size: int) -> list[Pair]:
+def synthetic_chunk(seed: int, part: int, chunk: int, size: int, methods_share: float = 0.0) -> list[Pair]:
     """`size` clips; clip i of the whole set is of class i % (classes + 1), the last meaning background only.
 
     Each generated sound is mixed into `SOUND_USES` clips (another bed, shift, SNR and onset each time): the
@@ -336,12 +342,24 @@ def synthetic_chunk(seed: int, part: int, chunk: int, size: int) -> list[Pair]:
         label = labels[((chunk * CHUNK_CLIPS + i) // SOUND_USES) % len(labels)]
         kind, bed = beds[int(rng.integers(len(beds)))]
         if label == BACKGROUND_LABEL:
-            pairs.append(Pair(_mixed(rng, None, bed), synthetic_captions(label + kind), label + kind))
+            clip = _coloured(rng, _mixed(rng, None, bed), methods_share)
+            pairs.append(Pair(clip, synthetic_captions(label + kind), label + kind))
             continue
         if i % SOUND_USES == 0 or not len(sound):
-            sound = synthetic.CLASSES[label].make(rng, _log_uniform(rng, *SOUND_SECONDS))
-        pairs.append(Pair(_mixed(rng, sound, bed), synthetic_captions(label), label))
+            seconds = _log_uniform(rng, *SOUND_SECONDS)
+            if methods_share and rng.random() < methods_share:
+                sound = synthetic_channel.training_sound(rng, label, seconds)
+            else:
+                sound = synthetic.CLASSES[label].make(rng, seconds)
+        pairs.append(Pair(_coloured(rng, _mixed(rng, sound, bed), methods_share), synthetic_captions(label), label))
     return pairs
+
+
+def _coloured(rng: np.random.Generator, clip: np.ndarray, methods_share: float) -> np.ndarray:
+    """`methods_share` of clips through a microphone and codec (`synthetic_channel.training_colour`)."""
+    if not methods_share or rng.random() >= methods_share:
+        return clip
+    return synthetic_channel.training_colour(rng, clip)
 
 
 def _log_uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
