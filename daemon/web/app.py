@@ -11,6 +11,9 @@ With a token (required beyond loopback) every route needs it: `Authorization: Be
 `?token=TOKEN` sets (the page then reloads without it, so it stays out of the address bar and history). Without
 one (loopback only) requests must name a loopback host, so a web site the browser visits cannot reach the page by
 DNS rebinding. A control request must be JSON from the page's own origin. The token is never logged.
+
+The page polls JSON (live scores every hop) rather than holding a stream open (Server-Sent Events): every request
+is short, so a few open tabs never hold the server's bounded connections, and a stop never waits on one.
 """
 
 from __future__ import annotations
@@ -71,7 +74,8 @@ def build_app(parts: PageParts, token: str | None) -> Starlette:
 
     def events(request: Request) -> Response:
         listed = listed_events(parts.live.events(), parts.history, parts.max_events)
-        return JSONResponse({"events": [_event_json(e, parts.clips) for e in listed]}, headers=_NO_STORE)
+        teachable = parts.live.teachable()
+        return JSONResponse({"events": [_event_json(e, parts.clips, teachable) for e in listed]}, headers=_NO_STORE)
 
     def search(request: Request) -> Response:
         return _search(parts, request)
@@ -138,7 +142,7 @@ def _bearer(request: Request) -> str | None:
     return value.strip() if scheme.lower() == "bearer" else None
 
 
-def _event_json(event: LiveEvent, clips: Clips) -> dict[str, Any]:
+def _event_json(event: LiveEvent, clips: Clips, teachable: set[str]) -> dict[str, Any]:
     return {
         "event_id": event.event_id,
         "stream": event.stream,
@@ -148,6 +152,7 @@ def _event_json(event: LiveEvent, clips: Clips) -> dict[str, Any]:
         "peak_score": round(event.peak_score, 4),
         "clip_url": clips.url(event.clip),
         "clip_pending": event.clip is not None and clips.url(event.clip) is None,
+        "teachable": event.detection in teachable,  # the buttons: a detection in force that takes examples
     }
 
 

@@ -105,6 +105,11 @@ class LiveView(Output):
             streams = [self._stream_view(name) for name in self._streams]
             return {"windows": self._windows, "streams": streams}
 
+    def teachable(self) -> set[str]:
+        """The detections in force that take audio examples (not level detections, not anomaly events)."""
+        with self._lock:
+            return {name for name, config in self._detections.items() if config.level is None}
+
     def events(self) -> list[LiveEvent]:
         """The events kept, newest first."""
         with self._lock:

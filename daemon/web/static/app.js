@@ -135,7 +135,7 @@ function eventRow(event) {
     el("td", {}, event.detection),
     el("td", { class: "num" }, event.peak_score.toFixed(2)),
     el("td", { class: "clip" }, player(event.clip_url) || (event.clip_pending ? "writing…" : "")),
-    el("td", {}, ...teachButtons(event)));
+    el("td", {}, ...(event.teachable ? teachButtons(event) : [])));
 }
 
 function renderEvents(events) {
