@@ -41,7 +41,8 @@ EXIT_STARTUP = 1  # bundle, device or model problems at start-up
 EXIT_CRASHED = 3  # the inference loop died: non-zero so that systemd's Restart=on-failure restarts us
 STOP_SECONDS = 2.0  # SIGTERM to exit: systemd's TimeoutStopSec is longer, this is our own promise
 CONTROL_POLL_SECONDS = 0.1  # the main thread's reaction time to signals and control requests
-RESTART_KEYS = ("model", "windows", "streams", "outputs", "state_dir", "metrics", "logging")  # not reloadable
+RELOADABLE_KEYS = ("detections", "background_prompts")  # SIGHUP applies these; every other section needs a restart
+RESTART_KEYS = tuple(key for key in ClapdConfig.model_fields if key not in RELOADABLE_KEYS)
 
 
 def run(config_path: Path | None, *, verbose: bool = False) -> int:
