@@ -26,9 +26,12 @@ import yaml
 from helpers import run_clapd, stop_daemon
 
 import clapd
+from clapd.daemon.config import DetectionConfig
 from clapd.daemon.control import ControlRequest, ControlResult, parse_request
 from clapd.daemon.demo import DEMO_DETECTIONS, DEMO_EVENT_SETTINGS, DEMO_WINDOWS
+from clapd.daemon.records import DetectionEvent
 from clapd.daemon.web.channel import WebControlChannel
+from clapd.daemon.web.live import LiveView
 from clapd.models.demo_stream import PlannedEvent, make_demo_stream
 
 try:
@@ -379,3 +382,21 @@ def test_the_web_channel_takes_only_the_buttons_actions() -> None:
     assert answered.ok and answered.example == "x.flac"
     channel.close()
     assert channel.submit({"action": "false_alarm", "detection": "d"}).errors[0].startswith("(daemon): not accepting")
+
+
+def test_only_each_pairs_latest_event_can_be_taught() -> None:
+    """The buttons show on each (stream, detection)'s latest event of this run, of a detection that takes examples."""
+    view = LiveView(max_events=10)
+    detections = {"glass": DetectionConfig(prompts=["glass breaking"]), "loud": DetectionConfig(level={"above_dbfs": -20})}
+    view.announce(["kitchen", "hall"], detections)
+
+    def event(event_id: str, stream: str, detection: str, start: str) -> DetectionEvent:
+        start_utc = f"2026-12-01T10:00:{start}.000+00:00"
+        return DetectionEvent(event_id, "start", stream, detection, 0, None, start_utc, None, 0.9, 0.9, 48_000)
+
+    for args in [("a", "kitchen", "glass", "01"), ("b", "kitchen", "glass", "05"), ("c", "hall", "glass", "03")]:
+        view.publish_event(event(*args))
+    view.publish_event(event("d", "kitchen", "loud", "07"))
+    view.publish_event(event("e", "kitchen", "rumble", "08"))  # an anomaly event: no detection of that name
+    assert view.teachable() == {"b", "c"}
+    assert [e.event_id for e in view.events()] == ["e", "d", "c", "b", "a"]

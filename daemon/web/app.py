@@ -143,6 +143,7 @@ def _bearer(request: Request) -> str | None:
 
 
 def _event_json(event: LiveEvent, clips: Clips, teachable: set[str]) -> dict[str, Any]:
+    """`teachable`: the event ids the per-event buttons can take."""
     return {
         "event_id": event.event_id,
         "stream": event.stream,
@@ -152,7 +153,7 @@ def _event_json(event: LiveEvent, clips: Clips, teachable: set[str]) -> dict[str
         "peak_score": round(event.peak_score, 4),
         "clip_url": clips.url(event.clip),
         "clip_pending": event.clip is not None and clips.url(event.clip) is None,
-        "teachable": event.detection in teachable,  # the buttons: a detection in force that takes examples
+        "teachable": event.event_id in teachable,  # the buttons: its (stream, detection)'s latest event
     }
 
 

@@ -106,9 +106,13 @@ class LiveView(Output):
             return {"windows": self._windows, "streams": streams}
 
     def teachable(self) -> set[str]:
-        """The detections in force that take audio examples (not level detections, not anomaly events)."""
+        """The events whose audio the per-event buttons can take: each (stream, detection)'s latest of this run
+        (the ring keeps no older one's), of a detection in force that takes examples (not a level detection, not
+        an anomaly event)."""
         with self._lock:
-            return {name for name, config in self._detections.items() if config.level is None}
+            takes = {name for name, config in self._detections.items() if config.level is None}
+            latest = {(e.stream, e.detection): e.event_id for e in sorted(self._events, key=lambda e: e.start_utc)}
+            return {event_id for (_, detection), event_id in latest.items() if detection in takes}
 
     def events(self) -> list[LiveEvent]:
         """The events kept, newest first."""

@@ -135,7 +135,12 @@ function eventRow(event) {
     el("td", {}, event.detection),
     el("td", { class: "num" }, event.peak_score.toFixed(2)),
     el("td", { class: "clip" }, player(event.clip_url) || (event.clip_pending ? "writing…" : "")),
-    el("td", {}, ...(event.teachable ? teachButtons(event) : [])));
+    el("td", { class: "teach" }, ...teachButtons(event)));
+}
+
+function showTeach(row, event) {
+  // Only the latest event of its stream and detection: the daemon keeps no older one's audio.
+  row.querySelectorAll(".teach button").forEach((button) => { button.hidden = !event.teachable; });
 }
 
 function renderEvents(events) {
@@ -151,6 +156,7 @@ function renderEvents(events) {
       if (event.clip_url && !clip.querySelector("audio")) clip.replaceChildren(player(event.clip_url));
       else if (!event.clip_url) clip.textContent = event.clip_pending ? "writing…" : "";
     }
+    showTeach(row, event);
     return row;
   });
   const ids = new Set(events.map((e) => e.event_id));
