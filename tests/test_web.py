@@ -387,7 +387,10 @@ def test_the_web_channel_takes_only_the_buttons_actions() -> None:
 def test_only_each_pairs_latest_event_can_be_taught() -> None:
     """The buttons show on each (stream, detection)'s latest event of this run, of a detection that takes examples."""
     view = LiveView(max_events=10)
-    detections = {"glass": DetectionConfig(prompts=["glass breaking"]), "loud": DetectionConfig(level={"above_dbfs": -20})}
+    detections = {
+        "glass": DetectionConfig(prompts=["glass breaking"]),
+        "loud": DetectionConfig(level={"above_dbfs": -20}),
+    }
     view.announce(["kitchen", "hall"], detections)
 
     def event(event_id: str, stream: str, detection: str, start: str) -> DetectionEvent:
