@@ -169,7 +169,7 @@ def _alarm_envelope(rng: np.random.Generator, n: int) -> np.ndarray:
     if rng.random() < 0.6:
         on, gap, pause = rng.uniform(0.3, 0.6), rng.uniform(0.3, 0.6), rng.uniform(1.0, 2.0)
         cycle = 3 * on + 2 * gap + pause
-        phase = (_t(n) + rng.uniform(0, cycle)) % cycle
+        phase = (_t(n) - rng.uniform(0, 0.2)) % cycle  # a beep within 0.2 s: a short sound is never all pause
         env = sum(np.clip((phase - k * (on + gap)) / 0.003, 0, 1) * np.clip((k * (on + gap) + on - phase) / 0.003, 0, 1)
                   for k in range(3))  # fmt: skip
         return np.asarray(env, dtype=float)
@@ -206,7 +206,7 @@ def alarm_warble(rng: np.random.Generator, seconds: float) -> np.ndarray:
     f, rate, depth = rng.uniform(2500, 3600), rng.uniform(5, 15), rng.uniform(0.03, 0.1)
     beeps, on = int(rng.choice([3, 4])), rng.uniform(0.1, 0.5)
     cycle = beeps * 2 * on + rng.uniform(1.0, 5.0)
-    phase = (_t(n) + rng.uniform(0, cycle)) % cycle
+    phase = (_t(n) - rng.uniform(0, 0.2)) % cycle  # a beep within 0.2 s
     env = ((phase < beeps * 2 * on) & ((phase % (2 * on)) < on)).astype(float)
     tone = np.sin(2 * np.pi * _phase(f * (1 + depth * np.sin(2 * np.pi * rate * _t(n)))))
     return _finish(_filter((tone + 0.2 * tone**3) * env, hi=12000), n)
@@ -335,7 +335,7 @@ def clock_noise_clicks(rng: np.random.Generator, seconds: float) -> np.ndarray:
     bands = [(rng.uniform(1000, 3000), rng.uniform(5000, 12000)) for _ in range(2)]
     clicks = [_filter(rng.standard_normal(m) * np.exp(-_t(m) / rng.uniform(0.001, 0.005)), lo=lo, hi=hi)
               for lo, hi in bands]  # fmt: skip
-    for i, t in enumerate(np.arange(rng.uniform(0, interval), seconds, interval)):
+    for i, t in enumerate(np.arange(rng.uniform(0, min(interval, 0.5)), seconds, interval)):
         j = _n(t + rng.normal(0, 0.001))
         if 0 <= j < n:
             out[j : j + m] += (clicks[i % 2] * (1.0 if i % 2 == 0 else rng.uniform(0.5, 1.0)))[: n - j]
@@ -350,7 +350,7 @@ def clock_quartz_step(rng: np.random.Generator, seconds: float) -> np.ndarray:
     step = np.sign(np.sin(2 * np.pi * rng.uniform(150, 400) * k)) * np.exp(-k / rng.uniform(0.002, 0.008))
     rattle = _filter(rng.standard_normal(m), lo=rng.uniform(2000, 5000)) * np.exp(-k / 0.003) * rng.uniform(0.2, 0.8)
     tick = _filter(step + rattle, hi=rng.uniform(4000, 10000))
-    times = np.arange(rng.uniform(0, 1.0), seconds, rng.uniform(0.98, 1.02))
+    times = np.arange(rng.uniform(0, 0.5), seconds, rng.uniform(0.98, 1.02))  # a tick in every 1 s sound
     return _finish(_convolve(_impulses(n, times, rng.uniform(0.9, 1.0, len(times))), tick), n)
 
 

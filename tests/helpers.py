@@ -20,7 +20,11 @@ import numpy as np
 import yaml
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from transformers import ClapFeatureExtractor, ClapModel
+
+    from clapd.models.demo_stream import PlannedEvent
 
 SAMPLE_RATE = 48_000
 WINDOW = 480_000  # 10 s at 48 kHz
@@ -76,6 +80,19 @@ def stop_daemon(daemon: subprocess.Popen[str]) -> tuple[float, str]:
         _, stderr = daemon.communicate(timeout=10)
         raise AssertionError(f"no exit 30 s after SIGTERM: {stderr[-3000:]}") from None
     return time.monotonic() - sent, stderr
+
+
+def cross_class_starts(starts: list[dict], events: Sequence[PlannedEvent], hop_s: float, window_s: float) -> list[dict]:
+    """Start events (`clapd run`'s JSON) of a detection during a planted sound of another class: from a hop before
+    the sound to a window length after it, while windows still hold its end (issue 15: there must be none)."""
+    return [
+        s
+        for s in starts
+        if any(
+            e.start_s - hop_s <= s["start_offset_seconds"] <= e.end_s + window_s and s["detection"] != e.class_name
+            for e in events
+        )
+    ]
 
 
 # Run with `python -I -c`: imports clapd.daemon and every module under it, subpackages included; prints one JSON
