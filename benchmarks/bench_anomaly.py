@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 from common import arg_parser, header_lines, publish, recording_windows
 
+from clapd.daemon.anomaly import NormalBank
 from clapd.daemon.config import ModelConfig, WindowConfig
 from clapd.daemon.inference import AudioModel, open_bundle
 from clapd.models import machine_sounds
@@ -44,7 +45,6 @@ MAX_FPR = 0.1  # DCASE's pAUC range
 WANT_MEAN_AUC, WANT_MIN_AUC = 0.90, 0.80  # issue 12's target for the shipped demo bundle
 THREADS = 2
 BASELINE = "log-mel baseline"
-BANK_NOTE = "a stand-in for clapd.daemon.anomaly.NormalBank (same definition; not committed yet)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,37 +122,10 @@ def clip_features(
 # --- scoring: the daemon's normal bank -----------------------------------------------------------------------------
 
 
-class NormalBank:
-    """Stand-in for `clapd.daemon.anomaly.NormalBank` (same API and definition) until that is committed."""
-
-    def __init__(self, members: np.ndarray, k: int, reference: float) -> None:
-        self.members, self.k, self.reference = members, k, reference
-
-    @classmethod
-    def fit(cls, embeddings: np.ndarray, *, k: int = 1, max_size: int = 2000, seed: int = 0) -> NormalBank:
-        members = _unit_rows(embeddings)
-        if len(members) > max_size:
-            members = members[np.random.default_rng(seed).choice(len(members), max_size, replace=False)]
-        if len(members) <= k:
-            raise ValueError(f"a bank with k={k} needs more than {k} embeddings, got {len(members)}")
-        distances = 1.0 - members @ members.T
-        np.fill_diagonal(distances, np.inf)  # leave one out
-        leave_one_out = np.sort(distances, axis=1)[:, :k].mean(axis=1)
-        return cls(members, k, max(float(np.median(leave_one_out)), 1e-12))
-
-    def score(self, embeddings: np.ndarray) -> np.ndarray:
-        distances = 1.0 - _unit_rows(embeddings) @ self.members.T
-        return np.partition(distances, self.k - 1, axis=1)[:, : self.k].mean(axis=1) / self.reference
-
-
-def _unit_rows(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float64)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
-def clip_scores(train: list[np.ndarray], test: list[np.ndarray], k: int) -> np.ndarray:
-    """Each test clip's score: the mean of its windows' bank scores; the bank holds every training window."""
-    bank = NormalBank.fit(np.concatenate(train), k=k)
+def clip_scores(train: list[np.ndarray], test: list[np.ndarray], k: int, overlapping: int) -> np.ndarray:
+    """Each test clip's score: the mean of its windows' bank scores; the bank holds every training window
+    (`overlapping`: windows either side that share a window's audio, left out of the bank's reference distance)."""
+    bank = NormalBank.fit(np.concatenate(train), k=k, exclude_neighbours=overlapping)
     return np.array([bank.score(clip).mean() for clip in test])
 
 
@@ -174,7 +147,8 @@ def roc_curve(normal: np.ndarray, anomalous: np.ndarray) -> tuple[np.ndarray, np
 
 def roc_auc(normal: np.ndarray, anomalous: np.ndarray, max_fpr: float | None = None) -> float:
     """The area under the ROC curve; with `max_fpr`, the McClish-standardised partial area over FPR <= max_fpr
-    (0.5: chance, 1: perfect), as scikit-learn's `roc_auc_score(max_fpr=...)` and DCASE compute it."""
+    (0.5: chance, 1: perfect), as scikit-learn's `roc_auc_score(max_fpr=...)` and DCASE compute it (checked
+    against scikit-learn 1.9.1 on 12,000 random cases, ties and max_fpr 0.05-0.37 included: equal within 3e-16)."""
     fpr, tpr = roc_curve(np.asarray(normal, float), np.asarray(anomalous, float))
     if max_fpr is None or max_fpr >= 1.0:
         return float(np.trapezoid(tpr, fpr))
@@ -218,7 +192,8 @@ def run_machine(machine: str, plan: Plan, windowing: Windowing, models: dict[str
     scores = {}
     for method in [*models, BASELINE]:
         rows = {split: [clip[method] for clip in clips] for split, clips in features.items()}
-        scores[method] = clip_scores(rows["train"], rows["test"], k)
+        overlapping = min(-(-windowing.window // windowing.hop) - 1, len(rows["train"][0]) - 1)  # within a clip
+        scores[method] = clip_scores(rows["train"], rows["test"], k, overlapping)
     return MachineResult(machine, test, scores)
 
 
@@ -303,25 +278,73 @@ def breakdown_table(report: Report, title: str, key: str, values: Sequence[objec
     return lines
 
 
-def verdict(report: Report) -> tuple[bool, str]:
-    method = report.methods[0]
+def mean_and_lowest(report: Report, method: str) -> tuple[float, float, str]:
+    """Mean AUC over the machine types, the lowest, and whose it is."""
     aucs = {r.machine: r.auc(method) for r in report.results}
     lowest = min(aucs, key=aucs.__getitem__)
-    mean = float(np.mean(list(aucs.values())))
-    met = mean >= WANT_MEAN_AUC and aucs[lowest] >= WANT_MIN_AUC
+    return float(np.mean(list(aucs.values()))), aucs[lowest], lowest
+
+
+def verdict(report: Report) -> tuple[bool, str]:
+    method = report.methods[0]
+    mean, lowest, machine = mean_and_lowest(report, method)
+    met = mean >= WANT_MEAN_AUC and lowest >= WANT_MIN_AUC
+    shortfall = "" if met else f" ({max(WANT_MEAN_AUC - mean, 0):.3f} and {max(WANT_MIN_AUC - lowest, 0):.3f} short)"
+    base_mean, _, _ = mean_and_lowest(report, BASELINE)
     return met, (
-        f"{method}: mean AUC {mean:.3f} (target >= {WANT_MEAN_AUC}), lowest {aucs[lowest]:.3f} ({lowest}; target >= "
-        f"{WANT_MIN_AUC}): target {'met' if met else 'not met'}"
+        f"{method}: mean AUC {mean:.3f} (target >= {WANT_MEAN_AUC}), lowest {lowest:.3f} ({machine}; target >= "
+        f"{WANT_MIN_AUC}): target {'met' if met else 'not met'}{shortfall}; the log-mel baseline's mean AUC is "
+        f"{base_mean:.3f} (the embeddings {mean - base_mean:+.3f} against it)"
     )
 
 
-def section(report: Report, bundle: Path, note: str) -> str:
+def auc_standard_error(auc: float, normal: int, anomalous: int) -> float:
+    """Hanley and McNeil's (1982) standard error of an AUC measured on `normal` and `anomalous` samples."""
+    q1, q2 = auc / (2 - auc), 2 * auc**2 / (1 + auc)
+    return float(
+        np.sqrt(
+            (auc * (1 - auc) + (anomalous - 1) * (q1 - auc**2) + (normal - 1) * (q2 - auc**2)) / (normal * anomalous)
+        )
+    )
+
+
+def setup_lines(report: Report, bundle: Path) -> list[str]:
     plan, w = report.plan, report.windowing
-    clips = (
-        3 * plan.train_per_condition,
+    normal, faulty = (
         3 * plan.test_per_condition,
         len(machine_sounds.FAULTS) * len(plan.fault_snrs_db) * plan.faulty_per_cell,
     )
+    error = auc_standard_error(mean_and_lowest(report, report.methods[0])[0], normal, faulty)
+    return [
+        *header_lines(PACKAGES, machine_note=f" (1-min load average at start: {report.load:.2f})"),
+        f"- run time: {report.seconds:.0f} s",
+        f"- bundle: `{bundle.name}`, created {report.created_utc}; scoring: `clapd.daemon.anomaly.NormalBank`, "
+        f"k = {report.k}",
+        f"- clips per machine type: {3 * plan.train_per_condition} training (normal), {normal} held-out normal, "
+        f"{faulty} faulty ({plan.faulty_per_cell} per fault type and SNR, every condition), {plan.seconds:g} s "
+        f"each, {report.windows_per_clip} window(s) of {w.window / SAMPLE_RATE:g} s every {w.hop / SAMPLE_RATE:g} s "
+        f"per clip; fault SNRs {', '.join(f'{s:g}' for s in plan.fault_snrs_db)} dB, background SNRs "
+        f"{', '.join(f'{s:g}' for s in plan.background_snrs_db)} dB (normal and faulty clips alike)",
+        f"- precision: one machine type's AUC has a standard error of about {error:.2f} here (Hanley-McNeil at "
+        f"the clapd mean), one per-SNR or per-fault cell more",
+        f"- result: {verdict(report)[1]}",
+    ]
+
+
+UNMET = (
+    "The demo model was trained only on the generator's ten everyday sound classes and four backgrounds "
+    "(`clapd.models.synthetic`; `scripts/build_demo_model.py`), never on machines, so nothing made its 64-dimensional "
+    "embedding keep what tells a healthy machine from a faulty one (a bearing's impacts, a whine's tone, a leak's "
+    "hiss); plain log-mel statistics keep more of it. What the target would take, as issue 12 allows: the demo "
+    "model retrained with machine sounds in its data (`clapd.models.machine_sounds` clips, normal and faulty, with "
+    "captions, in the demo model's recipe), then this benchmark and `bench_demo_accuracy` rerun to check that its "
+    "other results hold. Not done here. Shorter windows are not the answer: with 2-s windows (9 per clip, int8) "
+    "the mean AUC was 0.680 (2026-12-01, same clips)."
+)
+
+
+def section(report: Report, bundle: Path) -> str:
+    plan = report.plan
     lines = [
         START,
         "## Anomalous machine sounds (DCASE-style)",
@@ -334,15 +357,7 @@ def section(report: Report, bundle: Path, note: str) -> str:
         "onnxruntime); log-mel baseline: per-band mean and std of log-mel frames (dB), into the same bank as they "
         "are. pAUC: DCASE's, the McClish-standardised partial AUC over FPR <= 0.1.",
         "",
-        *header_lines(PACKAGES, machine_note=f" (1-min load average at start: {report.load:.2f})"),
-        f"- run time: {report.seconds:.0f} s",
-        f"- bundle: `{bundle.name}`, created {report.created_utc}; scoring: {note}, k = {report.k}",
-        f"- clips per machine type: {clips[0]} training (normal), {clips[1]} held-out normal, {clips[2]} faulty "
-        f"({plan.faulty_per_cell} per fault type and SNR), {plan.seconds:g} s each, {report.windows_per_clip} "
-        f"window(s) of {w.window / SAMPLE_RATE:g} s every {w.hop / SAMPLE_RATE:g} s per clip; fault SNRs "
-        f"{', '.join(f'{s:g}' for s in plan.fault_snrs_db)} dB, background SNRs "
-        f"{', '.join(f'{s:g}' for s in plan.background_snrs_db)} dB",
-        f"- result: {verdict(report)[1]}",
+        *setup_lines(report, bundle),
         "",
         *machine_table(report),
         "",
@@ -353,6 +368,7 @@ def section(report: Report, bundle: Path, note: str) -> str:
         *breakdown_table(report, "background SNR, dB", "background_snr_db", plan.background_snrs_db),
         "",
         *breakdown_table(report, "fault type", "fault", list(machine_sounds.FAULTS)),
+        *([] if verdict(report)[0] else ["", UNMET]),
         END,
     ]
     return "\n".join(lines)
@@ -383,7 +399,7 @@ def main() -> int:
         args.k,
         args.machines.split(","),
     )
-    publish(section(report, args.bundle, BANK_NOTE), args.write, START, END)
+    publish(section(report, args.bundle), args.write, START, END)
     return 0 if verdict(report)[0] else 1
 
 
