@@ -10,6 +10,9 @@ Three control actions (`clapd.daemon.control`), each one request on `{prefix}/co
   model a 2 s window around a beeping's false start left every later start in place, the windows around it none.)
 - `forget_example`: an enrolled example leaves the detection and its file is deleted.
 
+With an `event_id` (the web page's per-event buttons), `enrol` takes that event's audio as `false_alarm` does, and
+both refuse unless it is the detection's last event on its stream, the only one whose audio they could take.
+
 The audio is cut where reading the ring is safe: by the inference thread, each ring's one reader, between two model
 calls (`Runner.clip` hands it a `ClipRequest` and waits, bounded). The Runner remembers each (stream, detection)'s
 last event (`EventSpan`) for `false_alarm`. The clip is saved as FLAC in `state_dir/examples/<detection>/`, private
