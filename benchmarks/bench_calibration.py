@@ -1,0 +1,161 @@
+"""Calibration to the room: do thresholds chosen on one ambient recording keep their false-alarm rate on another
+recording of the same kind of room?
+
+A "kitchen" is room tone (or babble) with everyday sounds the demo model was never trained on, planted now and then
+(clapd.models.novel_sounds: doorbell, microwave beeps, kettle, vacuum cleaner, car horn, alarm clock, an oven timer
+like the smoke alarm, a chirp like the phone), none of the detections' own sounds, so every event a detection starts
+in it is a false alarm. `clapd calibrate`'s choice (clapd.daemon.calibrate) is made on recording A, then the demo
+detections' starts on recording B (other seeds: another day in the same room) are counted at the chosen thresholds
+with the daemon's own event lifecycle and compared with the target. A detection the room never brings near its
+threshold gets the floor threshold and no false alarm: the target is an upper bound, so such rows are shown but not
+held to the 2x criterion.
+
+    .venv/bin/python benchmarks/bench_calibration.py [--write docs/benchmarks.md]
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import arg_parser, header_lines, publish  # noqa: E402
+
+from clapd.daemon.calibrate import SECONDS_PER_DAY, AmbientRun, choose_threshold, count_starts  # noqa: E402
+from clapd.daemon.calibration import ChosenThreshold  # noqa: E402
+from clapd.daemon.classify import Classifier, scoring_from  # noqa: E402
+from clapd.daemon.config import ClapdConfig, DetectionConfig  # noqa: E402
+from clapd.daemon.demo import DEMO_DETECTIONS, default_config  # noqa: E402
+from clapd.models.novel_sounds import CONFUSIONS, NOVEL, make_novel_stream  # noqa: E402
+
+START, END = "<!-- bench_calibration:start -->", "<!-- bench_calibration:end -->"
+ROOM_SOUNDS = (*NOVEL, *CONFUSIONS)  # everyday sounds, none a demo detection's own
+KINDS = ("room_tone", "babble")  # two kinds of room; A and B of each kind differ in seeds only
+CALIBRATION_S = 20 * 60.0  # recording A
+TEST_S = 60 * 60.0  # recording B: long enough to count a few false alarms a detection at the targets
+TARGETS_PER_DAY = (48.0, 144.0)  # 2 and 6 expected false alarms a detection in B
+PIECE_S = 300.0  # s: the rooms are made and scored 5 minutes at a time
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    kind: str
+    detection: str
+    target: float
+    chosen: ChosenThreshold
+    realised_per_day: float
+
+
+def demo_config() -> ClapdConfig:
+    return default_config(Path("/nonexistent-state"))
+
+
+def score(classifier: Classifier, kind: str, first_seed: int, seconds: float) -> tuple[AmbientTable, float]:
+    """The room's scores over `seconds`, made and scored PIECE_S at a time (memory stays bounded), one after the
+    other as one recording: each piece's windows placed after the previous piece's audio."""
+    scores, starts, ends, offset = [], [], [], 0
+    for piece in range(round(seconds / PIECE_S)):
+        stream = make_novel_stream(first_seed + piece, PIECE_S, ROOM_SOUNDS, background=kind)
+        table = classifier.score(stream.audio)
+        print(f"{kind}: scored {(piece + 1) * PIECE_S / 60:.0f} of {seconds / 60:.0f} min", file=sys.stderr, flush=True)
+        scores.append(table.scores)
+        starts.append(np.round(table.starts * classifier.sample_rate).astype(int) + offset)
+        ends.append(np.round(table.ends * classifier.sample_rate).astype(int) + offset)
+        offset += len(stream.audio)
+    table = AmbientTable(table.prompts, np.concatenate(scores), np.concatenate(starts), np.concatenate(ends))
+    return table, offset / classifier.sample_rate
+
+
+@dataclass(frozen=True, slots=True)
+class AmbientTable:
+    prompts: list[str]
+    scores: np.ndarray  # [windows, detections]
+    start_samples: np.ndarray  # [windows]
+    end_samples: np.ndarray
+
+
+def ambient_run(table: AmbientTable, column: int, seconds: float, classifier: Classifier) -> AmbientRun:
+    hop = round(classifier.hop_seconds * classifier.sample_rate)
+    scores = table.scores[:, column]
+    return AmbientRun(scores, table.start_samples, table.end_samples, classifier.sample_rate, hop, seconds)
+
+
+def rows_for(kind: str, classifier: Classifier, config: ClapdConfig) -> list[Row]:
+    a, a_seconds = score(classifier, kind, first_seed=100, seconds=CALIBRATION_S)
+    b, b_seconds = score(classifier, kind, first_seed=200, seconds=TEST_S)
+    rows = []
+    for column, name in enumerate(a.prompts):
+        for target in TARGETS_PER_DAY:
+            detection: DetectionConfig = config.detections[name].model_copy(update={"false_alarms_per_day": target})
+            chosen = choose_threshold(detection, ambient_run(a, column, a_seconds, classifier), [])
+            starts = count_starts(detection, ambient_run(b, column, b_seconds, classifier), chosen.threshold_on)
+            rows.append(Row(kind, name, target, chosen, starts / (b_seconds / SECONDS_PER_DAY)))
+    return rows
+
+
+def held(row: Row) -> bool | None:
+    """Within 2x of the target; None where calibration had nothing to choose: the room never came near the
+    detection (floor), or it sounds like the detection at any threshold (ceiling: `clapd calibrate` warns)."""
+    if row.chosen.method in ("floor", "ceiling"):
+        return None
+    return row.target / 2 <= row.realised_per_day <= row.target * 2
+
+
+VERDICTS = {None: "", True: "yes", False: "**no**"}
+
+
+def report(rows: list[Row]) -> str:
+    lines = [
+        START,
+        "## Calibration to the room (issue 11): false alarms on another recording of the same room",
+        "",
+        *header_lines(["onnxruntime", "numpy"]),
+        f"- rooms: {', '.join(KINDS)} with everyday sounds the demo model never learnt planted 5-12 s apart "
+        f"({', '.join(ROOM_SOUNDS)}); calibrated on {CALIBRATION_S / 60:.0f} min, counted on another "
+        f"{TEST_S / 60:.0f} min (other seeds), both made of 5-min pieces; the demo bundle (int8, CPU), its 8 text "
+        "detections, 2 s windows, 0.5 s hop",
+        "- each row: the threshold `clapd calibrate` chose on A for the target, and the starts a day it gives on B "
+        "(one start in B is 24 a day)",
+        "",
+        "| room | detection | target / day | threshold_on | method | realised / day | within 2x |",
+        "| --- | --- | ---: | ---: | --- | ---: | --- |",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row.kind} | {row.detection} | {row.target:.0f} | {row.chosen.threshold_on:.3f} | "
+            f"{row.chosen.method} | {row.realised_per_day:.1f} | {VERDICTS[held(row)]} |"
+        )
+    judged = [row for row in rows if held(row) is not None]
+    ceiling = [row for row in rows if row.chosen.method == "ceiling"]
+    lines += [
+        "",
+        f"- where the room's look-alikes set the threshold (methods observed, extrapolated, capped): "
+        f"{sum(1 for row in judged if held(row))} of {len(judged)} rows within 2x of the target; "
+        f"{sum(r.realised_per_day for r in judged):.0f} false alarms a day realised for "
+        f"{sum(r.target for r in judged):.0f} targeted",
+        f"- {len(ceiling)} rows reached the ceiling (0.99): the room's everyday sounds score as high as the "
+        "detection's own sound, which `clapd calibrate` reports as a warning (the demo model hears them alike; see "
+        "the few-shot section's neighbours)",
+        END,
+    ]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = arg_parser(__doc__)
+    parser.add_argument("--write", type=Path, help="update this docs page's section (docs/benchmarks.md)")
+    args = parser.parse_args()
+    config = demo_config()
+    assert set(config.detections) == set(DEMO_DETECTIONS)
+    classifier = Classifier(scoring_from(config))
+    rows = [row for kind in KINDS for row in rows_for(kind, classifier, config)]
+    publish(report(rows), args.write, START, END)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
