@@ -126,6 +126,7 @@ def test_event_payload_schema() -> None:
         "peak_score": 0.75,
         "mean_score": 0.625,
         "description": None,  # anomaly events only
+        "clip": None,  # an end event's clip file, where the detection keeps clips
         "clapd_version": __version__,
     }
 
