@@ -97,16 +97,7 @@ def open_model(bundle: Path, precision: str) -> Model:
     config = ModelConfig(bundle=bundle, precision=precision, providers=["cpu"], threads=THREADS)
     window, hop = window_samples_for(WindowConfig(window_seconds=WINDOW_S, hop_seconds=HOP_S), manifest)
     audio = AudioModel(bundle, manifest, config)
-    examples = ExampleEmbedder(
-        audio,
-        sample_rate=manifest.sample_rate,
-        window=window,
-        hop=hop,
-        model_window=manifest.window_samples,
-        cache_dir=None,
-        model_sha256=audio.entry.sha256,
-        embedding_size=manifest.embedding_size,
-    )
+    examples = ExampleEmbedder.for_model(audio, manifest, window, hop)
     return Model(manifest, audio, detection_preparer(bundle, manifest, config, examples=examples), window, hop)
 
 

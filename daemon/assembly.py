@@ -68,16 +68,7 @@ def assemble(
     window, hop = window_samples_for(config.windows, manifest, bundle=bundle_dir)
     audio = AudioModel(bundle_dir, manifest, config.model)
     text = LazyTextModel(bundle_dir, manifest, config.model)
-    examples = ExampleEmbedder(
-        audio,
-        sample_rate=manifest.sample_rate,
-        window=window,
-        hop=hop,
-        model_window=manifest.window_samples,
-        cache_dir=config.state_dir / EXAMPLE_CACHE_DIR,
-        model_sha256=audio.entry.sha256,
-        embedding_size=manifest.embedding_size,
-    )
+    examples = ExampleEmbedder.for_model(audio, manifest, window, hop, config.state_dir / EXAMPLE_CACHE_DIR)
     preparer = DetectionPreparer(
         text,
         config.state_dir / PROMPT_CACHE_DIR,

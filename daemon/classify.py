@@ -145,16 +145,7 @@ class Classifier:
         self._model_window = manifest.window_samples
         self.audio_model = AudioModel(scoring.bundle, manifest, scoring.model)
         self.sample_rate = manifest.sample_rate
-        examples = ExampleEmbedder(
-            self.audio_model,
-            sample_rate=self.sample_rate,
-            window=self._window,
-            hop=self._hop,
-            model_window=manifest.window_samples,
-            cache_dir=None,
-            model_sha256=self.audio_model.entry.sha256,
-            embedding_size=manifest.embedding_size,
-        )
+        examples = ExampleEmbedder.for_model(self.audio_model, manifest, self._window, self._hop)
         text = LazyTextModel(scoring.bundle, manifest, scoring.model)
         store = CalibrationStore(scoring.state_dir) if scoring.state_dir is not None else None
         thresholds = AutoThresholds(store, self.audio_model.entry.sha256)

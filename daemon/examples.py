@@ -22,6 +22,7 @@ import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -29,6 +30,10 @@ from clapd.daemon.detector import Embedder
 from clapd.daemon.embedding_cache import EmbeddingFiles
 from clapd.daemon.loudness import BLOCK_SECONDS, block_levels_dbfs, rms_dbfs
 from clapd.daemon.windows import clip_windows
+
+if TYPE_CHECKING:
+    from clapd.daemon.inference import AudioModel
+    from clapd.daemon.manifest import Manifest
 
 logger = logging.getLogger(__name__)
 
@@ -159,6 +164,22 @@ class ExampleEmbedder:
         self._settings = f"{model_sha256}\0{sample_rate}\0{window}\0{hop}\0{model_window}\0{CACHE_RULE}"
         self._known: dict[str, np.ndarray] = {}  # file sha256 -> its embedding, read-only
         self._used: set[str] = set()  # file sha256s asked for since the last retain()
+
+    @classmethod
+    def for_model(
+        cls, audio: AudioModel, manifest: Manifest, window: int, hop: int, cache_dir: Path | None = None
+    ) -> ExampleEmbedder:
+        """Examples embedded by the bundle's audio model, with windows of `window` samples every `hop`."""
+        return cls(
+            audio,
+            sample_rate=manifest.sample_rate,
+            window=window,
+            hop=hop,
+            model_window=manifest.window_samples,
+            cache_dir=cache_dir,
+            model_sha256=audio.entry.sha256,
+            embedding_size=manifest.embedding_size,
+        )
 
     def embed(self, entries: Iterable[str]) -> np.ndarray:
         """Embeddings [files, dim] of every file the entries stand for; `ExampleError` names a bad one."""

@@ -285,15 +285,7 @@ def query_embedding(config: ClapdConfig, text: str | None, example: Path | None)
     if example is not None:
         window, hop = window_samples_for(config.windows, manifest, bundle=bundle)
         audio = AudioModel(bundle, manifest, config.model)
-        embedder = ExampleEmbedder(
-            audio,
-            sample_rate=manifest.sample_rate,
-            window=window,
-            hop=hop,
-            model_window=manifest.window_samples,
-            cache_dir=None,
-            model_sha256=audio.entry.sha256,
-        )
+        embedder = ExampleEmbedder.for_model(audio, manifest, window, hop)
         parts.append(embedder.embed([str(example)])[0])
     units = [np.asarray(p, dtype=np.float32) / np.linalg.norm(p) for p in parts]
     query = np.mean(units, axis=0)
