@@ -103,6 +103,11 @@ class Detector:
         return dict(self._detections.configs)
 
     @property
+    def tracked(self) -> dict[str, DetectionConfig]:
+        """The detections as their events are tracked: `threshold_on: auto` as the calibrated number."""
+        return self._detections.tracked
+
+    @property
     def pairs(self) -> list[tuple[str, str]]:
         """The (stream, detection) pairs being tracked, anomaly events' (stream, event name) included."""
         return self._tracker.pairs + [(stream, anomaly.config.event) for stream, anomaly in self.anomalies.items()]

@@ -174,8 +174,8 @@ def stream_table(scores: Scores, detections: Mapping[str, DetectionConfig], on: 
 
 
 def score_bar(score: float, config: DetectionConfig) -> Text:
-    """0 to 1 in BAR_CELLS cells, with threshold_off (`╎`) and threshold_on (`┃`) marked where they fall; a
-    threshold given as `auto` (set by calibration) has no mark here."""
+    """0 to 1 in BAR_CELLS cells, with threshold_off (`╎`) and threshold_on (`┃`) marked where they fall (an `auto`
+    threshold is drawn as calibrated: the view is given the detections as tracked)."""
     filled = round(min(max(score, 0.0), 1.0) * BAR_CELLS)
     marks = {}
     for threshold, mark in ((config.threshold_off, OFF_MARK), (config.threshold_on, ON_MARK)):
@@ -238,7 +238,7 @@ def listen(config_path: Path | None, stream: str | None = None, *, verbose: bool
     except KeyboardInterrupt:  # Ctrl-C while the model loads
         return 0
     runner = assembly.runner
-    view.announce(list(config.streams), runner.detections)
+    view.announce(list(config.streams), runner.tracked_detections)
     stop = _stop_on_signals()
     runner.start()
     try:

@@ -99,6 +99,12 @@ class Runner:
         with self._pending_lock:
             return self._pending.configs if self._pending is not None else self._detector.detections
 
+    @property
+    def tracked_detections(self) -> dict[str, DetectionConfig]:
+        """The detections in force with their calibrated thresholds in place of `auto` (what a view draws)."""
+        with self._pending_lock:
+            return self._pending.tracked if self._pending is not None else self._detector.tracked
+
     def start(self, heartbeat: Callable[[], None] | None = None) -> None:
         """Outputs, then capture, then inference. `heartbeat` is called on every turn of the inference loop (the
         systemd watchdog): a hung model call stops the pings."""
