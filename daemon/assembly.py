@@ -96,6 +96,8 @@ def assemble(
     outputs, control = build_outputs(config, manifest.sample_rate) if outputs is None else (list(outputs), None)
     if web is not None:
         outputs.append(web.output)
+        if clips is not None:
+            clips.link = web.clip_url
     mqtt = config.outputs.mqtt
     runner = Runner(
         streams,

@@ -23,7 +23,7 @@ import os
 import queue
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -207,6 +207,7 @@ class ClipRecorder(Recorder):
         self._detections = dict(detections)
         self._rate = sample_rate
         self._privacy = privacy_detection  # the hidden detection scoring the privacy prompts
+        self.link: Callable[[str], str | None] | None = None  # a clip's file name -> its URL on the web page, if on
         self._pending: dict[str, _Pending] = {}  # event id -> its clip
         self._scored_until: dict[str, int] = {}  # stream -> one past the newest window scored
         self.withheld = 0  # clips not kept: a window scored above the privacy threshold
@@ -228,7 +229,8 @@ class ClipRecorder(Recorder):
             seconds=(event.start_sample - pending.first) / self._rate
         )
         pending.path = self._writer.directory / clip_name(event, started, self._suffix)
-        return replace(event, clip=str(pending.path))
+        url = self.link(pending.path.name) if self.link is not None else None
+        return replace(event, clip=str(pending.path), clip_url=url)
 
     def record(self, found: Detections) -> None:
         for scores in found.scores:

@@ -55,6 +55,7 @@ class DetectionEvent:
     mean_score: float
     sample_rate: int  # to turn the offsets into seconds
     clip: str | None = None  # on "end": the path its audio clip will be written to (`clapd.daemon.clips`); else None
+    clip_url: str | None = None  # on "end", with the web page on: where the page serves that clip
     description: str | None = None  # an anomaly event's best-matching configured description (`anomaly.descriptions`)
 
 

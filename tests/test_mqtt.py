@@ -127,6 +127,7 @@ def test_event_payload_schema() -> None:
         "mean_score": 0.625,
         "description": None,  # anomaly events only
         "clip": None,  # an end event's clip file, where the detection keeps clips
+        "clip_url": None,  # and its address on the local web page, when that is on
         "clapd_version": __version__,
     }
 

@@ -182,6 +182,8 @@ def test_the_page_in_a_browser(tmp_path: Path, glass_wav: Path, daemons: list[Da
     check_clip_urls_serve_only_clips(port)
     log = daemon.stop()
     assert daemon.process.returncode == 0, log[-3000:]
+    ends = [e for e in daemon.events() if e.get("kind") == "end" and e.get("detection") == "glass_breaking"]
+    assert ends and ends[0]["clip_url"] == f"http://127.0.0.1:{port}/{clip_url}"  # the end event links the page
     assert (shots / "web-page.png").exists()
     for shot in shots.glob("*.png"):
         assert shot.stat().st_size > 10_000

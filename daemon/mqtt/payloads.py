@@ -103,6 +103,11 @@ class EventPayload(BaseModel):
         "machine, written once the post-roll has been heard (post_roll_seconds after this message); the file never "
         "appears if the clip was dropped (full queue or disk) or withheld (privacy prompts); null otherwise",
     )
+    clip_url: str | None = Field(
+        None,
+        description="on end, with the detection's `clips` and the local web page (`web`) on: the clip's address on "
+        "the page (the page's host, or this machine's name when it listens on every address); null otherwise",
+    )
     description: str | None = Field(
         None,
         description="an anomaly event's (`anomaly.event`) best-matching text of the stream's `anomaly.descriptions`, "
@@ -126,6 +131,7 @@ class EventPayload(BaseModel):
             peak_score=event.peak_score,
             mean_score=event.mean_score,
             clip=event.clip,
+            clip_url=event.clip_url,
             description=event.description,
         )
 

@@ -13,9 +13,11 @@ from __future__ import annotations
 import logging
 import os
 import re
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import quote
 
 from clapd.daemon.config import ClapdConfig, WebConfig
 from clapd.daemon.inference import LazyTextModel
@@ -63,6 +65,16 @@ class WebPage:
     @property
     def port(self) -> int | None:
         return self.server.port if self.server is not None else None
+
+    def clip_url(self, name: str) -> str | None:
+        """Where the page serves the clip file `name`; None until it listens. Listening on every address, the page
+        is named by this machine's host name."""
+        if self.port is None:
+            return None
+        host = self.config.web.host
+        host = socket.gethostname() if host in ("0.0.0.0", "::", "") else host
+        host = f"[{host}]" if ":" in host else host  # an IPv6 address in a URL
+        return f"http://{host}:{self.port}/clips/{quote(name)}"
 
     def close(self) -> None:
         """Waiting requests are answered as not applied, then the server stops."""
