@@ -22,6 +22,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from clapd.daemon.config import ClapdConfig
 from clapd.daemon.history import MAX_BATCH_WINDOWS, HistoryUnavailable, connect
@@ -181,26 +182,29 @@ def _prefetched(path: Path, sql: str, args: list[object]) -> Iterator[tuple]:
 
 
 def _best_windows(rows: Iterator[tuple], query: np.ndarray, keep: int) -> _Candidates:
-    """The `keep` best-scoring windows of all the rows, scored a batch at a time into one reused buffer."""
+    """The `keep` best-scoring windows of all the rows, scored a batch at a time into one reused buffer.
+
+    BLAS on one thread: a matrix-vector product this size gains nothing from a second thread (measured: the same wall
+    time for twice the CPU), and in the daemon (the web page's search) it would take a core from the model."""
     buffer = np.empty((MAX_BATCH_WINDOWS, query.size), dtype=np.float32)
     found, pending, waiting = _Candidates.empty(), [], 0
-    for row in rows:
-        pending.append(_score(row, query, buffer))
-        waiting += row[2]
-        if waiting >= CHUNK_WINDOWS:
-            found, pending, waiting = _joined([found, *pending]).best(keep), [], 0
+    with threadpool_limits(limits=1, user_api="blas"):
+        for row in rows:
+            pending.append(_score(row, query, buffer))
+            waiting += row[2]
+            if waiting >= CHUNK_WINDOWS:
+                found, pending, waiting = _joined([found, *pending]).best(keep), [], 0
     return _joined([found, *pending]).best(keep)
 
 
 def _score(row: tuple, query: np.ndarray, buffer: np.ndarray) -> _Candidates:
-    """Cosine of each window of one batch with the query: (int8 row . query) * scale (rows are ~unit vectors).
-    einsum, not BLAS: a matrix-vector product gains nothing from BLAS threads, which fight over busy cores."""
+    """Cosine of each window of one batch with the query: (int8 row . query) * scale (rows are ~unit vectors)."""
     stream, seconds, count, times, scales, embeddings = row
     if count > buffer.shape[0]:
         buffer = np.empty((count, query.size), dtype=np.float32)
     block = buffer[:count]
     np.copyto(block, np.frombuffer(embeddings, np.int8).reshape(count, query.size), casting="unsafe")
-    scores = np.einsum("ij,j->i", block, query) * np.frombuffer(scales, np.float32)
+    scores = (block @ query) * np.frombuffer(scales, np.float32)
     return _Candidates(
         scores, np.frombuffer(times, np.float64), np.full(count, seconds), np.full(count, stream, object)
     )
