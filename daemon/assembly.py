@@ -89,7 +89,10 @@ def assemble(
     )
     text.release()  # loaded only if anomaly descriptions were embedded
     hidden = privacy_matcher(config, text, manifest, config.state_dir / PROMPT_CACHE_DIR)
-    detector = Detector(audio, detections, clocks, hop, gates=gates, anomalies=anomalies, hidden=hidden)
+    keep = config.history.enabled  # the history stores every embedded window; privacy prompts keep them too
+    detector = Detector(
+        audio, detections, clocks, hop, gates=gates, anomalies=anomalies, hidden=hidden, keep_embedded=keep
+    )
     clips = build_clip_recorder(config, {s.name: s.ring for s in streams}, manifest.sample_rate, hidden is not None)
     history = build_history_recorder(config, clocks, manifest.text.sha256)
     web = build_web(config, bundle_dir, manifest) if config.web.enabled and outputs is None else None

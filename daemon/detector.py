@@ -72,7 +72,9 @@ class Detector:
     """Windows of any streams -> scores per detection -> start/end events (smoothing, hysteresis, cooldown).
 
     `gates`: each stream's `min_level_dbfs` (None or absent: no gate). `hidden`: detections scored on every
-    embedded window but never tracked or published (clip privacy prompts), their scores in `Detections.embedded`."""
+    embedded window but never tracked or published (clip privacy prompts), their scores in `Detections.embedded`.
+    `keep_embedded`: hand out each embedded window in `Detections.embedded` (the history and clips' privacy check
+    read them); off, nothing is built for them, and with `hidden` it is always on."""
 
     def __init__(
         self,
@@ -84,10 +86,12 @@ class Detector:
         gates: Mapping[str, float | None] | None = None,
         hidden: Matcher | None = None,
         anomalies: Mapping[str, StreamAnomaly] | None = None,
+        keep_embedded: bool = False,
     ) -> None:
         self._embedder = embedder
         self.anomalies = dict(anomalies or {})  # stream -> its anomaly monitoring (`clapd.daemon.anomaly`)
         self._hidden = hidden
+        self._keep_embedded = keep_embedded or hidden is not None
         self._detections = detections
         self._tracker = EventTracker(detections.tracked, dict(clocks), hop)
         self._gates = {stream: gate for stream, gate in (gates or {}).items() if gate is not None}
@@ -134,7 +138,8 @@ class Detector:
                     self.unscored += 1  # would start every detection
                     continue
                 values = matcher.score(window.stream, embedding) if matcher.watches(window.stream) else {}
-                embedded.append(self._embedded(window, embedding))
+                if self._keep_embedded:
+                    embedded.append(self._embedded(window, embedding))
                 if (anomaly := self.anomalies.get(window.stream)) is not None:
                     reading, anomaly_events = anomaly.feed(window, embedding)
                     anomalies.extend([reading] if reading is not None else [])
