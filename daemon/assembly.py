@@ -16,7 +16,14 @@ from pathlib import Path
 
 from clapd.daemon.anomaly.monitor import anomaly_events, build_anomalies
 from clapd.daemon.calibration import AutoThresholds, CalibrationStore
-from clapd.daemon.clips import build_clip_recorder, largest_pre_roll, privacy_matcher, ring_need_seconds, windows_view
+from clapd.daemon.clips import (
+    build_clip_recorder,
+    clips_directory,
+    largest_pre_roll,
+    privacy_matcher,
+    ring_need_seconds,
+    windows_view,
+)
 from clapd.daemon.config import ClapdConfig, FileSource
 from clapd.daemon.control import ControlChannel
 from clapd.daemon.demo import installed_demo_bundle
@@ -111,7 +118,8 @@ def assemble(
         utc_now=utc_now,
         recorders=[r for r in (clips, history) if r is not None],
     )
-    return Assembly(runner, preparer, outputs, control, Enroller(runner, config.state_dir, window), web)
+    enroller = Enroller(runner, config.state_dir, window, clips_directory(config), manifest.sample_rate)
+    return Assembly(runner, preparer, outputs, control, enroller, web)
 
 
 def resolve_bundle(config: ClapdConfig) -> Path:

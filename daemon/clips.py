@@ -57,6 +57,11 @@ _NAME = re.compile(
 )
 
 
+def clips_directory(config: ClapdConfig) -> Path:
+    """Where the clips are: `clips.directory`, else the state directory's `CLIPS_DIR`."""
+    return config.clips.directory or config.state_dir / CLIPS_DIR
+
+
 def largest_pre_roll(detections: Mapping[str, DetectionConfig]) -> float | None:
     """Seconds of the longest pre-roll any detection's clips ask for; None when no detection has clips."""
     rolls = [d.clips.pre_roll_seconds for d in detections.values() if d.clips is not None]
@@ -155,6 +160,12 @@ def list_clips(directory: Path) -> list[ClipFile]:
             continue
         clips.append(ClipFile(Path(entry.path), *parsed, info.st_size, info.st_mtime))
     return sorted(clips, key=lambda c: (c.mtime, c.path.name))
+
+
+def find_clip(directory: Path, event_id: str) -> ClipFile | None:
+    """The clip of the event `event_id` in `directory` (found by the id its name carries); None when none is kept."""
+    found = [clip for clip in list_clips(directory) if clip.event_id == event_id]
+    return found[-1] if found else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -460,6 +471,5 @@ def build_clip_recorder(
         return None
     if config.clips.format == "opus" and sample_rate not in OPUS_RATES:
         raise ValueError(f"clips.format: opus cannot encode the model's {sample_rate} Hz; use flac")
-    directory = config.clips.directory or config.state_dir / CLIPS_DIR
     hidden = PRIVACY_DETECTION if privacy else None
-    return ClipRecorder(config.clips, directory, rings, config.detections, sample_rate, hidden)
+    return ClipRecorder(config.clips, clips_directory(config), rings, config.detections, sample_rate, hidden)

@@ -92,8 +92,9 @@ class ControlRequest(BaseModel):
         None,
         min_length=1,
         max_length=MAX_ECHO_CHARS,
-        description="enrol (instead of last_seconds), false_alarm: take the audio of this event, which must be the "
-        "detection's last event on the stream (the ring keeps no older one's); the web page's per-event buttons",
+        description="enrol (instead of last_seconds), false_alarm: take the audio of this event: the ring's for the "
+        "detection's last event on the stream, else its clip file's (refused when neither holds it); the web page's "
+        "per-event buttons",
     )
     seconds: float | None = Field(
         None,

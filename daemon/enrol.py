@@ -10,8 +10,11 @@ Three control actions (`clapd.daemon.control`), each one request on `{prefix}/co
   model a 2 s window around a beeping's false start left every later start in place, the windows around it none.)
 - `forget_example`: an enrolled example leaves the detection and its file is deleted.
 
-With an `event_id` (the web page's per-event buttons), `enrol` takes that event's audio as `false_alarm` does, and
-both refuse unless it is the detection's last event on its stream, the only one whose audio they could take.
+With an `event_id` (the web page's per-event buttons), `enrol` takes that event's audio as `false_alarm` does. The
+detection's last event on its stream is cut from the ring, as above; any other event (an older one, one of an earlier
+run, or the last one once the ring has moved past it) is read from its clip file (`clapd.daemon.clips`, found by the
+event id in its name), resampled to the model's rate if it is not at it, at most `MAX_ENROL_SECONDS` from its start.
+Without either, the request is refused naming the event.
 
 The audio is cut where reading the ring is safe: by the inference thread, each ring's one reader, between two model
 calls (`Runner.clip` hands it a `ClipRequest` and waits, bounded). The Runner remembers each (stream, detection)'s
@@ -35,9 +38,11 @@ from typing import Protocol
 
 import numpy as np
 
+from clapd.daemon.clips import ClipFile, find_clip
 from clapd.daemon.config import DetectionConfig
 from clapd.daemon.control import MAX_ENROL_SECONDS, ControlError, ControlRequest, apply_request
 from clapd.daemon.examples import ExampleError, read_example
+from clapd.daemon.resample import Conditioner
 from clapd.daemon.ring import Overrun
 from clapd.daemon.state_files import private_folder, write_atomically
 from clapd.daemon.streams import Stream
@@ -70,7 +75,7 @@ class EventAudio:
     stream: str | None
     max_seconds: float
     context: int  # samples: the configured window, so the clip holds what every window that fired heard
-    event_id: str | None = None  # this event, which must be the last one (the web page's per-event buttons)
+    event_id: str | None = None  # this event, if it is the last one (the web page's per-event buttons)
 
 
 ClipRequest = RecentAudio | EventAudio
@@ -93,10 +98,18 @@ class Clip:
     """A copy of a stretch of one stream's audio."""
 
     stream: str
-    start_sample: int
+    start_sample: int | None  # its first sample in the stream; None when read from a clip file of any run
     samples: np.ndarray  # float32 mono at `sample_rate`
     sample_rate: int  # Hz: the model's
     start_utc: datetime  # of its first sample, from the stream's clock
+
+
+class NotInRing(ControlError):
+    """The ring holds no audio of the event asked for: `why` says why; the event's clip file may hold it."""
+
+    def __init__(self, problem: str, why: str) -> None:
+        super().__init__([problem])
+        self.why = why
 
 
 def cut_clip(
@@ -137,27 +150,25 @@ def _last_event(request: EventAudio, last_events: Mapping[tuple[str, str], Event
     ]
     if not spans:
         where = "any stream" if request.stream is None else f"stream {request.stream!r}"
-        raise ControlError([f"detection = {request.detection!r}: no event on {where} since the daemon started"])
+        problem = f"detection = {request.detection!r}: no event on {where} since the daemon started"
+        raise NotInRing(problem, f"{request.detection!r} has had no event on {where} since the daemon started")
     last = max(spans, key=lambda span: span.order)
     if request.event_id is not None and last.event_id != request.event_id:
-        raise ControlError(
-            [
-                f"event_id = {request.event_id!r}: not {request.detection!r}'s last event on {last.stream!r} "
-                f"(that is {last.event_id!r}): only the last event's audio is kept"
-            ]
-        )
+        why = f"it is not the last event ({request.detection!r}'s last on {last.stream!r} is {last.event_id!r})"
+        raise NotInRing(f"event_id = {request.event_id!r}: {why}", why)
     return last
 
 
 def _copy(stream: Stream, start: int, end: int, what: str) -> Clip:
     ring = stream.ring
-    gone = f"{what} is no longer in the ring, which keeps the last {ring.capacity / stream.clock.sample_rate:g} s"
+    kept = f"the ring keeps only the last {ring.capacity / stream.clock.sample_rate:g} s"
+    gone = f"{what} is no longer in the ring ({kept})"
     if start < ring.oldest_available:  # asked first: a read of overwritten audio would count as an overrun
-        raise ControlError([gone])
+        raise NotInRing(gone, f"its audio is no longer in the ring ({kept})")
     try:
         samples = ring.read(start, end - start)
     except Overrun:
-        raise ControlError([gone]) from None
+        raise NotInRing(gone, f"its audio is no longer in the ring ({kept})") from None
     return Clip(stream.name, start, samples, stream.clock.sample_rate, stream.clock.datetime_at(start))
 
 
@@ -200,12 +211,14 @@ class Enroller:
     """Example actions -> new detections (not yet applied): cuts the audio, saves and checks the example file.
 
     `window`: the configured window in samples at the model's rate (a false alarm's audio reaches this far around its
-    event)."""
+    event); `clips`: the clips folder, where an older event's audio is looked for; `sample_rate`: the model's (Hz)."""
 
-    def __init__(self, audio: ClipSource, state_dir: Path, window: int) -> None:
+    def __init__(self, audio: ClipSource, state_dir: Path, window: int, clips: Path, sample_rate: int) -> None:
         self._audio = audio
         self._folder = (state_dir / EXAMPLES_DIR).absolute()
         self._window = window
+        self._clips = clips
+        self._rate = sample_rate
 
     def change(
         self,
@@ -225,7 +238,7 @@ class Enroller:
         if request.action == "forget_example":
             return self._forget(detections, name, request, stream_names, max_detections)
         negative = request.action == "false_alarm" or request.negative
-        path = self._save(name, self._audio.clip(self._clip_request(name, request), CLIP_WAIT_SECONDS), negative)
+        path = self._save(name, self._audio_of(name, request), negative)
         key = "negative_examples" if negative else "examples"
         try:
             fields = {key: [*getattr(current, key), str(path)]}
@@ -235,11 +248,52 @@ class Enroller:
             raise
         return ExampleChange(changed, added=path)
 
+    def _audio_of(self, detection: str, request: ControlRequest) -> Clip:
+        """The ring's audio; for a named event the ring does not hold (not the last, or overwritten), its clip's."""
+        try:
+            return self._audio.clip(self._clip_request(detection, request), CLIP_WAIT_SECONDS)
+        except NotInRing as e:
+            event_id = request.event_id
+            if event_id is None:
+                raise
+            kept = find_clip(self._clips, event_id)
+            if kept is None:
+                raise ControlError([f"event_id = {event_id!r}: no clip kept for event {event_id} and {e.why}"]) from e
+            return self._clip_file(kept, detection, request.stream)
+
     def _clip_request(self, detection: str, request: ControlRequest) -> ClipRequest:
         if request.action == "enrol" and request.event_id is None:
             assert request.stream is not None and request.last_seconds is not None, "parse_request checks them"
             return RecentAudio(request.stream, request.last_seconds)
         return EventAudio(detection, request.stream, MAX_ENROL_SECONDS, self._window, request.event_id)
+
+    def _clip_file(self, kept: ClipFile, detection: str, stream: str | None) -> Clip:
+        """The first `MAX_ENROL_SECONDS` of an event's clip file, at the model's rate.
+
+        The whole clip, pre-roll and post-roll included, is right: like the ring's window of context on either side,
+        the pre-roll holds the windows that straddled the onset, which are what fired; and the room around the sound
+        costs nothing, since an example is embedded from its windows within `ACTIVE_WINDOW_DB` of its loudest only
+        (`clapd.daemon.examples`). A clip's name gives its start but not where its event starts in it, and the
+        pre-roll it was written with may since have changed, so the event's own span cannot be cut out reliably.
+        A clip longer than the cap keeps its start: the onset, and what came just before it."""
+        event_id = kept.event_id
+        if kept.detection != detection or stream not in (None, kept.stream):
+            raise ControlError(
+                [f"event_id = {event_id!r}: its clip is of {kept.detection!r} on {kept.stream!r}, not of {detection!r}"]
+            )
+        import soundfile
+
+        try:
+            rate = soundfile.info(str(kept.path)).samplerate
+            frames = soundfile.read(
+                str(kept.path), frames=math.ceil(MAX_ENROL_SECONDS * rate), dtype="float32", always_2d=True
+            )[0]
+        except (OSError, RuntimeError, soundfile.LibsndfileError) as e:  # deleted meanwhile, or damaged
+            raise ControlError([f"event_id = {event_id!r}: cannot read its clip {kept.path}: {e}"]) from e
+        conditioner = Conditioner(rate, frames.shape[1], out_rate=self._rate)
+        samples = np.concatenate([conditioner.process(frames), conditioner.flush()])
+        logger.info("event %s: audio from its clip %s", event_id, kept.path)
+        return Clip(kept.stream, None, samples[: round(MAX_ENROL_SECONDS * self._rate)], self._rate, kept.start_utc)
 
     def _save(self, detection: str, clip: Clip, negative: bool) -> Path:
         """The clip as a FLAC file in the detection's folder, checked as an example file; `ControlError` if unusable."""

@@ -6,6 +6,9 @@ The daemon plays three looping files in real time: "hall" (room tone, and a vacu
 alarm) and "quiet" (digital silence). The sounds are synthesised here, as tests/test_examples.py's are: the demo model
 never trained on either. A level detection ("loud") marks each take on the broker, so the test knows where the
 sounds are without a clock: every wait is for a message, bounded.
+
+The smoke detection keeps clips, so an event that is no longer the pair's last can still be marked (its audio comes
+from its clip file), and one whose clip is gone is refused by its id.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -147,7 +151,12 @@ def setup(tmp_path: Path, brokers) -> tuple[Path, MosquittoBroker]:
         "detections": {
             # No prompt describes a vacuum cleaner: "a dog barking" stands in until one is enrolled.
             "vacuum": {"prompts": ["a dog barking"], "streams": ["hall"], **DEMO_EVENT_SETTINGS},
-            "smoke": {"prompts": ["a smoke detector going off"], "streams": ["kitchen"], **DEMO_EVENT_SETTINGS},
+            "smoke": {
+                "prompts": ["a smoke detector going off"],
+                "streams": ["kitchen"],
+                "clips": {"pre_roll_seconds": 1.0, "post_roll_seconds": 1.0},
+                **DEMO_EVENT_SETTINGS,
+            },
             "loud": {"level": {"above_dbfs": -40, "min_seconds": 0.3}, "cooldown_seconds": 3},
         },
         "outputs": {
@@ -218,8 +227,10 @@ def test_enrol_false_alarm_restart_and_forget(setup: tuple[Path, MosquittoBroker
     daemon = start_daemon(path)
     running.append(daemon)
 
-    # The kitchen's beeping starts the smoke detector (its text cannot tell them apart): mark it a false alarm.
-    wait_events(heard, "kitchen", "smoke", "end", 1)
+    # The kitchen's beeping starts the smoke detector (its text cannot tell them apart) on every loop. The first
+    # event, no longer the last, is marked a false alarm from its clip; then the last one from the ring.
+    first = wait_events(heard, "kitchen", "smoke", "end", 2)[0]
+    from_clip = check_false_alarm_from_a_clip(results, broker.port, first, state)
     code, result, stderr = clapd_cli("false-alarm", "smoke", "--stream", "kitchen", "-c", str(path))
     assert code == 0 and result is not None and result["ok"], (result, stderr)
     negative = state / "examples" / "smoke" / result["example"]
@@ -277,7 +288,8 @@ def test_enrol_false_alarm_restart_and_forget(setup: tuple[Path, MosquittoBroker
 
     # Both examples are kept: in control.json, and as files, and they are in force after a restart.
     saved = json.loads((state / "control.json").read_text())["detections"]
-    assert saved["vacuum"]["examples"] == [str(positive)] and saved["smoke"]["negative_examples"] == [str(negative)]
+    assert saved["vacuum"]["examples"] == [str(positive)]
+    assert saved["smoke"]["negative_examples"] == [str(from_clip), str(negative)]
     heard_again = subscribers(broker.port, f"{PREFIX}/+/+/event", **auth)
     daemon = start_daemon(path)
     running.append(daemon)
@@ -291,11 +303,35 @@ def test_enrol_false_alarm_restart_and_forget(setup: tuple[Path, MosquittoBroker
     assert code == 0 and result is not None and result["ok"] and result["example"] == positive.name, stderr
     assert not positive.exists() and negative.exists()
     saved = json.loads((state / "control.json").read_text())["detections"]
-    assert "vacuum" not in saved and saved["smoke"]["negative_examples"] == [str(negative)]
+    assert "vacuum" not in saved and saved["smoke"]["negative_examples"] == [str(from_clip), str(negative)]
     code, result, stderr = clapd_cli("forget-example", "vacuum", positive.name, "-c", str(path))
     assert code == 1 and "not an enrolled example" in stderr, stderr
     _, stderr = stop_daemon(daemon)
     assert daemon.returncode == 0, stderr[-3000:]
+
+
+def check_false_alarm_from_a_clip(results: Subscriber, port: int, event: dict, state: Path) -> Path:
+    """An event that is not its pair's last becomes a negative example from its clip file, sample for sample; once
+    its clip is gone, it is refused by its id. The example's path."""
+    clip = Path(event["clip"])
+    deadline = time.monotonic() + WAIT  # written by the clip writer's thread a post-roll after the event's end
+    while not clip.is_file() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert clip.is_file(), clip
+    answer = ask(results, port, action="false_alarm", detection="smoke", stream="kitchen", event_id=event["event_id"])
+    assert answer["ok"], answer
+    example = state / "examples" / "smoke" / answer["example"]
+    stamp = clip.name.split(".")[2] + clip.name.split(".")[3]  # the clip's first sample: 20261201T031200 + 123Z
+    assert answer["example"] == f"kitchen-{stamp}-negative.flac", (answer, clip.name)
+    heard, rate = soundfile.read(clip, dtype="float32")
+    taken, taken_rate = soundfile.read(example, dtype="float32")
+    assert rate == taken_rate == RATE and taken.shape == heard.shape and heard.size > RATE, (heard.shape, taken.shape)
+    np.testing.assert_allclose(taken, heard, atol=2**-15)  # the clip's 16-bit samples, kept in 24 bits
+    clip.unlink()  # as retention would
+    answer = ask(results, port, action="enrol", detection="smoke", stream="kitchen", event_id=event["event_id"])
+    expected = f"event_id = {event['event_id']!r}: no clip kept for event {event['event_id']} and it is not the last"
+    assert not answer["ok"] and any(error.startswith(expected) for error in answer["errors"]), answer
+    return example
 
 
 def test_no_daemon_is_no_result_and_a_non_zero_exit(setup: tuple[Path, MosquittoBroker]) -> None:

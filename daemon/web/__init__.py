@@ -96,7 +96,7 @@ def build_web(config: ClapdConfig, bundle: Path, manifest: Manifest) -> WebPage:
 
 def build_page_app(page: WebPage) -> Starlette:
     """The Starlette app over the page's parts (imported here: only a daemon with the page on loads Starlette)."""
-    from clapd.daemon.clips import CLIPS_DIR
+    from clapd.daemon.clips import clips_directory
     from clapd.daemon.history import HISTORY_FILE
     from clapd.daemon.web.app import PageParts, build_app
     from clapd.daemon.web.queries import Clips, Searcher
@@ -107,7 +107,7 @@ def build_page_app(page: WebPage) -> Starlette:
     parts = PageParts(
         live=page.output,
         control=page.control,
-        clips=Clips(config.clips.directory or config.state_dir / CLIPS_DIR),
+        clips=Clips(clips_directory(config)),
         searcher=Searcher(history, text, page.manifest.text.sha256),
         history=history,
         hop_seconds=config.windows.hop_seconds,
