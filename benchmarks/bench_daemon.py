@@ -12,8 +12,9 @@ source whose command is a small Python writer pacing s16le audio by the clock, a
    gives offline for the same audio's windows, which also say on which window each start event must come, so a
    window fires as soon as it holds any of the burst: the figure is the daemon's, not the model's. The daemon's
    debug log dates each model call, which splits the time after the window.
-2. Capacity: N streams in one daemon (`assemble(config)` in a worker process) for a minute each, N doubling until
-   windows get skipped, then one bisection step.
+2. Capacity: N streams in one daemon (`assemble(config)` in a worker process, `daemon_capacity.py`) for a minute
+   each, N doubling until windows get skipped, then one bisection step; on a busy workload (every window runs the
+   model) and a quiet room's (the level gate keeps most windows from the model).
 3. Memory: VmRSS and VmHWM of the daemon's process after warm-up and after the run.
 
     .venv/bin/python benchmarks/bench_daemon.py --write docs/benchmarks.md
@@ -24,20 +25,15 @@ source whose command is a small Python writer pacing s16le audio by the clock, a
 from __future__ import annotations
 
 import argparse
-import ctypes
-import ctypes.util
 import gc
 import json
 import math
 import os
 import re
-import resource
-import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -57,7 +53,27 @@ from common import (
     reference_bundle,
     stop_daemon,
     subscriber,
-    worker_result,
+)
+from daemon_capacity import (
+    CAPACITY_CHUNK,
+    QUIET_CHUNK,
+    QUIET_GATE_DBFS,
+    QUIET_LOOP_S,
+    QUIET_SOUND_S,
+    QUIET_START_STREAMS,
+    RATE,
+    TOPIC_PREFIX,
+    WRITER,
+    Capacity,
+    CapacityRun,
+    best_streams,
+    capacity_table,
+    median,
+    quantile,
+    search_capacity,
+    to_s16,
+    write_raw,
+    write_workload,
 )
 
 from clapd.daemon.detector import Detections
@@ -67,12 +83,9 @@ if TYPE_CHECKING:
     from mqtt_broker import Received, Subscriber  # the tests' subscriber (`common.subscriber`)
 
     from clapd.daemon.prompts import DetectionPreparer
-    from clapd.daemon.runner import Runner
 
-RATE = 48_000  # Hz: the model's rate, and the writers' (no resampling in the daemon)
 S16_SCALE = np.float32(1.0 / 32768.0)  # the pipe source's s16le -> float scale
 LATENCY_CHUNK = 480  # samples per write in the latency runs: 10 ms, a whole fraction of every hop
-CAPACITY_CHUNK = 960  # samples per write in the capacity runs: 20 ms, a typical capture block
 HISS = 0.003  # background amplitude (about -50 dBFS)
 BURST = 0.5  # planted noise burst amplitude
 MARGIN_S = 1.0  # background after the last window that holds a burst (and two hops), so every event ends
@@ -96,45 +109,11 @@ CANDIDATE_PROMPTS = (
     "thunder",
     "static",
 )
-BACKGROUND_PROMPTS = ["silence", "background noise", "an ordinary quiet room"]  # the config's default
-TOPIC_PREFIX = "bench/clapd"
 IDLE_LOAD = 1.0  # 1-min load average below which the machine counts as idle
 BUSY_PATTERN = "build_demo_model"  # another engineer's training run: timings taken meanwhile are worthless
 START, END = "<!-- bench_daemon:start -->", "<!-- bench_daemon:end -->"
 STREAM = "s"  # the latency stream's name, offline and in the daemon
 PACKAGES = ("onnxruntime", "numpy", "paho-mqtt", "pydantic", "prometheus-client")
-STOP_S = 5.0  # a capacity worker's runner is given this long to stop
-
-# Paces a raw s16le file by the clock and loops from byte `loop_from` when it ends. A chunk is written once the
-# time it covers has passed, as a capture device hands over a block. Logs the time each onset sample was written.
-WRITER = """
-import json, sys, time
-path, chunk, loop_from, side = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
-onsets = sorted(int(x) for x in sys.argv[5].split(",") if x)
-data, out, rate = open(path, "rb").read(), sys.stdout.buffer, 48000
-log = open(side, "a") if side != "-" else None
-started, written, pos, k, looped = time.monotonic(), 0, 0, 0, False
-try:
-    while True:
-        if pos >= len(data):
-            pos = loop_from
-            if log and not looped:
-                log.write(json.dumps({"done": written, "t": time.time()}) + "\\n"); log.flush()
-            looped = True
-        block = data[pos : pos + 2 * chunk]
-        pos += len(block)
-        after = written + len(block) // 2
-        time.sleep(max(0.0, started + after / rate - time.monotonic()))
-        out.write(block); out.flush()
-        now = time.time()
-        while log and k < len(onsets) and onsets[k] < after:
-            log.write(json.dumps({"onset": onsets[k], "t": now}) + "\\n"); log.flush()
-            k += 1
-        written = after
-except (BrokenPipeError, KeyboardInterrupt):
-    pass
-"""
-
 
 # --- assets ---
 
@@ -142,14 +121,6 @@ except (BrokenPipeError, KeyboardInterrupt):
 def bundle_for(args: argparse.Namespace) -> Path:
     """--bundle, else the reference model of --size with fp32 and int8 (shared with bench_audio_cpu.py)."""
     return args.bundle or reference_bundle(args.size, ("fp32", "int8")).bundle
-
-
-def write_raw(path: Path, samples: np.ndarray) -> None:
-    path.write_bytes(samples.astype("<i2").tobytes())
-
-
-def to_s16(audio: np.ndarray) -> np.ndarray:
-    return np.round(np.clip(audio, -1.0, 1.0) * 32767).astype(np.int16)
 
 
 def as_daemon_sees_it(s16: np.ndarray) -> np.ndarray:
@@ -494,167 +465,6 @@ def measure_latency(
     }
 
 
-# --- 2 and 3. capacity and memory (the daemon in a worker process) ---
-
-
-@dataclass(frozen=True, slots=True)
-class Capacity:
-    window_s: float
-    hop_s: float
-    streams: int
-    seconds: float
-    produced: int
-    skipped: int
-    restarts: int
-    batch_sizes: list[int]
-    batch_ms: list[float]  # model call, matching and event tracking, per batch
-    lag_s: list[float]  # per batch: audio written after the oldest window of the batch ended, once it was done
-    cpu_s: float  # the daemon process, all threads
-    writers_cpu_s: float
-    startup_s: float  # load (hashes, both models, prompts, warm-up) and start
-    memory_start: dict[str, float]
-    memory_end: dict[str, float]
-    rss_trimmed: float  # VmRSS after the run and glibc's malloc_trim(0), MiB
-
-    @property
-    def real_time(self) -> bool:
-        return self.skipped == 0 and self.restarts == 0 and self.produced > 0
-
-
-def capacity_config(args: argparse.Namespace, raw: Path) -> dict:
-    command = [sys.executable, "-c", WRITER, str(raw), str(CAPACITY_CHUNK), "0", "-", ""]
-    stream = {"type": "pipe", "command": command, "sample_rate": RATE, "sample_format": "s16le"}
-    return {
-        "model": {"bundle": str(args.bundle), "providers": ["cpu"], "precision": "int8", "threads": 2},
-        "windows": {"window_seconds": args.window, "hop_seconds": args.hop},
-        "streams": {f"s{i}": stream for i in range(args.capacity_worker)},
-        "detections": {"bark": {"prompts": ["a dog barking"]}},
-        "background_prompts": BACKGROUND_PROMPTS,
-        "outputs": {"mqtt": {"host": "127.0.0.1", "port": args.broker_port, "topic_prefix": TOPIC_PREFIX}},
-        "state_dir": str(args.work_dir / "state"),
-    }
-
-
-class BatchProbe:
-    """`Runner.on_inference`, called after each model call: its windows and time, and the result lag (audio
-    written after the batch's oldest window ended, once the batch was done), from the runner's stream counters."""
-
-    def __init__(self, runner: Runner, window: int, hop: int) -> None:
-        self._runner, self._window, self._hop = runner, window, hop
-        self._produced: dict[str, int] = {}  # stream -> windows run up to the last call
-        self.sizes: list[int] = []
-        self.ms: list[float] = []
-        self.lag_s: list[float] = []
-
-    def __call__(self, seconds: float, windows: int) -> None:
-        self.sizes.append(windows)
-        self.ms.append(1000 * seconds)
-        lags = []
-        for stats in self._runner.stream_stats():
-            counts, before = stats.windows, self._produced.get(stats.name, 0)
-            self._produced[stats.name] = counts.produced
-            if counts.produced > before:  # this call ran windows of this stream; skipping comes before them
-                oldest_end = (before + counts.skipped) * self._hop + self._window
-                lags.append(stats.source.samples_written - oldest_end)
-        self.lag_s.append(max(lags, default=0) / RATE)
-
-
-def run_capacity_worker(args: argparse.Namespace) -> None:
-    """In this process: assemble a daemon of N streams, run it `--seconds`, report counts, batch times and memory
-    as JSON."""
-    from clapd.daemon.assembly import assemble
-    from clapd.daemon.config import parse_config
-
-    config = parse_config(capacity_config(args, args.work_dir / "capacity.s16le"))
-    launched = time.monotonic()
-    runner = assemble(config).runner
-    probe = BatchProbe(runner, round(args.window * RATE), round(args.hop * RATE))
-    runner.on_inference = probe
-    runner.start()
-    startup = time.monotonic() - launched
-    memory_start = memory_mib()
-    cpu0 = resource.getrusage(resource.RUSAGE_SELF)
-    time.sleep(args.seconds)  # the writers loop their file: the streams never end
-    cpu1 = resource.getrusage(resource.RUSAGE_SELF)
-    memory_end = memory_mib()
-    stats = runner.stream_stats()
-    running = runner.running()
-    runner.stop(STOP_S)
-    if not running:
-        raise SystemExit("the daemon's inference loop ended before the run did (see the log above)")
-    ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim(0)  # what of VmRSS is heap freed but kept by glibc
-    rss_trimmed = memory_mib()["VmRSS"]
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    result = Capacity(
-        args.window,
-        args.hop,
-        args.capacity_worker,
-        args.seconds,
-        sum(s.windows.produced for s in stats),
-        sum(s.windows.skipped for s in stats),
-        sum(s.source.restarts for s in stats),
-        probe.sizes,
-        probe.ms,
-        probe.lag_s,
-        cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime,
-        children.ru_utime + children.ru_stime,
-        startup,
-        memory_start,
-        memory_end,
-        rss_trimmed,
-    )
-    print(json.dumps(asdict(result)))
-
-
-def spawn_capacity(
-    n: int, window_s: float, hop_s: float, seconds: float, bundle: Path, port: int, work: Path
-) -> Capacity:
-    options = ["--capacity-worker", str(n), "--window", str(window_s), "--hop", str(hop_s)]
-    options += ["--seconds", str(seconds), "--bundle", str(bundle), "--broker-port", str(port), "--work-dir", str(work)]
-    print(f"capacity: {n} streams, window {window_s:g} s, hop {hop_s:g} s, {seconds:g} s ...", file=sys.stderr)
-    script = Path(__file__).resolve()
-    result = Capacity(**worker_result(script, options, f"capacity worker ({n} streams)", timeout=seconds + 300))
-    print(f"  -> skipped {result.skipped}, median batch {median(result.batch_ms):.0f} ms", file=sys.stderr)
-    return result
-
-
-def search_capacity(start: int, run: Callable[[int], Capacity], refine: int, limit: int) -> list[Capacity]:
-    """Doubling up from `start` while in real time, at most to `limit` (halving down while not), then `refine`
-    bisection steps between the largest count in real time and the smallest not."""
-    results: dict[int, Capacity] = {}
-
-    def ok(n: int) -> bool:
-        if n not in results:
-            results[n] = run(n)
-        return results[n].real_time
-
-    n = start
-    if ok(n):
-        while n < limit and ok(min(2 * n, limit)):
-            n = min(2 * n, limit)
-        good, bad = n, min(2 * n, limit) if n < limit else None
-    else:
-        while n > 1 and not ok(n // 2):
-            n //= 2
-        good, bad = (n // 2 if n > 1 else 0), n
-    for _ in range(refine):
-        if bad is None or bad - good <= 1:
-            break
-        middle = (good + bad) // 2
-        good, bad = (middle, bad) if ok(middle) else (good, middle)
-    return [results[k] for k in sorted(results)]
-
-
-def make_capacity_audio(seconds: int = 10, seed: int = 11) -> np.ndarray:
-    """Hiss with a few tones and bursts, looped by every capacity writer."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(seconds * RATE) / RATE
-    audio = 0.01 * rng.standard_normal(t.size)
-    audio += np.where((t % 5) < 1, 0.3 * np.sin(2 * np.pi * 1000 * t), 0.0)
-    audio += np.where(((t + 2) % 5) < 0.5, 0.3 * rng.standard_normal(t.size), 0.0)
-    return to_s16(audio)
-
-
 # --- the machine ---
 
 
@@ -680,14 +490,6 @@ def busy_now() -> bool:
 # --- the report ---
 
 
-def median(values: list[float]) -> float:
-    return statistics.median(values) if values else math.nan
-
-
-def quantile(values: list[float], q: float) -> float:
-    return float(np.quantile(values, q)) if values else math.nan
-
-
 def latency_table(results: list[Latency]) -> str:
     rows = [
         "| window / hop | precision | onsets | detected (as offline) | false starts | latency p50 | p95 | max "
@@ -703,24 +505,6 @@ def latency_table(results: list[Latency]) -> str:
             f"{max(r.wait_s, default=math.nan):.3f} s | {1000 * median(r.to_model_s):.0f} ms "
             f"| {1000 * median(r.model_s):.0f} ms | {1000 * median(r.to_subscriber_s):.0f} ms "
             f"| {1000 * quantile(r.to_subscriber_s, 0.95):.0f} ms |"
-        )
-    return "\n".join(rows)
-
-
-def capacity_table(results: list[Capacity]) -> str:
-    rows = [
-        "| window / hop | streams | windows run | skipped | batch size p50 | batch ms p50 / p95 | ms per window "
-        "| result lag p50 / max | daemon CPU | writers CPU | real time |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
-    ]
-    for r in results:
-        per_window = sum(r.batch_ms) / max(1, sum(r.batch_sizes))
-        rows.append(
-            f"| {r.window_s:g} s / {r.hop_s:g} s | {r.streams} | {r.produced} | {r.skipped} "
-            f"| {median(r.batch_sizes):g} | {median(r.batch_ms):.0f} / {quantile(r.batch_ms, 0.95):.0f} "
-            f"| {per_window:.0f} | {median(r.lag_s):.2f} / {max(r.lag_s, default=math.nan):.2f} s "
-            f"| {r.cpu_s / r.seconds:.2f} cores | {r.writers_cpu_s / r.seconds:.2f} cores "
-            f"| {'yes' if r.real_time else 'no'} |"
         )
     return "\n".join(rows)
 
@@ -742,20 +526,12 @@ def memory_table(latency: list[Latency], capacity: list[Capacity]) -> str:
     for r in latency:
         label = f"`clapd run`, 1 stream, {r.window_s:g} s window, {r.precision}"
         rows.append(row(label, r.startup_s, r.memory_start, r.memory_end, "-"))
+    best = best_streams(capacity)
     for r in capacity:
-        if r.streams in (1, best_streams(capacity).get(r.window_s)):
-            label = f"daemon (worker), {r.streams} stream(s), {r.window_s:g} s window, int8"
+        if r.streams in (1, best.get((r.workload, r.window_s))):
+            label = f"daemon (worker, {r.workload}), {r.streams} stream(s), {r.window_s:g} s window, int8"
             rows.append(row(label, r.startup_s, r.memory_start, r.memory_end, f"{r.rss_trimmed:.0f} MiB"))
     return "\n".join(rows)
-
-
-def best_streams(capacity: list[Capacity]) -> dict[float, int]:
-    """Window seconds -> the most streams run with no window skipped."""
-    best: dict[float, int] = {}
-    for r in capacity:
-        if r.real_time:
-            best[r.window_s] = max(best.get(r.window_s, 0), r.streams)
-    return best
 
 
 def summary(latency: list[Latency], capacity: list[Capacity]) -> list[str]:
@@ -771,13 +547,14 @@ def summary(latency: list[Latency], capacity: list[Capacity]) -> list[str]:
             " ms to the subscriber (matching, event tracking with `smoothing_windows: 1`, the spool's fsyncs, "
             "MQTT QoS 1 on loopback)."
         )
-    for window_s, n in sorted(best_streams(capacity).items()):
-        runs = [r for r in capacity if r.window_s == window_s and r.streams == n]
-        per_window = sum(runs[0].batch_ms) / max(1, sum(runs[0].batch_sizes))
+    for (workload, window_s), n in sorted(best_streams(capacity).items()):
+        run = next(r for r in capacity if (r.workload, r.window_s, r.streams) == (workload, window_s, n))
+        per_window, ran = run.ms_per_model_window, run.model_share
         lines.append(
-            f"- {window_s:g} s window at a 1 s hop: {n} streams in real time; a window costs {per_window:.0f} ms "
-            f"there, so the model alone would allow about {1000 / per_window:.0f}. The window length changes "
-            "nothing: every window is repeat-padded to the model's 10 s input."
+            f"- {workload}, {window_s:g} s window at a 1 s hop: {n} streams in real time; a window run costs "
+            f"{per_window:.0f} ms there and {100 * ran:.0f} % of the windows ran the model, so the model alone would "
+            f"allow about {1000 / per_window / ran:.0f}. The window length changes nothing for a window that runs: "
+            "every window is repeat-padded to the model's 10 s input."
         )
     trimmed = [r for r in capacity if r.memory_start]
     if trimmed:
@@ -794,7 +571,7 @@ def summary(latency: list[Latency], capacity: list[Capacity]) -> list[str]:
 
 def section(latency: list[Latency], capacity: list[Capacity], model: str, notes: list[str], seconds: float) -> str:
     best = best_streams(capacity)
-    capacity_line = ", ".join(f"{w:g} s window: {n} streams" for w, n in sorted(best.items())) or "none"
+    capacity_line = ", ".join(f"{k}, {w:g} s window: {n} streams" for (k, w), n in sorted(best.items())) or "none"
     problems = [f"- {r.window_s:g} s {r.precision}: {e}" for r in latency for e in r.errors]
     lines = [
         START,
@@ -828,7 +605,11 @@ def section(latency: list[Latency], capacity: list[Capacity], model: str, notes:
         "N pipe streams in one daemon process for the given seconds; N doubles until windows are skipped "
         '(the streams\' skipped-window counts, i.e. the daemon logged "inference is behind"), then one bisection '
         "step. *Result lag*: audio written after a batch's oldest window ended, by the time the batch was done. "
-        "*Writers CPU*: the N writer processes, which share the same 2 cores.",
+        "*Writers CPU*: the N writer processes, which share the same 2 cores. Workloads: *busy*, every window "
+        "runs the model (hiss with tones and bursts, no level gate), the worst case; *quiet*, a quiet room (room "
+        f"tone about -60 dBFS RMS) with one {QUIET_SOUND_S:g} s sound per {QUIET_LOOP_S} s, each stream at its own "
+        f"phase, written in {QUIET_CHUNK // 48} ms blocks, and the streams' level gate at {QUIET_GATE_DBFS:g} dBFS "
+        "(`min_level_dbfs`): *gated* windows skip the model.",
         "",
         capacity_table(capacity),
         "",
@@ -871,18 +652,27 @@ def run_latency_all(args: argparse.Namespace, bundle: Path, port: int) -> list[L
 
 
 def run_capacity_all(args: argparse.Namespace, bundle: Path, port: int) -> list[Capacity]:
-    write_raw(args.work_dir / "capacity.s16le", make_capacity_audio())
     results: list[Capacity] = []
-    start, limit, refine = 1, args.max_streams, args.refine
-    for i, (window_s, hop_s) in enumerate(parse_windows(args.capacity_windows)):
+    for workload in args.workloads.split(","):
+        write_workload(args.work_dir, workload)
+        run = CapacityRun(workload, args.seconds, bundle, port, args.work_dir)
+        results += capacity_search(args, workload, run)
+    return results
 
-        def run(n: int, window_s: float = window_s, hop_s: float = hop_s) -> Capacity:
-            return spawn_capacity(n, window_s, hop_s, args.seconds, bundle, port, args.work_dir)
+
+def capacity_search(args: argparse.Namespace, workload: str, run: CapacityRun) -> list[Capacity]:
+    results: list[Capacity] = []
+    start, limit, refine = (QUIET_START_STREAMS if workload == "quiet" else 1), args.max_streams, args.refine
+    windows = parse_windows(args.capacity_windows if workload == "busy" else args.quiet_windows)
+    for i, (window_s, hop_s) in enumerate(windows):
+
+        def at(n: int, window_s: float = window_s, hop_s: float = hop_s) -> Capacity:
+            return run(n, window_s, hop_s)
 
         if args.capacity_streams:
-            found = [run(int(n)) for n in args.capacity_streams.split(",")]
+            found = [at(int(n)) for n in args.capacity_streams.split(",")]
         else:
-            found = search_capacity(start, run, refine, limit)
+            found = search_capacity(start, at, refine, limit)
         results += found
         if i == 0:
             # The model input is 10 s whatever the window: later window sizes check the first one's answer and the
@@ -937,24 +727,18 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--capacity-streams", help="comma-separated stream counts instead of the search")
     parser.add_argument("--seconds", type=float, default=60.0, help="length of each capacity run")
     parser.add_argument("--refine", type=int, default=1, help="bisection steps after doubling")
-    parser.add_argument("--max-streams", type=int, default=32)
+    parser.add_argument("--max-streams", type=int, default=64)
     parser.add_argument("--wait-minutes", type=float, default=40.0, help="at most this long for an idle machine")
     parser.add_argument("--skip-latency", action="store_true")
     parser.add_argument("--skip-capacity", action="store_true")
     parser.add_argument("--write", type=Path, help="markdown file whose bench_daemon section to update")
-    parser.add_argument("--capacity-worker", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--window", type=float, help=argparse.SUPPRESS)
-    parser.add_argument("--hop", type=float, help=argparse.SUPPRESS)
-    parser.add_argument("--broker-port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--workloads", default="busy,quiet", help="capacity workloads, of: busy, quiet")
+    parser.add_argument("--quiet-windows", default="10:1", help="window:hop seconds for the quiet workload")
     return parser.parse_args()
 
 
 def main() -> None:
-    args = parse_args()
-    if args.capacity_worker:
-        run_capacity_worker(args)
-    else:
-        run_parent(args)
+    run_parent(parse_args())
 
 
 if __name__ == "__main__":

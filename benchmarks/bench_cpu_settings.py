@@ -1,0 +1,215 @@
+"""Which onnxruntime settings make the full-size int8 audio model fastest on this CPU (issue 14, item 2).
+
+Each setting is measured by throughput: worker processes (fresh, one ORT session each) run the bundle's static int8
+audio model on 10 s windows for a fixed time after a common start, and report windows done, CPU time and resident
+memory. Several processes at once answer "threads per call against streams per batch": two 1-thread sessions each
+running their own windows against one 2-thread session. The settings:
+
+- `daemon`: what `clapd.daemon.inference.session_options` gives the daemon (2 threads, ORT_ENABLE_ALL, intra-op
+  spinning off, the CPU memory arena on);
+- `spinning`: the same with spinning on (onnxruntime's default);
+- `no-arena`: without the CPU memory arena (less memory kept between calls);
+- `extended`: ORT_ENABLE_EXTENDED instead of ALL (no NCHWc layout transformations);
+- `1-thread`: one intra-op thread.
+
+The attention fusion of `onnxruntime.transformers` (`--model-type swin`) is reported by `--fusion`: how many
+attention blocks it fuses in the fp32 graph.
+
+    .venv/bin/python benchmarks/bench_cpu_settings.py --write docs/benchmarks.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from bench_audio_cpu import make_clips, static_reference
+from common import Reference, arg_parser, header_lines, memory_mib, publish, worker_result
+
+from clapd.daemon.inference import session_options
+
+PACKAGES = ("onnxruntime", "numpy")
+START, END = "<!-- bench_cpu_settings:start -->", "<!-- bench_cpu_settings:end -->"
+SETTINGS = ("daemon", "spinning", "no-arena", "extended", "1-thread")
+# (setting, processes, batch): the rows, in order; each process runs its own windows
+ROWS = (
+    ("daemon", 1, 1),
+    ("daemon", 1, 4),
+    ("spinning", 1, 1),
+    ("no-arena", 1, 1),
+    ("extended", 1, 1),
+    ("1-thread", 1, 1),
+    ("1-thread", 2, 1),
+    ("1-thread", 2, 4),
+)
+START_DELAY_S = 20.0  # every worker has loaded its session and warmed up by then
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerReading:
+    windows: int
+    wall_s: float
+    cpu_s: float
+    rss_mib: float
+    hwm_mib: float
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    setting: str
+    processes: int
+    batch: int
+    readings: list[WorkerReading]
+
+    @property
+    def windows_per_s(self) -> float:
+        return sum(r.windows / r.wall_s for r in self.readings)
+
+    @property
+    def cpu_ms_per_window(self) -> float:
+        return 1000 * sum(r.cpu_s for r in self.readings) / max(1, sum(r.windows for r in self.readings))
+
+
+def options_for(setting: str) -> ort.SessionOptions:
+    options = session_options(1 if setting == "1-thread" else 2)
+    if setting == "spinning":
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1")
+    if setting == "no-arena":
+        options.enable_cpu_mem_arena = False
+    if setting == "extended":
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    return options
+
+
+def run_worker(args: argparse.Namespace) -> None:
+    """Load, warm up, wait for the common start, run windows for `--seconds`, print a WorkerReading."""
+    path = Reference(args.reference).audio_file("int8")
+    session = ort.InferenceSession(str(path), options_for(args.worker), providers=["CPUExecutionProvider"])
+    clips = make_clips()
+    feed_name = session.get_inputs()[0].name
+    rows = [[(i * args.batch + k) % len(clips) for k in range(args.batch)] for i in range(8)]
+    batches = [np.ascontiguousarray(clips[r]) for r in rows]
+    session.run(None, {feed_name: batches[0]})  # warm-up: allocations, prepacking
+    time.sleep(max(0.0, args.start_at - time.time()))
+    cpu0, began, windows, i = resource.getrusage(resource.RUSAGE_SELF), time.monotonic(), 0, 0
+    while time.monotonic() - began < args.seconds:
+        session.run(None, {feed_name: batches[i % len(batches)]})
+        windows, i = windows + args.batch, i + 1
+    wall, cpu1 = time.monotonic() - began, resource.getrusage(resource.RUSAGE_SELF)
+    memory = memory_mib()
+    cpu = cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime
+    print(json.dumps(asdict(WorkerReading(windows, wall, cpu, memory["VmRSS"], memory["VmHWM"]))))
+
+
+def measure(setting: str, processes: int, batch: int, seconds: float, reference: Reference) -> Row:
+    """`processes` workers at once, started together."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    start_at = time.time() + START_DELAY_S
+    options = ["--worker", setting, "--batch", str(batch), "--seconds", str(seconds), "--start-at", str(start_at)]
+    options += ["--reference", str(reference.directory)]
+    what = f"{setting}, {processes} process(es), batch {batch}"
+    print(f"{what} ...", file=sys.stderr)
+    script = Path(__file__).resolve()
+    with ThreadPoolExecutor(processes) as pool:
+        futures = [pool.submit(worker_result, script, options, what, timeout=seconds + 300) for _ in range(processes)]
+        readings = [WorkerReading(**f.result()) for f in futures]
+    row = Row(setting, processes, batch, readings)
+    print(f"  -> {row.windows_per_s:.2f} windows/s, {row.cpu_ms_per_window:.0f} CPU ms per window", file=sys.stderr)
+    return row
+
+
+def fusion_report(reference: Reference) -> str:
+    """What onnxruntime.transformers' swin optimizer fuses in the fp32 graph (it writes nothing we ship)."""
+    from onnxruntime.transformers import optimizer
+
+    model = optimizer.optimize_model(
+        str(reference.audio_file("fp32")), model_type="swin", num_heads=0, hidden_size=0, opt_level=0, use_gpu=False
+    )
+    fused = {name: n for name, n in model.get_fused_operator_statistics().items() if n}
+    attention = sum(n for name, n in fused.items() if "Attention" in name)
+    return (
+        f"- `onnxruntime.transformers.optimizer.optimize_model(model_type='swin')` on the fp32 graph: {attention} "
+        f"attention blocks fused; what it fuses: {', '.join(f'{k} {v}' for k, v in fused.items()) or 'nothing'}"
+    )
+
+
+def table(rows: list[Row]) -> str:
+    base = next(r for r in rows if (r.setting, r.processes, r.batch) == ROWS[0])
+    lines = [
+        "| setting | threads per session x processes | batch | windows/s (all processes) | vs daemon "
+        "| CPU ms per window | VmRSS per process | VmHWM per process |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        threads = 1 if r.setting == "1-thread" else 2
+        rss = max(x.rss_mib for x in r.readings)
+        hwm = max(x.hwm_mib for x in r.readings)
+        lines.append(
+            f"| {r.setting} | {threads} x {r.processes} | {r.batch} | {r.windows_per_s:.2f} "
+            f"| {r.windows_per_s / base.windows_per_s:.2f}x | {r.cpu_ms_per_window:.0f} "
+            f"| {rss:.0f} MiB | {hwm:.0f} MiB |"
+        )
+    return "\n".join(lines)
+
+
+def section(rows: list[Row], seconds: float, load: float, fusion: str) -> str:
+    return "\n".join(
+        [
+            START,
+            "## onnxruntime settings for the int8 audio model on the CPU (issue 14, item 2)",
+            "",
+            f"Written by `benchmarks/bench_cpu_settings.py`: the random-weight full-size reference model's static "
+            f"int8 audio model (`audio_int8.onnx` of the bundle `clapd export` writes), 10 s windows; each row's "
+            f"worker processes start together and run windows for {seconds:g} s after a warm-up; windows/s is the "
+            "sum over the processes. *daemon*: the daemon's session settings (2 threads, ORT_ENABLE_ALL, spinning "
+            "off, memory arena on); each other row changes one thing.",
+            "",
+            *header_lines(PACKAGES, machine_note=f" (1-min load average at start: {load:.2f})"),
+            "",
+            table(rows),
+            "",
+            fusion,
+            END,
+        ]
+    )
+
+
+def run_parent(args: argparse.Namespace) -> None:
+    load = os.getloadavg()[0]
+    reference = static_reference(False)
+    rows = [measure(s, p, b, args.seconds, reference) for s, p, b in ROWS]
+    fusion = fusion_report(reference) if args.fusion else ""
+    publish(section(rows, args.seconds, load, fusion), args.write, START, END)
+
+
+def parse_args() -> argparse.Namespace:
+    parser = arg_parser(__doc__)
+    parser.add_argument("--seconds", type=float, default=30.0, help="how long each worker runs windows")
+    parser.add_argument("--fusion", action="store_true", help="also report onnxruntime.transformers' swin fusion")
+    parser.add_argument("--write", type=Path, help="markdown file whose bench_cpu_settings section to update")
+    parser.add_argument("--worker", choices=SETTINGS, help=argparse.SUPPRESS)
+    parser.add_argument("--batch", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--start-at", type=float, default=0.0, help=argparse.SUPPRESS)
+    parser.add_argument("--reference", type=Path, help=argparse.SUPPRESS)
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    if args.worker:
+        run_worker(args)
+    else:
+        run_parent(args)
+
+
+if __name__ == "__main__":
+    main()
