@@ -1,7 +1,8 @@
 """The local web page (issue 13, item 4) on real parts: `clapd run` on a planted demo stream serves the page, and a
 real headless Chromium (Debian's, driven by playwright) loads it: the live scores change, the planted sound's event
 appears with a clip the browser plays, a search finds the planted sound's time range, and the per-event buttons
-enrol its audio through the daemon's control path (MQTT control off). Beyond loopback a token is required; clip
+enrol the audio of its two events through the daemon's control path (MQTT control off): the older one's from its clip
+file, the latest one's from the ring. Beyond loopback a token is required; clip
 URLs serve nothing outside the clips folder; a config that would listen beyond loopback without a token is refused.
 """
 
@@ -32,8 +33,10 @@ from clapd.daemon.config import DetectionConfig
 from clapd.daemon.control import ControlRequest, ControlResult, parse_request
 from clapd.daemon.demo import DEMO_DETECTIONS, DEMO_EVENT_SETTINGS, DEMO_WINDOWS
 from clapd.daemon.records import DetectionEvent
+from clapd.daemon.web.app import event_json
 from clapd.daemon.web.channel import WebControlChannel
-from clapd.daemon.web.live import LiveView
+from clapd.daemon.web.live import LiveEvent, LiveView
+from clapd.daemon.web.queries import Clips
 from clapd.models.demo_stream import PlannedEvent, make_demo_stream
 
 try:
@@ -53,6 +56,8 @@ CHROMIUM_ARGS = [
 ]
 DEMO_BUNDLE = Path(clapd.__file__).parent / "demo_bundle"
 GLASS = PlannedEvent("glass_breaking", 10.0, 12.0)  # late enough for the browser to be up before it sounds
+GLASS_AGAIN = PlannedEvent("glass_breaking", 20.0, 22.0)  # a second event: the first is then no longer the latest
+GLASSES = (GLASS, GLASS_AGAIN)
 STREAM_SECONDS = 60.0  # read in real time: the daemon runs while the browser looks (the test stops it sooner)
 TOKEN = "web-test-token-0123456789abcdef"
 START_SECONDS = 60.0  # model load and warm-up on a busy machine
@@ -86,7 +91,7 @@ def write_config(tmp_path: Path, web: dict, wav: Path, **sections: object) -> Pa
 
 @pytest.fixture(scope="module")
 def glass_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    stream = make_demo_stream(seed=21, seconds=STREAM_SECONDS, events=[GLASS])
+    stream = make_demo_stream(seed=21, seconds=STREAM_SECONDS, events=list(GLASSES))
     return stream.write_wav(tmp_path_factory.mktemp("audio") / "glass.wav")
 
 
@@ -253,29 +258,33 @@ def history_reaches(path: Path, when: datetime) -> bool:
 
 
 def check_search_finds_the_glass(page: playwright.Page, daemon: Daemon, state: Path) -> None:
-    """The best time range for "glass breaking" holds the planted sound (placed by the stream's own clock)."""
+    """The best time range for "glass breaking" holds one of the planted sounds (placed by the stream's own clock)."""
     end = next(e for e in daemon.events() if e["kind"] == "end" and e["detection"] == "glass_breaking")
     anchor = utc(end["start_utc"]) - timedelta(seconds=end["start_offset_seconds"])  # the stream's sample 0
-    planted = (anchor + timedelta(seconds=GLASS.start_s), anchor + timedelta(seconds=GLASS.end_s))
-    wait_for("history past the glass", 30, lambda: history_reaches(state / "history.sqlite3", planted[1]))
+    planted = [(anchor + timedelta(seconds=g.start_s), anchor + timedelta(seconds=g.end_s)) for g in GLASSES]
+    wait_for("history past the glass", 30, lambda: history_reaches(state / "history.sqlite3", planted[-1][1]))
     page.fill("#q", "glass breaking")
     page.select_option("#since", "1h")
     page.click("#search-form button[type=submit]")
     page.wait_for_selector("#results tbody tr", timeout=30_000)
     first = page.locator("#results tbody tr").first.locator("td")
     start, stop = (utc(first.nth(i).text_content().replace(" ", "T") + "+00:00") for i in (0, 1))
-    assert start < planted[1] and stop > planted[0], (start, stop, planted)
+    assert any(start < until and stop > since for since, until in planted), (start, stop, planted)
     assert first.nth(2).text_content() == "kitchen"
 
 
 def check_buttons_enrol_the_event(page: playwright.Page, state: Path) -> None:
-    """ "use as an example" and "mark as a false alarm" on the glass event: each answered ok by the control path,
-    its example file written and kept in control.json (MQTT control is off in this config)."""
-    row = page.locator("#events tbody tr").filter(has=page.locator("audio")).first
-    result = row.locator(".result")
-    for button, label in (("false-alarm", "false alarm"), ("enrol", "use as an example")):
+    """ "mark as a false alarm" on the older glass event (its audio from its clip file) and "use as an example" on
+    the latest (from the ring): each answered ok by the control path, its example file written and kept in
+    control.json (MQTT control is off in this config)."""
+    rows = page.locator("#events tbody tr").filter(has=page.locator("audio"))
+    wait_for("both glass events with clips", EVENT_SECONDS, lambda: rows.count() >= 2)
+    latest, older = rows.nth(0), rows.nth(1)  # newest first
+    for row, button, label in ((older, "false-alarm", "false alarm"), (latest, "enrol", "use as an example")):
+        assert row.locator(f"button.{button}").is_visible(), label
         row.locator(f"button.{button}").click()
-        answer = wait_for(f"{label} result", 30, lambda: _answered(result.text_content() or ""))
+        result = row.locator(".result")
+        answer = wait_for(f"{label} result", 30, lambda result=result: _answered(result.text_content() or ""))
         assert answer.startswith(f"{label}: done"), answer
     folder = state / "examples" / "glass_breaking"
     assert len(list(folder.glob("kitchen-*-positive.flac"))) == 1
@@ -419,4 +428,24 @@ def test_only_each_pairs_latest_event_can_be_taught() -> None:
     view.publish_event(event("d", "kitchen", "loud", "07"))
     view.publish_event(event("e", "kitchen", "rumble", "08"))  # an anomaly event: no detection of that name
     assert view.teachable() == {"b", "c"}
+    assert view.taking_examples() == {"glass"}
     assert [e.event_id for e in view.events()] == ["e", "d", "c", "b", "a"]
+
+
+def test_an_older_event_with_a_clip_file_can_be_taught(tmp_path: Path) -> None:
+    """Beyond each pair's latest event (whose audio the ring holds), the buttons show on every event whose clip file
+    is kept, of a detection that takes examples: the daemon reads its audio there."""
+    clips = Clips(tmp_path)
+    kinds = {"0a": "glass", "0b": "glass", "0c": "loud"}
+    names = {event_id: f"kitchen.{kind}.20261201T100001.000Z.{event_id}.flac" for event_id, kind in kinds.items()}
+    for event_id in ("0a", "0c"):  # 0b's clip is not (or no longer) on disk
+        (tmp_path / names[event_id]).write_bytes(b"fLaC")
+
+    def shown(event_id: str, latest: set[str]) -> dict:
+        clip = str(tmp_path / names[event_id])
+        event = LiveEvent(event_id, "kitchen", kinds[event_id], "2026-12-01T10:00:02.000+00:00", None, 0.9, clip)
+        return event_json(event, clips, latest, {"glass"})
+
+    assert shown("0a", set())["teachable"] and shown("0a", set())["clip_url"] == f"clips/{names['0a']}"
+    assert not shown("0b", set())["teachable"] and shown("0b", {"0b"})["teachable"]  # the latest: from the ring
+    assert not shown("0c", set())["teachable"]  # a level detection takes no examples

@@ -5,6 +5,7 @@
     GET  /api/events       recent events, newest first, each with its clip's URL once the file exists
     GET  /api/search?q=    the history's best time ranges for a text (`since`, `stream`, `top` as `clapd search`)
     POST /api/control      {"action": "enrol" | "false_alarm", "detection", "stream", "event_id"}: the control path
+                           (the event's audio: the ring's for its pair's last event, else its clip file's)
     GET  /clips/NAME       a clip file, only from the clips folder, only a name clapd gives clips
 
 With a token (required beyond loopback) every route needs it: `Authorization: Bearer TOKEN`, or the cookie that
@@ -74,8 +75,9 @@ def build_app(parts: PageParts, token: str | None) -> Starlette:
 
     def events(request: Request) -> Response:
         listed = listed_events(parts.live.events(), parts.history, parts.max_events)
-        teachable = parts.live.teachable()
-        return JSONResponse({"events": [_event_json(e, parts.clips, teachable) for e in listed]}, headers=_NO_STORE)
+        latest, takes = parts.live.teachable(), parts.live.taking_examples()
+        rows = [event_json(e, parts.clips, latest, takes) for e in listed]
+        return JSONResponse({"events": rows}, headers=_NO_STORE)
 
     def search(request: Request) -> Response:
         return _search(parts, request)
@@ -142,8 +144,10 @@ def _bearer(request: Request) -> str | None:
     return value.strip() if scheme.lower() == "bearer" else None
 
 
-def _event_json(event: LiveEvent, clips: Clips, teachable: set[str]) -> dict[str, Any]:
-    """`teachable`: the event ids the per-event buttons can take."""
+def event_json(event: LiveEvent, clips: Clips, latest: set[str], takes: set[str]) -> dict[str, Any]:
+    """`latest`: the event ids whose audio the ring holds; `takes`: the detections that take examples. The buttons
+    show on those events, and on every event of such a detection whose clip file is kept (its audio is read there)."""
+    url = clips.url(event.clip)
     return {
         "event_id": event.event_id,
         "stream": event.stream,
@@ -151,9 +155,9 @@ def _event_json(event: LiveEvent, clips: Clips, teachable: set[str]) -> dict[str
         "start_utc": event.start_utc,
         "end_utc": event.end_utc,
         "peak_score": round(event.peak_score, 4),
-        "clip_url": clips.url(event.clip),
-        "clip_pending": event.clip is not None and clips.url(event.clip) is None,
-        "teachable": event.event_id in teachable,  # the buttons: its (stream, detection)'s latest event
+        "clip_url": url,
+        "clip_pending": event.clip is not None and url is None,
+        "teachable": event.event_id in latest or (url is not None and event.detection in takes),
     }
 
 

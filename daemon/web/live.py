@@ -106,13 +106,21 @@ class LiveView(Output):
             return {"windows": self._windows, "streams": streams}
 
     def teachable(self) -> set[str]:
-        """The events whose audio the per-event buttons can take: each (stream, detection)'s latest of this run
-        (the ring keeps no older one's), of a detection in force that takes examples (not a level detection, not
-        an anomaly event)."""
+        """The events whose audio the ring still holds for the per-event buttons: each (stream, detection)'s latest
+        of this run, of a detection in force that takes examples (an older event's audio comes from its clip)."""
         with self._lock:
-            takes = {name for name, config in self._detections.items() if config.level is None}
+            takes = self._taking_examples()
             latest = {(e.stream, e.detection): e.event_id for e in sorted(self._events, key=lambda e: e.start_utc)}
             return {event_id for (_, detection), event_id in latest.items() if detection in takes}
+
+    def taking_examples(self) -> set[str]:
+        """The detections in force that take audio examples: not level detections (nor anomaly events, which are of
+        no detection)."""
+        with self._lock:
+            return self._taking_examples()
+
+    def _taking_examples(self) -> set[str]:
+        return {name for name, config in self._detections.items() if config.level is None}
 
     def events(self) -> list[LiveEvent]:
         """The events kept, newest first."""

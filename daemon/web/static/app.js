@@ -139,7 +139,7 @@ function eventRow(event) {
 }
 
 function showTeach(row, event) {
-  // Only the latest event of its stream and detection: the daemon keeps no older one's audio.
+  // The latest event of its stream and detection (its audio is in the ring), or any with a clip file kept.
   row.querySelectorAll(".teach button").forEach((button) => { button.hidden = !event.teachable; });
 }
 
