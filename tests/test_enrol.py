@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 import uuid
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -31,8 +32,12 @@ from helpers import start_daemon, stop_daemon
 from mqtt_broker import MosquittoBroker, Subscriber
 
 import clapd
-from clapd.daemon.control import MAX_ENROL_SECONDS, ControlRequest, ControlResult, parse_request
+from clapd.daemon.clips import clip_name
+from clapd.daemon.config import DetectionConfig
+from clapd.daemon.control import MAX_ENROL_SECONDS, ControlError, ControlRequest, ControlResult, parse_request
 from clapd.daemon.demo import DEMO_EVENT_SETTINGS, DEMO_WINDOWS
+from clapd.daemon.enrol import Clip, ClipRequest, Enroller, NotInRing
+from clapd.daemon.records import DetectionEvent
 from clapd.models.demo_stream import BACKGROUND_DBFS, EVENT_SNR_DB, make_demo_stream
 
 DEMO_BUNDLE = Path(clapd.__file__).parent / "demo_bundle"
@@ -121,6 +126,41 @@ def test_a_result_names_its_example_only_when_it_has_one() -> None:
     request = ControlRequest(action="remove", detection="d")
     assert "example" not in json.loads(ControlResult.success(request).to_json())
     assert json.loads(ControlResult.success(request, "x.flac").to_json())["example"] == "x.flac"
+
+
+# --- an event's audio from its clip file ------------------------------------------------------------------------------
+
+
+class RingWithoutIt:
+    """Streams whose rings hold no event's audio (a daemon restarted since, or one that has moved on)."""
+
+    def clip(self, request: ClipRequest, timeout: float) -> Clip:
+        raise NotInRing("event_id: not in the ring", "it is not the last event")
+
+
+def test_a_clip_at_another_rate_is_resampled_and_capped(tmp_path: Path) -> None:
+    """A clip written at another rate than the model's (a bundle changed since) is resampled to the model's; one
+    longer than an enrolment takes gives its first `MAX_ENROL_SECONDS`; a clip of another detection is refused."""
+    clips, clip_rate = tmp_path / "clips", 16_000
+    clips.mkdir()
+    event = DetectionEvent("5e1f", "end", "kitchen", "smoke", 0, 1, "2026-12-01T10:00:00+00:00", None, 0.9, 0.9, RATE)
+    path = clips / clip_name(event, datetime(2026, 12, 1, 9, 59, 58, 250_000, tzinfo=timezone.utc), ".flac")
+    t = np.arange(int((MAX_ENROL_SECONDS + 5) * clip_rate)) / clip_rate
+    soundfile.write(path, 0.5 * np.sin(2 * np.pi * 1000 * t), clip_rate, subtype="PCM_16")
+    enroller = Enroller(RingWithoutIt(), tmp_path / "state", RATE, clips, RATE)
+    detections = {"smoke": DetectionConfig(prompts=["a smoke alarm"]), "door": DetectionConfig(prompts=["a door"])}
+    request = ControlRequest(action="false_alarm", detection="smoke", stream="kitchen", event_id="5e1f")
+    change = enroller.change(detections, request, ["kitchen"])
+    saved = Path(change.detections["smoke"].negative_examples[0])
+    assert saved.name == "kitchen-20261201T095958250Z-negative.flac" and change.added == saved
+    taken, rate = soundfile.read(saved, dtype="float32")
+    assert rate == RATE and taken.size == MAX_ENROL_SECONDS * RATE
+    spectrum = np.abs(np.fft.rfft(taken[RATE : 2 * RATE]))  # one second: 1 Hz bins
+    assert int(np.argmax(spectrum)) == 1000 and 0.45 < np.abs(taken[RATE:]).max() < 0.55  # the tone, resampled
+    with pytest.raises(ControlError, match="event_id = '5e1f': its clip is of 'smoke' on 'kitchen', not of 'door'"):
+        enroller.change(detections, request.model_copy(update={"detection": "door"}), ["kitchen"])
+    with pytest.raises(ControlError, match="event_id = 'f00d': no clip kept for event f00d and it is not the last"):
+        enroller.change(detections, request.model_copy(update={"event_id": "f00d"}), ["kitchen"])
 
 
 # --- a running daemon -------------------------------------------------------------------------------------------------
