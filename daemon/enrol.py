@@ -12,8 +12,9 @@ Three control actions (`clapd.daemon.control`), each one request on `{prefix}/co
 
 With an `event_id` (the web page's per-event buttons), `enrol` takes that event's audio as `false_alarm` does. The
 detection's last event on its stream is cut from the ring, as above; any other event (an older one, one of an earlier
-run, or the last one once the ring has moved past it) is read from its clip file (`clapd.daemon.clips`, found by the
-event id in its name), resampled to the model's rate if it is not at it, at most `MAX_ENROL_SECONDS` from its start.
+run, or the last one once the ring has moved past it) is read from its clip file (`clapd.daemon.clip_files`, found
+by the event id in its name), resampled to the model's rate if it is not at it, at most `MAX_ENROL_SECONDS` from its
+start.
 Without either, the request is refused naming the event.
 
 The audio is cut where reading the ring is safe: by the inference thread, each ring's one reader, between two model
@@ -38,7 +39,7 @@ from typing import Protocol
 
 import numpy as np
 
-from clapd.daemon.clips import ClipFile, find_clip
+from clapd.daemon.clip_files import ClipFile, find_clip
 from clapd.daemon.config import DetectionConfig
 from clapd.daemon.control import MAX_ENROL_SECONDS, ControlError, ControlRequest, apply_request
 from clapd.daemon.examples import ExampleError, read_example

@@ -20,7 +20,7 @@ import yaml
 from helpers import run_clapd
 
 import clapd
-from clapd.daemon.clips import ClipJob, ClipWriter, list_clips, parse_clip_name
+from clapd.daemon.clip_files import ClipJob, ClipWriter, list_clips, parse_clip_name
 from clapd.daemon.config import ClipsConfig
 from clapd.daemon.demo import DEMO_DETECTIONS, DEMO_EVENT_SETTINGS, DEMO_WINDOWS
 from clapd.models.demo_stream import PlannedEvent, make_demo_stream

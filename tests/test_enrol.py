@@ -32,7 +32,7 @@ from helpers import start_daemon, stop_daemon
 from mqtt_broker import MosquittoBroker, Subscriber
 
 import clapd
-from clapd.daemon.clips import clip_name
+from clapd.daemon.clip_files import clip_name
 from clapd.daemon.config import DetectionConfig
 from clapd.daemon.control import MAX_ENROL_SECONDS, ControlError, ControlRequest, ControlResult, parse_request
 from clapd.daemon.demo import DEMO_EVENT_SETTINGS, DEMO_WINDOWS
