@@ -20,7 +20,8 @@ from helpers import run_clapd, start_daemon
 import clapd
 from clapd.daemon.config import HistoryConfig
 from clapd.daemon.demo import DEMO_DETECTIONS, DEMO_EVENT_SETTINGS, DEMO_WINDOWS
-from clapd.daemon.history import HISTORY_FILE, MAX_BATCH_WINDOWS, HistoryRow, HistoryStore, quantize
+from clapd.daemon.history import HISTORY_FILE, HistoryRow, HistoryStore
+from clapd.daemon.history_db import MAX_BATCH_WINDOWS, quantize
 from clapd.daemon.search import parse_since
 from clapd.models.demo_stream import PlannedEvent, make_demo_stream
 

@@ -19,7 +19,7 @@ from urllib.parse import quote
 import numpy as np
 
 from clapd.daemon.clip_files import parse_clip_name
-from clapd.daemon.history import HistoryUnavailable
+from clapd.daemon.history_db import HistoryUnavailable
 from clapd.daemon.inference import LazyTextModel
 from clapd.daemon.search import Match, parse_since, recent_events, search_history
 from clapd.daemon.web.live import LiveEvent
