@@ -10,7 +10,9 @@ running their own windows against one 2-thread session. The settings:
 - `spinning`: the same with spinning on (onnxruntime's default);
 - `no-arena`: without the CPU memory arena (less memory kept between calls);
 - `extended`: ORT_ENABLE_EXTENDED instead of ALL (no NCHWc layout transformations);
-- `1-thread`: one intra-op thread.
+- `1-thread`: one intra-op thread;
+- `2-calls`: one session of one intra-op thread that two threads of the worker call at once, each with its own
+  windows (the daemon's `model.threads: 1, parallel_calls: 2`).
 
 The attention fusion of `onnxruntime.transformers` (`--model-type swin`) is reported by `--fusion`: how many
 attention blocks it fuses in the fp32 graph.
@@ -38,7 +40,8 @@ from clapd.daemon.inference import session_options
 
 PACKAGES = ("onnxruntime", "numpy")
 START, END = "<!-- bench_cpu_settings:start -->", "<!-- bench_cpu_settings:end -->"
-SETTINGS = ("daemon", "spinning", "no-arena", "extended", "1-thread")
+SETTINGS = ("daemon", "spinning", "no-arena", "extended", "1-thread", "2-calls")
+CALLS = {"2-calls": 2}  # calls at once on the worker's one session (1 elsewhere)
 # (setting, processes, batch): the rows, in order; each process runs its own windows
 ROWS = (
     ("daemon", 1, 1),
@@ -49,6 +52,8 @@ ROWS = (
     ("1-thread", 1, 1),
     ("1-thread", 2, 1),
     ("1-thread", 2, 4),
+    ("2-calls", 1, 1),
+    ("2-calls", 1, 4),
 )
 START_DELAY_S = 20.0  # every worker has loaded its session and warmed up by then
 
@@ -79,7 +84,7 @@ class Row:
 
 
 def options_for(setting: str) -> ort.SessionOptions:
-    options = session_options(1 if setting == "1-thread" else 2)
+    options = session_options(1 if setting in ("1-thread", "2-calls") else 2)
     if setting == "spinning":
         options.add_session_config_entry("session.intra_op.allow_spinning", "1")
     if setting == "no-arena":
@@ -90,7 +95,10 @@ def options_for(setting: str) -> ort.SessionOptions:
 
 
 def run_worker(args: argparse.Namespace) -> None:
-    """Load, warm up, wait for the common start, run windows for `--seconds`, print a WorkerReading."""
+    """Load, warm up, wait for the common start, run windows for `--seconds` (from one thread, or several at once
+    on the one session), print a WorkerReading."""
+    from concurrent.futures import ThreadPoolExecutor
+
     path = Reference(args.reference).audio_file("int8")
     session = ort.InferenceSession(str(path), options_for(args.worker), providers=["CPUExecutionProvider"])
     clips = make_clips()
@@ -99,10 +107,18 @@ def run_worker(args: argparse.Namespace) -> None:
     batches = [np.ascontiguousarray(clips[r]) for r in rows]
     session.run(None, {feed_name: batches[0]})  # warm-up: allocations, prepacking
     time.sleep(max(0.0, args.start_at - time.time()))
-    cpu0, began, windows, i = resource.getrusage(resource.RUSAGE_SELF), time.monotonic(), 0, 0
-    while time.monotonic() - began < args.seconds:
-        session.run(None, {feed_name: batches[i % len(batches)]})
-        windows, i = windows + args.batch, i + 1
+    cpu0, began = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
+
+    def loop(offset: int) -> int:
+        windows, i = 0, offset
+        while time.monotonic() - began < args.seconds:
+            session.run(None, {feed_name: batches[i % len(batches)]})
+            windows, i = windows + args.batch, i + 1
+        return windows
+
+    calls = CALLS.get(args.worker, 1)
+    with ThreadPoolExecutor(calls) as pool:
+        windows = sum(pool.map(loop, range(calls)))
     wall, cpu1 = time.monotonic() - began, resource.getrusage(resource.RUSAGE_SELF)
     memory = memory_mib()
     cpu = cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime
@@ -145,16 +161,17 @@ def fusion_report(reference: Reference) -> str:
 def table(rows: list[Row]) -> str:
     base = next(r for r in rows if (r.setting, r.processes, r.batch) == ROWS[0])
     lines = [
-        "| setting | threads per session x processes | batch | windows/s (all processes) | vs daemon "
-        "| CPU ms per window | VmRSS per process | VmHWM per process |",
+        "| setting | threads per session x processes x calls at once | batch per call | windows/s (all processes) "
+        "| vs daemon | CPU ms per window | VmRSS per process | VmHWM per process |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        threads = 1 if r.setting == "1-thread" else 2
+        threads = 1 if r.setting in ("1-thread", "2-calls") else 2
         rss = max(x.rss_mib for x in r.readings)
         hwm = max(x.hwm_mib for x in r.readings)
         lines.append(
-            f"| {r.setting} | {threads} x {r.processes} | {r.batch} | {r.windows_per_s:.2f} "
+            f"| {r.setting} | {threads} x {r.processes} x {CALLS.get(r.setting, 1)} | {r.batch} "
+            f"| {r.windows_per_s:.2f} "
             f"| {r.windows_per_s / base.windows_per_s:.2f}x | {r.cpu_ms_per_window:.0f} "
             f"| {rss:.0f} MiB | {hwm:.0f} MiB |"
         )

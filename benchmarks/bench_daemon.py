@@ -578,7 +578,8 @@ def section(latency: list[Latency], capacity: list[Capacity], model: str, notes:
         "## The whole daemon on the CPU: event latency, streams in real time, memory",
         "",
         f"Written by `benchmarks/bench_daemon.py`: {model}, CPUExecutionProvider, "
-        "2 threads per model call; every stream a `pipe` source whose writer paces s16le at 48 kHz by the clock "
+        "2 threads per model call (capacity: as its table says, threads per call x calls at once); every stream a "
+        "`pipe` source whose writer paces s16le at 48 kHz by the clock "
         f"({LATENCY_CHUNK // 48} ms writes for latency, {CAPACITY_CHUNK // 48} ms for capacity); mosquitto on "
         "loopback, QoS 1 (the daemon's spool, `synchronous=FULL`, in between).",
         "",
@@ -655,7 +656,7 @@ def run_capacity_all(args: argparse.Namespace, bundle: Path, port: int) -> list[
     results: list[Capacity] = []
     for workload in args.workloads.split(","):
         write_workload(args.work_dir, workload)
-        run = CapacityRun(workload, args.seconds, bundle, port, args.work_dir)
+        run = CapacityRun(workload, args.seconds, bundle, port, args.work_dir, args.threads, args.parallel_calls)
         results += capacity_search(args, workload, run)
     return results
 
@@ -733,6 +734,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--skip-capacity", action="store_true")
     parser.add_argument("--write", type=Path, help="markdown file whose bench_daemon section to update")
     parser.add_argument("--workloads", default="busy,quiet", help="capacity workloads, of: busy, quiet")
+    parser.add_argument("--threads", type=int, default=2, help="model.threads of the capacity runs")
+    parser.add_argument("--parallel-calls", type=int, default=1, help="model.parallel_calls of the capacity runs")
     parser.add_argument("--quiet-windows", default="10:1", help="window:hop seconds for the quiet workload")
     return parser.parse_args()
 

@@ -113,6 +113,8 @@ class Capacity:
     memory_start: dict[str, float]
     memory_end: dict[str, float]
     rss_trimmed: float  # VmRSS after the run and glibc's malloc_trim(0), MiB
+    threads: int = 2  # model.threads
+    parallel_calls: int = 1  # model.parallel_calls
 
     @property
     def real_time(self) -> bool:
@@ -180,7 +182,13 @@ def worker_config(args: argparse.Namespace, raw: Path) -> dict:
         return {"type": "pipe", "command": command, "sample_rate": RATE, "sample_format": "s16le", **gate}
 
     return {
-        "model": {"bundle": str(args.bundle), "providers": ["cpu"], "precision": "int8", "threads": 2},
+        "model": {
+            "bundle": str(args.bundle),
+            "providers": ["cpu"],
+            "precision": "int8",
+            "threads": args.threads,
+            "parallel_calls": args.parallel_calls,
+        },
         "windows": {"window_seconds": args.window, "hop_seconds": args.hop},
         "streams": {f"s{i}": stream(i) for i in range(args.streams)},
         "detections": {"bark": {"prompts": ["a dog barking"]}},
@@ -258,6 +266,8 @@ def run_worker(args: argparse.Namespace) -> None:
         memory_start,
         memory_end,
         memory_mib()["VmRSS"],
+        args.threads,
+        args.parallel_calls,
     )
     print(json.dumps(asdict(result)))
 
@@ -274,11 +284,14 @@ class CapacityRun:
     bundle: Path
     broker_port: int
     work: Path
+    threads: int = 2
+    parallel_calls: int = 1
 
     def __call__(self, n: int, window_s: float, hop_s: float) -> Capacity:
         options = ["--streams", str(n), "--window", str(window_s), "--hop", str(hop_s), "--seconds", str(self.seconds)]
         options += ["--bundle", str(self.bundle), "--broker-port", str(self.broker_port), "--work-dir", str(self.work)]
-        options += ["--workload", self.workload]
+        options += ["--workload", self.workload, "--threads", str(self.threads)]
+        options += ["--parallel-calls", str(self.parallel_calls)]
         what = f"capacity ({self.workload}): {n} streams, window {window_s:g} s, hop {hop_s:g} s, {self.seconds:g} s"
         print(f"{what} ...", file=sys.stderr)
         result = worker_result(Path(__file__).resolve(), options, what, timeout=self.seconds + 300)
@@ -326,14 +339,15 @@ def best_streams(capacity: list[Capacity]) -> dict[tuple[str, float], int]:
 
 def capacity_table(results: list[Capacity]) -> str:
     rows = [
-        "| workload | window / hop | streams | windows | gated | skipped | batch size p50 | batch ms p50 / p95 "
-        "| ms per window run | result lag p50 / max | daemon CPU | writers CPU | real time |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| workload | threads x calls | window / hop | streams | windows | gated | skipped | batch size p50 "
+        "| batch ms p50 / p95 | ms per window run | result lag p50 / max | daemon CPU | writers CPU | real time |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in results:
         per_window = r.ms_per_model_window
         rows.append(
-            f"| {r.workload} | {r.window_s:g} s / {r.hop_s:g} s | {r.streams} | {r.produced} | {r.gated} "
+            f"| {r.workload} | {r.threads} x {r.parallel_calls} | {r.window_s:g} s / {r.hop_s:g} s | {r.streams} "
+            f"| {r.produced} | {r.gated} "
             f"| {r.skipped} | {median(r.batch_sizes):g} | {median(r.batch_ms):.0f} / {quantile(r.batch_ms, 0.95):.0f} "
             f"| {per_window:.0f} | {median(r.lag_s):.2f} / {max(r.lag_s, default=math.nan):.2f} s "
             f"| {r.cpu_s / r.seconds:.2f} cores | {r.writers_cpu_s / r.seconds:.2f} cores "
@@ -352,6 +366,8 @@ def parse_worker_args() -> argparse.Namespace:
     parser.add_argument("--broker-port", type=int, required=True)
     parser.add_argument("--work-dir", type=Path, required=True)
     parser.add_argument("--workload", choices=WORKLOADS, default="busy")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--parallel-calls", type=int, default=1)
     return parser.parse_args()
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -141,11 +142,23 @@ class AudioModel:
         logger.info("audio model %s on %s", self.entry.file, ", ".join(self.providers))
         on_tensorrt = self.providers[0] == PROVIDER_NAMES["tensorrt"]
         self.max_batch = config.tensorrt.max_batch if on_tensorrt else None  # the engine's profile's limit
+        self.parallel_calls = 1 if self.providers[0] in GPU_PROVIDERS else config.parallel_calls
+        # Helpers of the model call, like onnxruntime's own intra-op threads: they only run session.run, which is
+        # safe to call at once from several threads on one session (each call runs on its caller's thread and
+        # `threads` - 1 of the session's pool).
+        self._helpers = ThreadPoolExecutor(self.parallel_calls - 1, "model-call") if self.parallel_calls > 1 else None
 
     def embed(self, windows: np.ndarray) -> np.ndarray:
         if self.max_batch is not None and len(windows) > self.max_batch:
             chunks = range(0, len(windows), self.max_batch)
             return np.concatenate([self.embed(windows[i : i + self.max_batch]) for i in chunks])
+        if self._helpers is None or len(windows) < 2:
+            return self._run(windows)
+        first, *others = np.array_split(windows, min(len(windows), self.parallel_calls))
+        pending = [self._helpers.submit(self._run, part) for part in others]
+        return np.concatenate([self._run(first), *(p.result() for p in pending)])
+
+    def _run(self, windows: np.ndarray) -> np.ndarray:
         if self.entry.batch_invariant:
             return self._session.run(None, {self._input: windows})[0]
         # Dynamic int8 scales span the batch: one window per call keeps each stream's score its own.

@@ -87,3 +87,19 @@ def test_batches_beyond_the_engine_profile_are_split(small_bundle_dir: Path) -> 
     whole = model.embed(windows)
     model.max_batch = 2  # as on TensorRT with tensorrt.max_batch: 2
     np.testing.assert_allclose(model.embed(windows), whole, atol=1e-5)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_parallel_calls_split_a_batch_and_give_the_same_embeddings(precision: str) -> None:
+    from clapd.daemon.demo import installed_demo_bundle
+
+    bundle = installed_demo_bundle()
+    one = AudioModel(bundle, open_bundle(bundle), ModelConfig(providers=["cpu"], precision=precision))
+    three = AudioModel(
+        bundle, open_bundle(bundle), ModelConfig(providers=["cpu"], precision=precision, threads=1, parallel_calls=3)
+    )
+    windows = np.random.default_rng(1).standard_normal((7, one.window_samples)).astype(np.float32) * 0.1
+    assert three.parallel_calls == 3 and one.parallel_calls == 1
+    # static int8 is batch-invariant to the bit; fp32 GEMMs may block a smaller batch differently
+    np.testing.assert_allclose(three.embed(windows), one.embed(windows), atol=0 if precision == "int8" else 1e-5)
+    np.testing.assert_allclose(three.embed(windows[:1]), one.embed(windows[:1]), atol=1e-5)

@@ -55,6 +55,15 @@ class ModelConfig(Section):
         "embeddings off the reference (cosine 0.999 on an H100); the fp16 model gains nothing from it",
     )
     threads: int = Field(2, ge=1, le=64, description="CPU threads one model call may use (intra-op threads)")
+    parallel_calls: int = Field(
+        1,
+        ge=1,
+        le=16,
+        description="model calls run at once on the CPU, each with `threads` threads: a batch of windows is split "
+        "among them, one session shared (no second copy of the weights). On 2 cores, 2 calls of 1 thread each "
+        "embedded more windows per second than 1 call of 2 threads (docs/benchmarks.md), while a lone window takes "
+        "longer on 1 thread. Ignored on a GPU provider",
+    )
 
 
 class WindowConfig(Section):
