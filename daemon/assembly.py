@@ -117,6 +117,7 @@ def assemble(
         level_interval=mqtt.level_interval_seconds if mqtt is not None else 0.0,
         utc_now=utc_now,
         recorders=[r for r in (clips, history) if r is not None],
+        cancel_model=audio.cancel,
     )
     enroller = Enroller(runner, config.state_dir, window, clips_directory(config), manifest.sample_rate)
     return Assembly(runner, preparer, outputs, control, enroller, web)

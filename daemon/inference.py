@@ -147,6 +147,7 @@ class AudioModel:
         # safe to call at once from several threads on one session (each call runs on its caller's thread and
         # `threads` - 1 of the session's pool).
         self._helpers = ThreadPoolExecutor(self.parallel_calls - 1, "model-call") if self.parallel_calls > 1 else None
+        self._run_options = ort.RunOptions()
 
     def embed(self, windows: np.ndarray) -> np.ndarray:
         if self.max_batch is not None and len(windows) > self.max_batch:
@@ -158,11 +159,17 @@ class AudioModel:
         pending = [self._helpers.submit(self._run, part) for part in others]
         return np.concatenate([self._run(first), *(p.result() for p in pending)])
 
+    def cancel(self) -> None:
+        """End the model calls in progress, and refuse later ones, with an error (from another thread, at stop):
+        a process that exits while onnxruntime still runs a call aborts (seen with 5 s batches, exit 134)."""
+        self._run_options.terminate = True
+
     def _run(self, windows: np.ndarray) -> np.ndarray:
         if self.entry.batch_invariant:
-            return self._session.run(None, {self._input: windows})[0]
+            return self._session.run(None, {self._input: windows}, self._run_options)[0]
         # Dynamic int8 scales span the batch: one window per call keeps each stream's score its own.
-        return np.concatenate([self._session.run(None, {self._input: w[None]})[0] for w in windows])
+        calls = (self._session.run(None, {self._input: w[None]}, self._run_options)[0] for w in windows)
+        return np.concatenate(list(calls))
 
     def warm_up(self) -> None:
         self.embed(np.zeros((1, self.window_samples), dtype=np.float32))

@@ -40,6 +40,7 @@ logger = logging.getLogger(__name__)
 IDLE_WAIT_SECONDS = 0.02  # how long the inference loop sleeps when no window is due
 RECORD_QUEUE_SIZE = 10_000  # records between the inference thread and the outputs' thread
 INFERENCE_JOIN_SHARE = 0.4  # of the stop time given to a model call in progress
+CANCEL_JOIN_SECONDS = 1.0  # a cancelled call ends at onnxruntime's next operator: milliseconds
 DELIVERY_JOIN_SHARE = 0.5  # of the stop time left given to handing queued records to the outputs
 LEVEL_SECONDS = 1.0  # each stream's input level is measured over, and this often
 
@@ -65,8 +66,10 @@ class Runner:
         level_interval: float = 0.0,
         utc_now: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
         recorders: Sequence[Recorder] = (),
+        cancel_model: Callable[[], None] = lambda: None,
     ) -> None:
         self.state = RunnerState.CREATED
+        self._cancel_model = cancel_model  # ends a model call in progress when stopping cannot wait for it
         self.recorders = list(recorders)  # clips, history: fed by the inference thread, each writing on its own
         self._recorder_threads = [threading.Thread(target=r.work, name=r.name, daemon=True) for r in recorders]
         self._streams = streams
@@ -155,6 +158,12 @@ class Runner:
         self._stop.set()
         if self._inference.is_alive():
             self._inference.join(INFERENCE_JOIN_SHARE * timeout)  # a model call in progress finishes first
+        if self._inference.is_alive():  # a long call (a big batch after falling behind): its windows are dropped
+            logger.warning(
+                "stopping: the model call in progress is cancelled (it ran past %.1f s)", INFERENCE_JOIN_SHARE * timeout
+            )
+            self._cancel_model()
+            self._inference.join(CANCEL_JOIN_SECONDS)
         close_events = not self._inference.is_alive()  # else the loop might still feed the tracker
         for stream in self._streams:
             stream.source.stop()
@@ -195,6 +204,9 @@ class Runner:
         try:
             self._infer_until_stopped()
         except Exception:
+            if self.state is RunnerState.STOPPING:  # the model call cancelled by stop()
+                logger.info("the model call in progress was cancelled at stop")
+                return
             logger.exception("the inference loop failed; stopping")  # systemd restarts us (Restart=on-failure)
             self.crashed = True
 
