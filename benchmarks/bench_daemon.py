@@ -76,6 +76,7 @@ from daemon_capacity import (
     write_workload,
 )
 
+from clapd.daemon.config import ModelConfig
 from clapd.daemon.detector import Detections
 from clapd.daemon.mqtt.spool import SPOOL_FILE
 
@@ -112,6 +113,7 @@ CANDIDATE_PROMPTS = (
 IDLE_LOAD = 1.0  # 1-min load average below which the machine counts as idle
 BUSY_PATTERN = "build_demo_model"  # another engineer's training run: timings taken meanwhile are worthless
 START, END = "<!-- bench_daemon:start -->", "<!-- bench_daemon:end -->"
+DEFAULTS = {name: ModelConfig.model_fields[name].default for name in ("threads", "parallel_calls", "cpu_batch")}
 STREAM = "s"  # the latency stream's name, offline and in the daemon
 PACKAGES = ("onnxruntime", "numpy", "paho-mqtt", "pydantic", "prometheus-client")
 
@@ -335,7 +337,7 @@ BATCH_LINE = re.compile(r"^(\S+ \S+) DEBUG clapd\.daemon\.runner: (\d+) windows 
 
 def model_settings(bundle: Path, precision: str) -> dict:
     """The latency runs' `model` config, offline and in the daemon."""
-    return {"bundle": str(bundle), "providers": ["cpu"], "precision": precision, "threads": 2}
+    return {"bundle": str(bundle), "providers": ["cpu"], "precision": precision}  # threads etc.: the defaults
 
 
 def latency_config(plan: Plan, files: dict[str, Path], precision: str, expected: Expected, port: int) -> dict:
@@ -578,8 +580,10 @@ def section(latency: list[Latency], capacity: list[Capacity], model: str, notes:
         "## The whole daemon on the CPU: event latency, streams in real time, memory",
         "",
         f"Written by `benchmarks/bench_daemon.py`: {model}, CPUExecutionProvider, "
-        "2 threads per model call (capacity: as its table says, threads per call x calls at once); every stream a "
-        "`pipe` source whose writer paces s16le at 48 kHz by the clock "
+        f"the daemon's model settings (latency: the defaults, {DEFAULTS['threads']} thread(s) per model call x "
+        f"{DEFAULTS['parallel_calls']} calls at once, at most {DEFAULTS['cpu_batch']} window(s) per call; capacity: "
+        "threads per call x calls at once as its table says); every stream a `pipe` source whose writer paces "
+        "s16le at 48 kHz by the clock "
         f"({LATENCY_CHUNK // 48} ms writes for latency, {CAPACITY_CHUNK // 48} ms for capacity); mosquitto on "
         "loopback, QoS 1 (the daemon's spool, `synchronous=FULL`, in between).",
         "",
@@ -734,8 +738,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--skip-capacity", action="store_true")
     parser.add_argument("--write", type=Path, help="markdown file whose bench_daemon section to update")
     parser.add_argument("--workloads", default="busy,quiet", help="capacity workloads, of: busy, quiet")
-    parser.add_argument("--threads", type=int, default=2, help="model.threads of the capacity runs")
-    parser.add_argument("--parallel-calls", type=int, default=1, help="model.parallel_calls of the capacity runs")
+    parser.add_argument("--threads", type=int, default=DEFAULTS["threads"], help="model.threads of the capacity runs")
+    parser.add_argument(
+        "--parallel-calls", type=int, default=DEFAULTS["parallel_calls"], help="model.parallel_calls, capacity runs"
+    )
     parser.add_argument("--quiet-windows", default="10:1", help="window:hop seconds for the quiet workload")
     return parser.parse_args()
 

@@ -113,8 +113,8 @@ class Capacity:
     memory_start: dict[str, float]
     memory_end: dict[str, float]
     rss_trimmed: float  # VmRSS after the run and glibc's malloc_trim(0), MiB
-    threads: int = 2  # model.threads
-    parallel_calls: int = 1  # model.parallel_calls
+    threads: int  # model.threads
+    parallel_calls: int  # model.parallel_calls
 
     @property
     def real_time(self) -> bool:
@@ -284,8 +284,8 @@ class CapacityRun:
     bundle: Path
     broker_port: int
     work: Path
-    threads: int = 2
-    parallel_calls: int = 1
+    threads: int
+    parallel_calls: int
 
     def __call__(self, n: int, window_s: float, hop_s: float) -> Capacity:
         options = ["--streams", str(n), "--window", str(window_s), "--hop", str(hop_s), "--seconds", str(self.seconds)]
@@ -366,8 +366,8 @@ def parse_worker_args() -> argparse.Namespace:
     parser.add_argument("--broker-port", type=int, required=True)
     parser.add_argument("--work-dir", type=Path, required=True)
     parser.add_argument("--workload", choices=WORKLOADS, default="busy")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--parallel-calls", type=int, default=1)
+    parser.add_argument("--threads", type=int, required=True)
+    parser.add_argument("--parallel-calls", type=int, required=True)
     return parser.parse_args()
 
 

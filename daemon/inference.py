@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import math
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -141,23 +142,27 @@ class AudioModel:
         self._input = self._session.get_inputs()[0].name
         logger.info("audio model %s on %s", self.entry.file, ", ".join(self.providers))
         on_tensorrt = self.providers[0] == PROVIDER_NAMES["tensorrt"]
-        self.max_batch = config.tensorrt.max_batch if on_tensorrt else None  # the engine's profile's limit
-        self.parallel_calls = 1 if self.providers[0] in GPU_PROVIDERS else config.parallel_calls
+        on_cpu = self.providers[0] == PROVIDER_NAMES["cpu"]
+        # Windows per call: TensorRT's engine profile's limit; on the CPU `cpu_batch` (a bigger batch ran no faster
+        # per window and held its activations in memory); unlimited on CUDA.
+        self.max_batch = config.tensorrt.max_batch if on_tensorrt else (config.cpu_batch if on_cpu else None)
+        self.parallel_calls = config.parallel_calls if on_cpu else 1
         # Helpers of the model call, like onnxruntime's own intra-op threads: they only run session.run, which is
-        # safe to call at once from several threads on one session (each call runs on its caller's thread and
-        # `threads` - 1 of the session's pool).
-        self._helpers = ThreadPoolExecutor(self.parallel_calls - 1, "model-call") if self.parallel_calls > 1 else None
+        # safe to call at once from several threads on one session (with `threads: 1` each call runs on its own
+        # thread alone).
+        self._helpers = ThreadPoolExecutor(self.parallel_calls, "model-call") if self.parallel_calls > 1 else None
         self._run_options = ort.RunOptions()
 
     def embed(self, windows: np.ndarray) -> np.ndarray:
-        if self.max_batch is not None and len(windows) > self.max_batch:
-            chunks = range(0, len(windows), self.max_batch)
-            return np.concatenate([self.embed(windows[i : i + self.max_batch]) for i in chunks])
-        if self._helpers is None or len(windows) < 2:
-            return self._run(windows)
-        first, *others = np.array_split(windows, min(len(windows), self.parallel_calls))
-        pending = [self._helpers.submit(self._run, part) for part in others]
-        return np.concatenate([self._run(first), *(p.result() for p in pending)])
+        """Calls of at most `max_batch` windows, `parallel_calls` of them at once; with several calls at once a
+        batch is split among them even under the limit."""
+        limit = self.max_batch or max(1, len(windows))
+        if self._helpers is not None:
+            limit = min(limit, math.ceil(len(windows) / self.parallel_calls))
+        parts = [windows[i : i + limit] for i in range(0, len(windows), limit)]
+        if self._helpers is None or len(parts) == 1:
+            return np.concatenate([self._run(part) for part in parts])
+        return np.concatenate(list(self._helpers.map(self._run, parts)))
 
     def cancel(self) -> None:
         """End the model calls in progress, and refuse later ones, with an error (from another thread, at stop):

@@ -90,16 +90,20 @@ def test_batches_beyond_the_engine_profile_are_split(small_bundle_dir: Path) -> 
 
 
 @pytest.mark.parametrize("precision", ["fp32", "int8"])
-def test_parallel_calls_split_a_batch_and_give_the_same_embeddings(precision: str) -> None:
+def test_parallel_calls_and_the_cpu_batch_limit_give_the_same_embeddings(precision: str) -> None:
     from clapd.daemon.demo import installed_demo_bundle
 
     bundle = installed_demo_bundle()
-    one = AudioModel(bundle, open_bundle(bundle), ModelConfig(providers=["cpu"], precision=precision))
-    three = AudioModel(
-        bundle, open_bundle(bundle), ModelConfig(providers=["cpu"], precision=precision, threads=1, parallel_calls=3)
-    )
-    windows = np.random.default_rng(1).standard_normal((7, one.window_samples)).astype(np.float32) * 0.1
-    assert three.parallel_calls == 3 and one.parallel_calls == 1
-    # static int8 is batch-invariant to the bit; fp32 GEMMs may block a smaller batch differently
-    np.testing.assert_allclose(three.embed(windows), one.embed(windows), atol=0 if precision == "int8" else 1e-5)
-    np.testing.assert_allclose(three.embed(windows[:1]), one.embed(windows[:1]), atol=1e-5)
+
+    def model(**settings: int) -> AudioModel:
+        return AudioModel(bundle, open_bundle(bundle), ModelConfig(providers=["cpu"], precision=precision, **settings))
+
+    whole = model(threads=2, parallel_calls=1, cpu_batch=256)
+    windows = np.random.default_rng(1).standard_normal((7, whole.window_samples)).astype(np.float32) * 0.1
+    expected = whole.embed(windows)
+    for settings in ({"parallel_calls": 3, "cpu_batch": 256}, {"parallel_calls": 2, "cpu_batch": 1}, {"cpu_batch": 3}):
+        split = model(threads=1, **settings)
+        assert (split.parallel_calls, split.max_batch) == (settings.get("parallel_calls", 2), settings["cpu_batch"])
+        # static int8 is batch-invariant to the bit; fp32 GEMMs may block a smaller batch differently
+        np.testing.assert_allclose(split.embed(windows), expected, atol=0 if precision == "int8" else 1e-5)
+        np.testing.assert_allclose(split.embed(windows[:1]), expected[:1], atol=1e-5)

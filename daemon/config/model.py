@@ -54,15 +54,29 @@ class ModelConfig(Section):
         description="let the CUDA provider use TF32 for fp32 math: faster fp32 on Ampere and newer, but it moves "
         "embeddings off the reference (cosine 0.999 on an H100); the fp16 model gains nothing from it",
     )
-    threads: int = Field(2, ge=1, le=64, description="CPU threads one model call may use (intra-op threads)")
-    parallel_calls: int = Field(
+    threads: int = Field(
         1,
         ge=1,
+        le=64,
+        description="CPU threads one model call may use (intra-op threads); see parallel_calls for the other way "
+        "to use more cores",
+    )
+    parallel_calls: int = Field(
+        2,
+        ge=1,
         le=16,
-        description="model calls run at once on the CPU, each with `threads` threads: a batch of windows is split "
-        "among them, one session shared (no second copy of the weights). On 2 cores, 2 calls of 1 thread each "
-        "embedded more windows per second than 1 call of 2 threads (docs/benchmarks.md), while a lone window takes "
-        "longer on 1 thread. Ignored on a GPU provider",
+        description="model calls run at once on the CPU, each with `threads` threads, on one session (no second "
+        "copy of the weights): a batch of windows is split among them. On 2 cores, 2 calls of 1 thread embedded "
+        "1.6x the windows per second of 1 call of 2 threads (docs/benchmarks.md, bench_cpu_settings); a lone window "
+        "takes longer on 1 thread (about 120 against 90 ms at full size). Set threads x parallel_calls to the cores "
+        "the daemon may use. Ignored on a GPU provider",
+    )
+    cpu_batch: int = Field(
+        1,
+        ge=1,
+        le=256,
+        description="most windows in one model call on the CPU: on 2 cores a batch of 4 was no faster per window "
+        "than 1, and its activations added about 150 MB at full size (bench_cpu_settings)",
     )
 
 
