@@ -56,6 +56,7 @@ from common import (
 )
 from daemon_capacity import (
     CAPACITY_CHUNK,
+    MAX_LAG_S,
     QUIET_CHUNK,
     QUIET_GATE_DBFS,
     QUIET_LOOP_S,
@@ -566,7 +567,8 @@ def summary(latency: list[Latency], capacity: list[Capacity]) -> list[str]:
             "size, is loaded only for prompts missing from the prompt cache, and released after them); VmRSS "
             f"{r.memory_end['VmRSS']:.0f} MiB after the run, {r.rss_trimmed:.0f} MiB after malloc_trim(0) (heap freed "
             "but kept by glibc). "
-            "More streams add little (a 30 s ring is 5.5 MiB each)."
+            "Each stream adds its ring (float32 at 48 kHz: 30 s, 5.5 MiB; 50 s, 9.2 MiB where MQTT control or the "
+            "web page can ask for enrolment) and its windows in flight."
         )
     return lines
 
@@ -607,9 +609,10 @@ def section(latency: list[Latency], capacity: list[Capacity], model: str, notes:
         "",
         "### 2. Streams kept in real time at a 1 s hop (int8, one daemon)",
         "",
-        "N pipe streams in one daemon process for the given seconds; N doubles until windows are skipped "
-        '(the streams\' skipped-window counts, i.e. the daemon logged "inference is behind"), then one bisection '
-        "step. *Result lag*: audio written after a batch's oldest window ended, by the time the batch was done. "
+        "N pipe streams in one daemon process for the given seconds; N doubles until the daemon does not keep up "
+        '(windows skipped, i.e. the daemon logged "inference is behind", or a result lag over '
+        f"{MAX_LAG_S:g} s), then one bisection step. *Result lag*: audio written after a batch's oldest window "
+        "ended, by the time the batch was done. "
         "*Writers CPU*: the N writer processes, which share the same 2 cores. Workloads: *busy*, every window "
         "runs the model (hiss with tones and bursts, no level gate), the worst case; *quiet*, a quiet room (room "
         f"tone about -60 dBFS RMS) with one {QUIET_SOUND_S:g} s sound per {QUIET_LOOP_S} s, each stream at its own "
@@ -618,7 +621,7 @@ def section(latency: list[Latency], capacity: list[Capacity], model: str, notes:
         "",
         capacity_table(capacity),
         "",
-        f"Largest N with no skipped window: {capacity_line}.",
+        f"Largest N kept up: {capacity_line}.",
         "",
         "### 3. Resident memory of the daemon's process",
         "",

@@ -36,6 +36,7 @@ BACKGROUND_PROMPTS = ["silence", "background noise", "an ordinary quiet room"]  
 TOPIC_PREFIX = "bench/clapd"
 STOP_S = 5.0  # a capacity worker's runner is given this long to stop
 WORKLOADS = ("busy", "quiet")
+MAX_LAG_S = 5.0  # a run whose results came later than this after their window ended did not keep up
 QUIET_LOOP_S = 60  # the quiet room's loop: one sound per loop
 QUIET_SOUND_S = 2.0
 QUIET_GATE_DBFS = -45.0  # the streams' level gate on the quiet workload: 15 dB over the room tone
@@ -118,7 +119,10 @@ class Capacity:
 
     @property
     def real_time(self) -> bool:
-        return self.skipped == 0 and self.restarts == 0 and self.produced > 0
+        """Kept up: nothing skipped, and every batch done within MAX_LAG_S of its oldest window's end (a daemon
+        falling behind skips only once 22.5 s behind, which a minute's run may not reach)."""
+        kept_up = max(self.lag_s, default=0.0) <= MAX_LAG_S
+        return self.skipped == 0 and self.restarts == 0 and self.produced > 0 and kept_up
 
     @property
     def ms_per_model_window(self) -> float:

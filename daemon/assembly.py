@@ -47,7 +47,6 @@ from clapd.daemon.windows import BEHIND_SHARE, StreamWindows
 logger = logging.getLogger(__name__)
 
 WINDOW_RING_SECONDS = 30  # the longest window plus generous slack for a slow model call
-RING_SECONDS = max(WINDOW_RING_SECONDS, ENROL_RING_SECONDS)  # capture kept per stream: the largest need
 PROMPT_CACHE_DIR = "prompt-cache"  # in the state directory
 EXAMPLE_CACHE_DIR = "example-cache"  # in the state directory
 
@@ -130,6 +129,14 @@ def resolve_bundle(config: ClapdConfig) -> Path:
     return bundle
 
 
+def ring_seconds(config: ClapdConfig) -> float:
+    """Capture kept per stream for windows, and for enrolment where a request can ask for it (MQTT control or the
+    web page): 50 s of float32 at 48 kHz is 9.6 MB a stream, 30 s 5.8 MB (bench_daemon: 64 streams)."""
+    mqtt = config.outputs.mqtt
+    enrolment = config.web.enabled or (mqtt is not None and mqtt.control.enabled)
+    return max(WINDOW_RING_SECONDS, ENROL_RING_SECONDS) if enrolment else WINDOW_RING_SECONDS
+
+
 def build_streams(config: ClapdConfig, manifest: Manifest, window: int, hop: int, started: datetime) -> list[Stream]:
     """Each configured stream's source, ring, windows and clock; no source started yet. Pipe commands do not see
     the MQTT password's environment variable."""
@@ -138,7 +145,7 @@ def build_streams(config: ClapdConfig, manifest: Manifest, window: int, hop: int
     secrets = [mqtt.password_env] if mqtt is not None and mqtt.password_env is not None else []
     streams = []
     pre_roll = largest_pre_roll(config.detections)  # None: no clips
-    seconds = max(RING_SECONDS, ring_need_seconds(pre_roll, window, hop, rate))  # the largest need, clips' included
+    seconds = max(ring_seconds(config), ring_need_seconds(pre_roll, window, hop, rate))  # clips' need included
     for name, source_config in config.streams.items():
         ring = RingBuffer(round(seconds * rate), sanitize=True)  # where audio enters the stream: corrupt samples stop
         source = build_source(name, source_config, ring, rate, hidden_env=secrets)
