@@ -35,14 +35,19 @@ SAMPLE_RATE = 48_000  # Hz
 WINDOW_SAMPLES = 480_000  # the model's fixed input: 10 s
 N_CLIPS = 8
 THREADS = 2
-VARIANTS = ("hf-eager", "onnx-fp32", "onnx-int8", "onnx-int8-dynamic")
+VARIANTS = ("hf-eager", "onnx-fp32", "onnx-int8", "onnx-int8-dynamic", "daemon")
 NAMES = {
     "hf-eager": "HF eager",
     "onnx-fp32": "ONNX fp32",
     "onnx-int8": "ONNX int8 (static)",
     "onnx-int8-dynamic": "ONNX int8 (dynamic)",
+    "daemon": "the daemon's path",
 }
-LABELS = {**NAMES, "hf-eager": "HF eager (extractor + `get_audio_features`)"}
+LABELS = {
+    **NAMES,
+    "hf-eager": "HF eager (extractor + `get_audio_features`)",
+    "daemon": "the daemon's path (`AudioModel`, default settings: int8, 1-thread calls, 2 at once, 1 window each)",
+}
 PRECISIONS = {"onnx-fp32": "fp32", "onnx-int8": "int8"}  # the bundle's audio model each ONNX variant runs
 DYNAMIC_INT8_FILE = "audio_int8_dynamic.onnx"  # beside the reference bundle, built from its fp32 file
 PACKAGES = ("torch", "transformers", "onnxruntime", "numpy")
@@ -107,6 +112,15 @@ def onnx_session(path: Path, profile_prefix: str | None = None) -> ort.Inference
         options.enable_profiling = True
         options.profile_file_prefix = profile_prefix
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def daemon_embedder(bundle: Path) -> Embedder:
+    """clapd's own AudioModel with the config's defaults on the CPU: what the daemon runs a batch of windows with."""
+    from clapd.daemon.config import ModelConfig
+    from clapd.daemon.inference import AudioModel, open_bundle
+
+    model = AudioModel(bundle, open_bundle(bundle), ModelConfig(providers=["cpu"]))
+    return model.embed
 
 
 def onnx_embedder(path: Path) -> Embedder:
@@ -202,6 +216,8 @@ def run_worker(args: argparse.Namespace) -> None:
         return
     if args.worker == "hf-eager":
         embed = hf_embedder(reference.model)
+    elif args.worker == "daemon":
+        embed = daemon_embedder(reference.bundle)
     else:
         embed = onnx_embedder(onnx_file(reference, args.worker))
     window_ms = time_embedder(embed, clips, args.worker_batch, args.runs, args.warmup)
@@ -250,7 +266,12 @@ def cosine_lines(timings: list[Timing]) -> list[str]:
     for t in sorted(timings, key=lambda t: t.batch):
         largest[t.variant] = np.asarray(t.embeddings, dtype=np.float64)
     lines = []
-    pairs = (("onnx-int8", "onnx-fp32", 6), ("onnx-int8-dynamic", "onnx-fp32", 6), ("onnx-fp32", "hf-eager", 10))
+    pairs = (
+        ("onnx-int8", "onnx-fp32", 6),
+        ("onnx-int8-dynamic", "onnx-fp32", 6),
+        ("daemon", "onnx-int8", 6),
+        ("onnx-fp32", "hf-eager", 10),
+    )
     for candidate, reference, digits in pairs:
         if {candidate, reference} <= largest.keys():
             c = compare(largest[reference], largest[candidate])
@@ -275,7 +296,8 @@ def section(timings: list[Timing], load: float) -> str:
         "",
         "Written by `benchmarks/bench_audio_cpu.py`: random-weight full-size reference model (HTSAT-tiny, "
         "`laion/clap-htsat-unfused` architecture), each path x batch timed in a fresh process with "
-        f"{THREADS} threads. Per-window ms = batch time / batch size. HF eager includes its numpy feature "
+        f"{THREADS} threads (the daemon's path: its own settings). Per-window ms = batch time / batch size. HF "
+        "eager includes its numpy feature "
         "extractor; the ONNX graphs include their front end. ONNX sessions: CPUExecutionProvider, "
         "ORT_ENABLE_ALL at load, intra-op spinning off (the daemon's settings).",
         "",
@@ -353,7 +375,7 @@ def run_parent(args: argparse.Namespace) -> None:
     ]
     publish(section(timings, load), args.write, START, END)
     if args.profile:
-        onnx_variants = [v for v in variants if v != "hf-eager"]
+        onnx_variants = [v for v in variants if v not in ("hf-eager", "daemon")]
         profiles = {(v, b): spawn_profile(v, b, args.profile, reference) for b in batches for v in onnx_variants}
         print(f"\nms per window under onnxruntime's profiler ({args.profile} runs after a warm-up):")
         print(profile_tables(profiles))
