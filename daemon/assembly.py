@@ -132,9 +132,7 @@ def resolve_bundle(config: ClapdConfig) -> Path:
 def ring_seconds(config: ClapdConfig) -> float:
     """Capture kept per stream for windows, and for enrolment where a request can ask for it (MQTT control or the
     web page): 50 s of float32 at 48 kHz is 9.6 MB a stream, 30 s 5.8 MB (bench_daemon: 64 streams)."""
-    mqtt = config.outputs.mqtt
-    enrolment = config.web.enabled or (mqtt is not None and mqtt.control.enabled)
-    return max(WINDOW_RING_SECONDS, ENROL_RING_SECONDS) if enrolment else WINDOW_RING_SECONDS
+    return max(WINDOW_RING_SECONDS, ENROL_RING_SECONDS) if config.takes_control_requests else WINDOW_RING_SECONDS
 
 
 def build_streams(config: ClapdConfig, manifest: Manifest, window: int, hop: int, started: datetime) -> list[Stream]:

@@ -321,8 +321,7 @@ def _control_store(config: ClapdConfig) -> ControlStore | None:
     """The saved control changes, when a control channel is on (MQTT control, the web page's buttons); with none
     on they are ignored (and say so)."""
     store = ControlStore(config.state_dir / CONTROL_FILE)
-    mqtt = config.outputs.mqtt
-    if (mqtt is not None and mqtt.control.enabled) or config.web.enabled:
+    if config.takes_control_requests:
         return store
     if store.path.exists():
         logger.warning(

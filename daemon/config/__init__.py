@@ -110,6 +110,13 @@ class ClapdConfig(Section):
     )
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="log level and format")
 
+    @property
+    def takes_control_requests(self) -> bool:
+        """A control channel is on (MQTT control, or the web page's buttons): detections may change at run time
+        and enrolment may ask for a stream's recent audio."""
+        mqtt = self.outputs.mqtt
+        return (mqtt is not None and mqtt.control.enabled) or self.web.enabled
+
     @field_validator("streams", "detections", mode="before")
     @classmethod
     def _names_are_strings(cls, value: object) -> object:
