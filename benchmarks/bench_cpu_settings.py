@@ -42,6 +42,7 @@ PACKAGES = ("onnxruntime", "numpy")
 START, END = "<!-- bench_cpu_settings:start -->", "<!-- bench_cpu_settings:end -->"
 SETTINGS = ("daemon", "spinning", "no-arena", "extended", "1-thread", "2-calls")
 CALLS = {"2-calls": 2}  # calls at once on the worker's one session (1 elsewhere)
+ONE_THREAD = ("1-thread", "2-calls")  # sessions of one intra-op thread (2 elsewhere)
 # (setting, processes, batch): the rows, in order; each process runs its own windows
 ROWS = (
     ("daemon", 1, 1),
@@ -83,8 +84,12 @@ class Row:
         return 1000 * sum(r.cpu_s for r in self.readings) / max(1, sum(r.windows for r in self.readings))
 
 
+def threads_of(setting: str) -> int:
+    return 1 if setting in ONE_THREAD else 2
+
+
 def options_for(setting: str) -> ort.SessionOptions:
-    options = session_options(1 if setting in ("1-thread", "2-calls") else 2)
+    options = session_options(threads_of(setting))
     if setting == "spinning":
         options.add_session_config_entry("session.intra_op.allow_spinning", "1")
     if setting == "no-arena":
@@ -166,7 +171,7 @@ def table(rows: list[Row]) -> str:
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        threads = 1 if r.setting in ("1-thread", "2-calls") else 2
+        threads = threads_of(r.setting)
         rss = max(x.rss_mib for x in r.readings)
         hwm = max(x.hwm_mib for x in r.readings)
         lines.append(
