@@ -39,7 +39,10 @@ logger = logging.getLogger(__name__)
 EXIT_CONFIG = 2  # bad configuration: nothing was started
 EXIT_STARTUP = 1  # bundle, device or model problems at start-up
 EXIT_CRASHED = 3  # the inference loop died: non-zero so that systemd's Restart=on-failure restarts us
-STOP_SECONDS = 2.0  # SIGTERM to exit: systemd's TimeoutStopSec is longer, this is our own promise
+# SIGTERM to exit, at most; a stop usually takes well under a second, as each step ends when its work is done. Ample
+# because a loaded machine (a model call in progress, a slow broker ack) once left the last events in the spool at 2 s;
+# systemd's TimeoutStopSec (20 s) is longer.
+STOP_SECONDS = 10.0
 CONTROL_POLL_SECONDS = 0.1  # the main thread's reaction time to signals and control requests
 RELOADABLE_KEYS = ("detections", "background_prompts")  # SIGHUP applies these; every other section needs a restart
 RESTART_KEYS = tuple(key for key in ClapdConfig.model_fields if key not in RELOADABLE_KEYS)

@@ -261,18 +261,28 @@ def test_a_fleet_on_bridged_brokers_loses_no_event_when_the_uplink_is_cut(broker
 
     written = {node: daemon.events() for node, daemon in fleet.items()}
 
-    def settled(got: list[Received], node: str) -> bool:
-        """Every event, and what follows the last one (its OFF state, then "offline"), at the central broker."""
+    def unsettled(got: list[Received], node: str) -> list[str]:
+        """What is still missing of every event and what follows the last one (its OFF state, then "offline")."""
         last = last_payloads(got)
-        off = last.get(f"clapd/{node}/room/always/state") == b"OFF"
-        offline = last.get(f"clapd/{node}/status") == b"offline"
-        return set(event_messages(got, node)) >= set(written[node]) and off and offline
+        missing = set(written[node]) - set(event_messages(got, node))
+        state = last.get(f"clapd/{node}/room/always/state")
+        status = last.get(f"clapd/{node}/status")
+        return [
+            *([f"{node}: {len(missing)} of {len(written[node])} events, e.g. {min(missing)}"] if missing else []),
+            *([f"{node}: last state {state!r}"] if state != b"OFF" else []),
+            *([f"{node}: last status {status!r}"] if status != b"offline" else []),
+        ]
 
-    got = watcher.wait_for(
-        lambda got: all(settled(got, node) for node in nodes),
-        DELIVERY_TIMEOUT,
-        "every event of both nodes, their last state OFF and their status offline at the central broker",
-    )
+    try:
+        got = watcher.wait_for(
+            lambda got: not any(unsettled(got, node) for node in nodes),
+            DELIVERY_TIMEOUT,
+            "every event of both nodes, their last state OFF and their status offline at the central broker",
+        )
+    except AssertionError:  # say what is missing: the whole list of messages is too long to read
+        missing = [reason for node in nodes for reason in unsettled(watcher.received(), node)]
+        logs = {node: daemon.log.read_text()[-1500:] for node, daemon in fleet.items()}
+        raise AssertionError(f"not at the central broker after {DELIVERY_TIMEOUT} s: {missing}; logs {logs}") from None
     for node in nodes:
         assert event_messages(got, node) == written[node]  # exactly as written: same events, same bytes, no other
         assert during[node] < after[node] < len(written[node])
