@@ -30,7 +30,7 @@ import soundfile
 import soxr
 
 from clapd.daemon.windows import repeat_pad
-from clapd.models import synthetic, synthetic_channel
+from clapd.models import machine_pairs, synthetic, synthetic_channel
 
 logger = logging.getLogger(__name__)
 
@@ -274,7 +274,14 @@ def synthetic_captions(label: str) -> tuple[str, ...]:
     background prompts are of these words)."""
     if label.startswith(BACKGROUND_LABEL):
         return synthetic.BACKGROUND_CAPTIONS[label.removeprefix(BACKGROUND_LABEL)]
-    return split_captions(synthetic.CLASSES[label].captions)[0]
+    return split_captions(_all_captions(label))[0]
+
+
+def _all_captions(label: str) -> tuple[str, ...]:
+    """A sound class's or a machine label's captions, the held-out one included."""
+    if label.startswith(machine_pairs.LABEL_PREFIX):
+        return machine_pairs.captions(label)
+    return synthetic.CLASSES[label].captions
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,13 +299,16 @@ class SyntheticDataset:
     # Issue 15: the share of sounds made by `synthetic_channel.training_sound` (other synthesis methods, rooms) and
     # of clips coloured by a microphone and codec; 0 draws nothing more, so the shipped demo's data stays the same.
     methods_share: float = 0.0
+    # Issue 12: the share of clips that are a machine running normally (`machine_pairs`), labelled by machine type
+    # and operating condition; 0 draws nothing more.
+    machines_share: float = 0.0
 
     def __len__(self) -> int:
         return self.count
 
     def __iter__(self) -> Iterator[Pair]:
         chunks = [
-            (self.seed, self.part, k, min(CHUNK_CLIPS, self.count - k * CHUNK_CLIPS), self.methods_share)
+            (self.seed, self.part, k, min(CHUNK_CLIPS, self.count - k * CHUNK_CLIPS), *self._shares)
             for k in self._chunks()
         ]
         if self.workers <= 1:
@@ -314,20 +324,29 @@ class SyntheticDataset:
     def _chunks(self) -> range:
         return range(math.ceil(self.count / CHUNK_CLIPS))
 
+    @property
+    def _shares(self) -> tuple[float, float]:
+        return self.methods_share, self.machines_share
+
+    def _labels(self) -> list[str]:
+        return [*synthetic_labels(), *(machine_pairs.labels() if self.machines_share else [])]
+
     def prompts(self) -> dict[str, str]:
         prompts = {}
-        for label in synthetic_labels():
+        for label in self._labels():
             if label.startswith(BACKGROUND_LABEL):
                 prompts[label] = synthetic_captions(label)[0]
             else:
-                prompts[label] = split_captions(synthetic.CLASSES[label].captions)[1]
+                prompts[label] = split_captions(_all_captions(label))[1]
         return prompts
 
     def corpus(self) -> list[str]:
-        return sorted({c for label in synthetic_labels() for c in synthetic_captions(label)})
+        return sorted({c for label in self._labels() for c in synthetic_captions(label)})
 
 
-def synthetic_chunk(seed: int, part: int, chunk: int, size: int, methods_share: float = 0.0) -> list[Pair]:
+def synthetic_chunk(
+    seed: int, part: int, chunk: int, size: int, methods_share: float = 0.0, machines_share: float = 0.0
+) -> list[Pair]:
     """`size` clips; clip i of the whole set is of class i % (classes + 1), the last meaning background only.
 
     Each generated sound is mixed into `SOUND_USES` clips (another bed, shift, SNR and onset each time): the
@@ -339,6 +358,9 @@ def synthetic_chunk(seed: int, part: int, chunk: int, size: int, methods_share: 
     pairs: list[Pair] = []
     sound = np.zeros(0, np.float32)
     for i in range(size):
+        if machines_share and rng.random() < machines_share:
+            pairs.append(_machine_pair(rng, methods_share))
+            continue
         label = labels[((chunk * CHUNK_CLIPS + i) // SOUND_USES) % len(labels)]
         kind, bed = beds[int(rng.integers(len(beds)))]
         if label == BACKGROUND_LABEL:
@@ -353,6 +375,18 @@ def synthetic_chunk(seed: int, part: int, chunk: int, size: int, methods_share: 
                 sound = synthetic.CLASSES[label].make(rng, seconds)
         pairs.append(Pair(_coloured(rng, _mixed(rng, sound, bed), methods_share), synthetic_captions(label), label))
     return pairs
+
+
+def _machine_pair(rng: np.random.Generator, methods_share: float) -> Pair:
+    """A machine running normally (`machine_pairs`), as long as another clip (short ones repeat-padded), at the
+    peak level of the other clips, coloured like them."""
+    label = str(rng.choice(machine_pairs.labels()))
+    short = rng.random() < SHORT_CLIP_SHARE
+    seconds = _log_uniform(rng, 1.0, 10.0) if short else WINDOW_SAMPLES / SAMPLE_RATE
+    audio = machine_pairs.machine_audio(rng, label, seconds)
+    audio = audio * (10 ** (SYNTHETIC_PEAK_DBFS / 20) / max(float(np.abs(audio).max()), 1e-9))
+    clip = repeat_pad(audio.astype(np.float32), WINDOW_SAMPLES)
+    return Pair(_coloured(rng, clip, methods_share), synthetic_captions(label), label)
 
 
 def _coloured(rng: np.random.Generator, clip: np.ndarray, methods_share: float) -> np.ndarray:

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from clapd.export.bundle import ExportRequest, export_bundle
-from clapd.models import finetune_cli
+from clapd.models import finetune_cli, machine_pairs
 from clapd.models.finetune import (
     STATE_FILE,
     EpochReport,
@@ -276,3 +276,19 @@ def test_synthetic_dataset_is_seeded_and_balanced() -> None:
     prompts = SyntheticDataset(1).prompts()
     held_out = {prompts[p.label] for p in a if not p.label.startswith("background:")}
     assert not held_out & {c for p in a for c in p.captions}
+
+
+def test_synthetic_machine_share_adds_normal_machines_labelled_by_type_and_condition() -> None:
+    """Issue 12: a share of clips are machines running normally; each label's held-out prompt is not trained on."""
+    dataset = SyntheticDataset(24, seed=2, machines_share=0.5)
+    pairs = list(dataset)
+    machines = [p for p in pairs if p.label.startswith(machine_pairs.LABEL_PREFIX)]
+    assert 4 <= len(machines) <= 20 and len(pairs) == 24  # about half, drawn per clip
+    prompts, corpus = dataset.prompts(), set(dataset.corpus())
+    assert set(machine_pairs.labels()) <= set(prompts)
+    for pair in machines:
+        assert pair.audio.shape == (WINDOW_SAMPLES,) and 0.09 < float(np.abs(pair.audio).max()) < 0.11  # -20 dBFS
+        assert set(pair.captions) <= corpus and prompts[pair.label] not in corpus
+        assert {*pair.captions, prompts[pair.label]} == set(machine_pairs.captions(pair.label))
+        assert all(pair.label.split(":")[1][:4] in caption for caption in pair.captions)  # fan, pump, gear, comp
+    assert not any(p.label.startswith(machine_pairs.LABEL_PREFIX) for p in SyntheticDataset(24, seed=2))
