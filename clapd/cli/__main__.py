@@ -1,0 +1,3 @@
+from clapd.cli import main
+
+raise SystemExit(main())
