@@ -15,7 +15,8 @@ running their own windows against one 2-thread session. The settings:
   windows (the daemon's `model.threads: 1, parallel_calls: 2`).
 
 The attention fusion of `onnxruntime.transformers` (`--model-type swin`) is reported by `--fusion`: how many
-attention blocks it fuses in the fp32 graph.
+attention blocks it fuses in the fp32 graph. `--int8-variants softmax,add-mul,layout,all` adds a `2-calls` row for
+each int8 model quantised over more operator types (`int8_variants.py`), with its least cosine to fp32.
 
     .venv/bin/python benchmarks/bench_cpu_settings.py --write docs/benchmarks.md
 """
@@ -23,6 +24,7 @@ attention blocks it fuses in the fp32 graph.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import resource
@@ -35,6 +37,7 @@ import numpy as np
 import onnxruntime as ort
 from bench_audio_cpu import make_clips, static_reference
 from common import Reference, arg_parser, header_lines, memory_mib, publish, worker_result
+from int8_variants import SHIPPED, VARIANTS, variant_file
 
 from clapd.daemon.inference import session_options
 
@@ -74,6 +77,8 @@ class Row:
     processes: int
     batch: int
     readings: list[WorkerReading]
+    model: str = "int8"  # "int8": the bundle's; else a variant of int8_variants.VARIANTS
+    min_cosine: float | None = None  # of a variant, to fp32
 
     @property
     def windows_per_s(self) -> float:
@@ -104,7 +109,8 @@ def run_worker(args: argparse.Namespace) -> None:
     on the one session), print a WorkerReading."""
     from concurrent.futures import ThreadPoolExecutor
 
-    path = Reference(args.reference).audio_file("int8")
+    reference = Reference(args.reference)
+    path = variant_file(reference, args.model) if args.model != "int8" else reference.audio_file("int8")
     session = ort.InferenceSession(str(path), options_for(args.worker), providers=["CPUExecutionProvider"])
     clips = make_clips()
     feed_name = session.get_inputs()[0].name
@@ -130,20 +136,20 @@ def run_worker(args: argparse.Namespace) -> None:
     print(json.dumps(asdict(WorkerReading(windows, wall, cpu, memory["VmRSS"], memory["VmHWM"]))))
 
 
-def measure(setting: str, processes: int, batch: int, seconds: float, reference: Reference) -> Row:
+def measure(setting: str, processes: int, batch: int, seconds: float, reference: Reference, model: str = "int8") -> Row:
     """`processes` workers at once, started together."""
     from concurrent.futures import ThreadPoolExecutor
 
     start_at = time.time() + START_DELAY_S
     options = ["--worker", setting, "--batch", str(batch), "--seconds", str(seconds), "--start-at", str(start_at)]
-    options += ["--reference", str(reference.directory)]
-    what = f"{setting}, {processes} process(es), batch {batch}"
+    options += ["--reference", str(reference.directory), "--model", model]
+    what = f"{setting}, {processes} process(es), batch {batch}, model {model}"
     print(f"{what} ...", file=sys.stderr)
     script = Path(__file__).resolve()
     with ThreadPoolExecutor(processes) as pool:
         futures = [pool.submit(worker_result, script, options, what, timeout=seconds + 300) for _ in range(processes)]
         readings = [WorkerReading(**f.result()) for f in futures]
-    row = Row(setting, processes, batch, readings)
+    row = Row(setting, processes, batch, readings, model)
     print(f"  -> {row.windows_per_s:.2f} windows/s, {row.cpu_ms_per_window:.0f} CPU ms per window", file=sys.stderr)
     return row
 
@@ -166,21 +172,39 @@ def fusion_report(reference: Reference) -> str:
 def table(rows: list[Row]) -> str:
     base = next(r for r in rows if (r.setting, r.processes, r.batch) == ROWS[0])
     lines = [
-        "| setting | threads per session x processes x calls at once | batch per call | windows/s (all processes) "
-        "| vs daemon | CPU ms per window | VmRSS per process | VmHWM per process |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| setting | int8 model | threads per session x processes x calls at once | batch per call "
+        "| windows/s (all processes) | vs daemon | CPU ms per window | VmRSS per process | VmHWM per process |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         threads = threads_of(r.setting)
         rss = max(x.rss_mib for x in r.readings)
         hwm = max(x.hwm_mib for x in r.readings)
         lines.append(
-            f"| {r.setting} | {threads} x {r.processes} x {CALLS.get(r.setting, 1)} | {r.batch} "
+            f"| {r.setting} | {model_cell(r)} | {threads} x {r.processes} x {CALLS.get(r.setting, 1)} | {r.batch} "
             f"| {r.windows_per_s:.2f} "
             f"| {r.windows_per_s / base.windows_per_s:.2f}x | {r.cpu_ms_per_window:.0f} "
             f"| {rss:.0f} MiB | {hwm:.0f} MiB |"
         )
     return "\n".join(lines)
+
+
+def model_cell(row: Row) -> str:
+    if row.model == "int8":
+        return "shipped (MatMul, Gemm, Conv)"
+    return f"+ {', '.join(VARIANTS[row.model][len(SHIPPED) :])} (cosine {row.min_cosine:.4f} to fp32)"
+
+
+def variant_rows(variants: list[str], seconds: float, reference: Reference) -> list[Row]:
+    """A `2-calls` row (the daemon's default) for each int8 variant, built first so that no row waits on a build."""
+    import int8_variants
+
+    cosines = {}
+    for variant in variants:
+        int8_variants.build(reference, variant)
+        cosines[variant] = int8_variants.min_cosine(reference, variant_file(reference, variant))
+    rows = [measure("2-calls", 1, 1, seconds, reference, variant) for variant in variants]
+    return [dataclasses.replace(row, min_cosine=cosines[row.model]) for row in rows]
 
 
 def section(rows: list[Row], seconds: float, load: float, fusion: str) -> str:
@@ -208,7 +232,9 @@ def section(rows: list[Row], seconds: float, load: float, fusion: str) -> str:
 def run_parent(args: argparse.Namespace) -> None:
     load = os.getloadavg()[0]
     reference = static_reference(False)
-    rows = [measure(s, p, b, args.seconds, reference) for s, p, b in ROWS]
+    variants = [v for v in (args.int8_variants or "").split(",") if v]
+    rows = [measure(s, p, b, args.seconds, reference) for s, p, b in (ROWS if args.rows == "all" else ROWS[:1])]
+    rows += variant_rows(variants, args.seconds, reference)
     fusion = fusion_report(reference) if args.fusion else ""
     publish(section(rows, args.seconds, load, fusion), args.write, START, END)
 
@@ -218,6 +244,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=30.0, help="how long each worker runs windows")
     parser.add_argument("--fusion", action="store_true", help="also report onnxruntime.transformers' swin fusion")
     parser.add_argument("--write", type=Path, help="markdown file whose bench_cpu_settings section to update")
+    parser.add_argument("--int8-variants", help=f"comma-separated, of {', '.join(VARIANTS)}: also measure these")
+    parser.add_argument(
+        "--rows", choices=("all", "daemon"), default="all", help="'daemon': its row and the variants' only"
+    )
+    parser.add_argument("--model", default="int8", help=argparse.SUPPRESS)
     parser.add_argument("--worker", choices=SETTINGS, help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--start-at", type=float, default=0.0, help=argparse.SUPPRESS)

@@ -101,7 +101,13 @@ class FeatureReader(CalibrationDataReader):
         return self._count
 
 
-def embedder_int8(front_end_path: Path, fp32_path: Path, out_path: Path, clips: list[np.ndarray]) -> None:
+def embedder_int8(
+    front_end_path: Path,
+    fp32_path: Path,
+    out_path: Path,
+    clips: list[np.ndarray],
+    ops: tuple[str, ...] = QUANTISED_OPS,
+) -> None:
     """Static int8 (QDQ) of the embedder at `fp32_path`, calibrated on `clips` (waveforms [window_samples] that
     the front end at `front_end_path` turns into the embedder's input).
 
@@ -109,7 +115,8 @@ def embedder_int8(front_end_path: Path, fp32_path: Path, out_path: Path, clips: 
     MatMul is quantised, the attention's two activation-by-activation products included, but a MatMul's output
     is not quantised again: onnxruntime then runs the projections as MatMulIntegerToFloat (int8 in, fp32 out),
     which drops a QuantizeLinear/DequantizeLinear pair per projection. On a 2-core Xeon with AVX-512 VNNI this
-    is 10-12 % faster than re-quantised outputs and closer to fp32; see docs/benchmarks.md.
+    is 10-12 % faster than re-quantised outputs and closer to fp32; see docs/benchmarks.md. `ops`: the operator
+    types quantised (benchmarks try others).
     """
     front_end = verify.cpu_session(str(front_end_path))
     with _quiet_root_logger():
@@ -118,7 +125,7 @@ def embedder_int8(front_end_path: Path, fp32_path: Path, out_path: Path, clips: 
             str(out_path),
             FeatureReader(front_end, clips, onnx_graphs.FEATURES),
             quant_format=QuantFormat.QDQ,
-            op_types_to_quantize=list(QUANTISED_OPS),
+            op_types_to_quantize=list(ops),
             per_channel=True,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
