@@ -8,15 +8,13 @@ Numpy only (no torch). Whole-pipeline tests play it through the daemon and compa
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
-import soundfile
 
+from clapd.models.recording import PlannedRecording, add_output_options, samples
 from clapd.models.synthetic import BACKGROUNDS, CLASSES, SAMPLE_RATE, Generator
 
 BACKGROUND_DBFS = -50.0  # dBFS: the background's RMS level, a quiet room through a decent microphone
@@ -48,7 +46,7 @@ DEFAULT_LAYOUT = (
 
 
 @dataclass(frozen=True, slots=True, eq=False)
-class DemoStream:
+class DemoStream(PlannedRecording):
     """A planted recording and its plan."""
 
     audio: np.ndarray  # float32 mono [samples] at sample_rate, within [-1, 1]
@@ -57,16 +55,6 @@ class DemoStream:
     background: str  # a synthetic.BACKGROUNDS key
     background_dbfs: float  # dBFS RMS
     sample_rate: int = SAMPLE_RATE  # Hz
-
-    @property
-    def seconds(self) -> float:
-        return len(self.audio) / self.sample_rate
-
-    def write_wav(self, path: str | Path, subtype: str = "FLOAT") -> Path:
-        """Write the audio; the default 32-bit float keeps it bit-exact ("PCM_16" for players that want it)."""
-        path = Path(path)
-        soundfile.write(path, self.audio, self.sample_rate, subtype=subtype)
-        return path
 
     def ground_truth(self) -> dict[str, object]:
         return {
@@ -77,9 +65,6 @@ class DemoStream:
             "background_dbfs": self.background_dbfs,
             "events": [asdict(event) for event in self.events],
         }
-
-    def ground_truth_json(self) -> str:
-        return json.dumps(self.ground_truth(), indent=2)
 
 
 def default_events(seconds: float) -> list[PlannedEvent]:
@@ -133,7 +118,7 @@ def make_demo_stream(
     rms = math.sqrt(float(np.mean(bed**2)))
     audio = bed * (10 ** (background_dbfs / 20) / rms) if rms > 0 else bed
     for i, e in enumerate(events, start=1):
-        start, end = round(e.start_s * SAMPLE_RATE), round(e.end_s * SAMPLE_RATE)
+        start, end = samples(e.start_s, SAMPLE_RATE), samples(e.end_s, SAMPLE_RATE)
         sound = sounds[e.class_name](np.random.default_rng([seed, i]), (end - start) / SAMPLE_RATE)
         sound = sound.astype(np.float64)[: end - start]
         power = float(np.mean(sound**2))
@@ -149,8 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=LAYOUT_PERIOD_S)
     parser.add_argument("--background", choices=sorted(BACKGROUNDS), default="room_tone")
     parser.add_argument("--background-dbfs", type=float, default=BACKGROUND_DBFS, help="background RMS, dBFS")
-    parser.add_argument("--subtype", default="FLOAT", help="soundfile subtype: FLOAT (exact) or PCM_16")
-    parser.add_argument("-o", "--output", type=Path, default=Path("demo.wav"), help="the .json goes beside it")
+    add_output_options(parser, "demo.wav")
     args = parser.parse_args(argv)
     try:
         stream = make_demo_stream(
@@ -158,9 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     except ValueError as e:
         parser.error(str(e))
-    wav = stream.write_wav(args.output, args.subtype)
-    truth = wav.with_suffix(".json")
-    truth.write_text(stream.ground_truth_json() + "\n")
+    wav, truth = stream.write_with_truth(args.output, args.subtype)
     print(f"wrote {wav} ({stream.seconds:.1f} s, {len(stream.events)} events) and {truth}")
     return 0
 

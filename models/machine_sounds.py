@@ -18,30 +18,25 @@ Per clip, the rotation rate (+-3 %), harmonic weights, resonances and a slow spe
 Randomness comes from seeds: body, background and fault each from their own generator seeded by (machine,
 condition, seed, part), so the faulty clip of a seed is its normal clip plus the fault.
 
-    python -m clapd.models.machine_sounds --machine pump --seed 0 --seconds 120 -o pump.wav  # and pump.json
+A long recording of one machine with faults planted at known times, and its CLI: `clapd.models.machine_streams`.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
-from pathlib import Path
+from dataclasses import dataclass, replace
 
 import numpy as np
-import soundfile
+
+from clapd.models.recording import samples
 
 SAMPLE_RATE = 48_000  # Hz, the demo model's rate (as clapd.models.synthetic)
 LEVEL_DBFS = -30.0  # dBFS RMS of a clip's normal part
 BACKGROUND_SNR_DB = 12.0  # dB: machine body over factory background
-FAULT_SNR_DB = 0.0  # dB: a stream's planted faults over the machine body
+FAULT_SNR_DB = 0.0  # dB: a fault over the machine body
 HUM_RATE = 6000  # Hz: the background's hum is made at this rate, then interpolated
 TABLE = 8192  # points of the per-revolution wavetable (orders up to ~100 keep >= 80 points per cycle)
-FAULT_RAMP_S = 0.1  # s: a planted fault fades in and out within its span
-MIN_GAP_S = 5.0  # s: the least normal stretch between planted faults
-FAULT_PERIOD_S = 60.0  # s: default_faults plants one fault at [30, 45) s of every such period
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,10 +128,6 @@ MACHINES: dict[str, Machine] = {
 # --- building blocks ------------------------------------------------------------------------------------------------
 
 
-def _samples(seconds: float) -> int:
-    return int(round(seconds * SAMPLE_RATE))
-
-
 def _unit(x: np.ndarray) -> np.ndarray:
     """Scaled to unit mean power (silence stays silent)."""
     power = float(np.mean(x**2)) if x.size else 0.0
@@ -192,7 +183,7 @@ def _pulses(phase: np.ndarray, order: float, amplitudes: np.ndarray, kernel: np.
 
 def _ring(rng: np.random.Generator, freq_hz: float, decay_s: float, noisy: float = 0.0) -> np.ndarray:
     """A decaying resonance, optionally mixed with decaying noise, 5 decay times long."""
-    t = np.arange(_samples(5 * decay_s)) / SAMPLE_RATE
+    t = np.arange(samples(5 * decay_s, SAMPLE_RATE)) / SAMPLE_RATE
     tone = np.sin(2 * np.pi * freq_hz * t + rng.uniform(0, 2 * np.pi))
     return (tone + noisy * rng.standard_normal(len(t))) * np.exp(-t / decay_s)
 
@@ -201,7 +192,7 @@ def _ring(rng: np.random.Generator, freq_hz: float, decay_s: float, noisy: float
 
 
 @dataclass(frozen=True, slots=True, eq=False)
-class _Shaft:
+class Shaft:
     """What a fault needs of the machine it afflicts: the shaft's phase, its rate and the body's sound."""
 
     phase: np.ndarray  # rad, [n]
@@ -210,11 +201,11 @@ class _Shaft:
     teeth: int
     orders: frozenset[int]  # the orders of rotation the normal sound holds
 
-    def part(self, a: int, b: int) -> _Shaft:
+    def part(self, a: int, b: int) -> Shaft:
         return replace(self, phase=self.phase[a:b], body=self.body[a:b])
 
 
-def _body(rng: np.random.Generator, machine: Machine, condition: Condition, n: int) -> _Shaft:
+def _body(rng: np.random.Generator, machine: Machine, condition: Condition, n: int) -> Shaft:
     """A machine's normal sound at `condition`, unit power, with its parameters drawn anew."""
     rotation = condition.rotation_hz * rng.uniform(0.97, 1.03)
     phase = _shaft_phase(rng, n, rotation)
@@ -235,7 +226,7 @@ def _body(rng: np.random.Generator, machine: Machine, condition: Condition, n: i
         stroke = _ring(rng, rng.uniform(900, 1600), rng.uniform(0.01, 0.03), noisy=1.5)
         amplitudes = 1.0 + 0.15 * rng.standard_normal(n)
         body += math.sqrt(condition.load + 0.3) * _unit(_pulses(phase, machine.strokes, amplitudes, stroke))
-    return _Shaft(phase, rotation, _unit(body), machine.teeth, frozenset(int(o) for o in orders))
+    return Shaft(phase, rotation, _unit(body), machine.teeth, frozenset(int(o) for o in orders))
 
 
 def factory_background(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -244,8 +235,9 @@ def factory_background(rng: np.random.Generator, n: int) -> np.ndarray:
     impacts = np.zeros(n)
     seconds = n / SAMPLE_RATE
     for start in rng.uniform(0, seconds, rng.poisson(seconds * rng.uniform(0.2, 1.0))):
-        thud = _noise(rng, _samples(1.0), (50.0, 2000.0), tilt=1.0) * np.exp(-np.arange(_samples(1.0)) / _samples(0.1))
-        a = _samples(start)
+        second, decay = samples(1.0, SAMPLE_RATE), samples(0.1, SAMPLE_RATE)
+        thud = _noise(rng, second, (50.0, 2000.0), tilt=1.0) * np.exp(-np.arange(second) / decay)
+        a = samples(start, SAMPLE_RATE)
         impacts[a : a + len(thud)] += rng.lognormal(0, 0.5) * thud[: n - a]
     noise = _noise(rng, n, (20.0, 10_000.0), tilt=rng.uniform(1.0, 2.0))
     parts = (rng.uniform(0.5, 1.0) * _unit(hum), rng.uniform(0.3, 1.0) * _unit(impacts), rng.uniform(0.5, 1.0) * noise)
@@ -270,7 +262,7 @@ def _hum(rng: np.random.Generator, n: int) -> np.ndarray:
 # --- faults: each (rng, shaft) -> (unit-power sound, its characteristic frequency in Hz or nan) ---------------------
 
 
-def _bearing(rng: np.random.Generator, shaft: _Shaft) -> tuple[np.ndarray, float]:
+def _bearing(rng: np.random.Generator, shaft: Shaft) -> tuple[np.ndarray, float]:
     order = rng.uniform(3.0, 5.5)  # defect frequency over the shaft rate (ball pass of an outer or inner race)
     amplitudes = 1.0 + rng.uniform(0.2, 0.6) * np.sin(shaft.phase + rng.uniform(0, 2 * np.pi))  # load zone
     amplitudes *= np.exp(0.2 * rng.standard_normal(len(shaft.phase)))
@@ -278,12 +270,12 @@ def _bearing(rng: np.random.Generator, shaft: _Shaft) -> tuple[np.ndarray, float
     return _unit(_pulses(shaft.phase, order, amplitudes, kernel)), order * shaft.rotation_hz
 
 
-def _imbalance(rng: np.random.Generator, shaft: _Shaft) -> tuple[np.ndarray, float]:
+def _imbalance(rng: np.random.Generator, shaft: Shaft) -> tuple[np.ndarray, float]:
     sway = np.sin(shaft.phase + rng.uniform(0, 2 * np.pi))
     return _unit(shaft.body * sway + rng.uniform(0.5, 1.0) * sway), shaft.rotation_hz
 
 
-def _gear_whine(rng: np.random.Generator, shaft: _Shaft) -> tuple[np.ndarray, float]:
+def _gear_whine(rng: np.random.Generator, shaft: Shaft) -> tuple[np.ndarray, float]:
     # A mesh harmonic at 0.6-4 kHz that the healthy machine does not already sound
     mesh = shaft.teeth * shaft.rotation_hz
     harmonics = [h for h in range(1, int(4000 / mesh) + 1) if h * mesh >= 600 and shaft.teeth * h not in shaft.orders]
@@ -294,7 +286,7 @@ def _gear_whine(rng: np.random.Generator, shaft: _Shaft) -> tuple[np.ndarray, fl
     return _unit(tone * (1.0 + 0.2 * _slow(rng, len(shaft.phase), 2.0))), carrier * shaft.rotation_hz
 
 
-def _friction(rng: np.random.Generator, shaft: _Shaft) -> tuple[np.ndarray, float]:
+def _friction(rng: np.random.Generator, shaft: Shaft) -> tuple[np.ndarray, float]:
     revolution = np.floor(shaft.phase / (2 * np.pi)).astype(int)
     revolution -= revolution[0]
     rubs = (rng.uniform(size=revolution[-1] + 1) < rng.uniform(0.3, 0.8)) * rng.lognormal(0, 0.4, revolution[-1] + 1)
@@ -304,13 +296,13 @@ def _friction(rng: np.random.Generator, shaft: _Shaft) -> tuple[np.ndarray, floa
     return _unit(_noise(rng, len(shaft.phase), (500.0, 14_000.0)) * envelope), math.nan
 
 
-def _leak(rng: np.random.Generator, shaft: _Shaft) -> tuple[np.ndarray, float]:
+def _leak(rng: np.random.Generator, shaft: Shaft) -> tuple[np.ndarray, float]:
     n = len(shaft.phase)
     hiss = _noise(rng, n, (rng.uniform(2000, 5000), rng.uniform(10_000, 16_000)))
     return _unit(hiss * (1.0 + 0.1 * _slow(rng, n, 1.0))), math.nan
 
 
-FaultMaker = Callable[[np.random.Generator, _Shaft], tuple[np.ndarray, float]]
+FaultMaker = Callable[[np.random.Generator, Shaft], tuple[np.ndarray, float]]
 FAULTS: dict[str, FaultMaker] = {
     "bearing": _bearing,
     "imbalance": _imbalance,
@@ -325,7 +317,7 @@ def _rng(machine: str, condition: str, seed: int, part: int) -> np.random.Genera
     return np.random.default_rng([list(MACHINES).index(machine), m.condition_names.index(condition), seed, part])
 
 
-def _check(machine: str, condition: str | None, fault: str | None) -> Machine:
+def check_machine(machine: str, condition: str | None, fault: str | None) -> Machine:
     if machine not in MACHINES:
         raise ValueError(f"unknown machine {machine!r}; known: {', '.join(MACHINES)}")
     if condition is not None:
@@ -335,7 +327,15 @@ def _check(machine: str, condition: str | None, fault: str | None) -> Machine:
     return MACHINES[machine]
 
 
-def _levelled(normal: np.ndarray, extra: np.ndarray, level_dbfs: float) -> np.ndarray:
+def running(machine: str, condition: str, seed: int, n: int, background_snr_db: float) -> tuple[Shaft, np.ndarray]:
+    """`n` samples of `machine` running normally at `condition`: its shaft, and its body plus the factory background
+    `background_snr_db` below it (not yet levelled). The same for a clip and a stream of the same seed."""
+    shaft = _body(_rng(machine, condition, seed, 0), MACHINES[machine], MACHINES[machine].condition(condition), n)
+    background = factory_background(_rng(machine, condition, seed, 1), n)
+    return shaft, shaft.body + background * 10 ** (-background_snr_db / 20)
+
+
+def levelled(normal: np.ndarray, extra: np.ndarray, level_dbfs: float) -> np.ndarray:
     """normal scaled to an RMS of `level_dbfs`, plus `extra` scaled alike; clipped, float32."""
     gain = 10 ** (level_dbfs / 20) / math.sqrt(float(np.mean(normal**2)))
     return np.clip((normal + extra) * gain, -1.0, 1.0).astype(np.float32)
@@ -374,155 +374,16 @@ def machine_clip(
     """`seconds` of `machine` at `condition` (normal, or with `fault` throughout), exactly `round(seconds *
     SAMPLE_RATE)` samples; the same arguments, the same audio, and the faulty clip of a seed is its normal clip
     plus the fault."""
-    _check(machine, condition, fault)
-    n = _samples(seconds)
+    check_machine(machine, condition, fault)
+    n = samples(seconds, SAMPLE_RATE)
     if n < 2:
         raise ValueError(f"a clip needs a positive length, not {seconds} s")
-    shaft = _body(_rng(machine, condition, seed, 0), MACHINES[machine], MACHINES[machine].condition(condition), n)
-    background = factory_background(_rng(machine, condition, seed, 1), n)
-    normal = shaft.body + background * 10 ** (-background_snr_db / 20)
+    shaft, normal = running(machine, condition, seed, n, background_snr_db)
     extra, fault_hz, snr = np.zeros(n), math.nan, -math.inf
     if fault is not None:
         sound, fault_hz = FAULTS[fault](_rng(machine, condition, seed, 2 + list(FAULTS).index(fault)), shaft)
         extra, snr = sound * 10 ** (fault_snr_db / 20), fault_snr_db
-    audio = _levelled(normal, extra, level_dbfs)
+    audio = levelled(normal, extra, level_dbfs)
     return MachineClip(
         audio, machine, condition, fault, seed, shaft.rotation_hz, fault_hz, snr, background_snr_db, level_dbfs
     )
-
-
-# --- a long stream with planted faults ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class PlannedFault:
-    """A fault planted in a stream: the ground truth an anomaly detector is scored against."""
-
-    fault: str  # a FAULTS key
-    start_s: float  # s from the stream's start
-    end_s: float  # s; the fault (with its fades) fills [start_s, end_s) and nothing of it lies outside
-    snr_db: float = FAULT_SNR_DB  # dB over the machine body, over its span
-
-
-@dataclass(frozen=True, slots=True, eq=False)
-class MachineStream:
-    """A machine running at one condition for a while, faults planted, and the plan."""
-
-    audio: np.ndarray  # float32 mono [samples] at sample_rate, within [-1, 1]
-    machine: str
-    condition: str
-    faults: tuple[PlannedFault, ...]  # in time order, non-overlapping, MIN_GAP_S apart
-    seed: int
-    background_snr_db: float
-    level_dbfs: float
-    sample_rate: int = SAMPLE_RATE  # Hz
-
-    @property
-    def seconds(self) -> float:
-        return len(self.audio) / self.sample_rate
-
-    def write_wav(self, path: str | Path, subtype: str = "FLOAT") -> Path:
-        """Write the audio; the default 32-bit float keeps it bit-exact ("PCM_16" for players that want it)."""
-        path = Path(path)
-        soundfile.write(path, self.audio, self.sample_rate, subtype=subtype)
-        return path
-
-    def ground_truth(self) -> dict[str, object]:
-        fields = ("machine", "condition", "seed", "background_snr_db", "level_dbfs", "sample_rate")
-        return {
-            **{name: getattr(self, name) for name in fields},
-            "seconds": self.seconds,
-            "faults": [asdict(f) for f in self.faults],
-        }
-
-    def ground_truth_json(self) -> str:
-        return json.dumps(self.ground_truth(), indent=2)
-
-
-def default_faults(seconds: float, snr_db: float = FAULT_SNR_DB) -> list[PlannedFault]:
-    """One fault at [30, 45) s of every FAULT_PERIOD_S, the fault types in turn, those that end within `seconds`."""
-    starts = np.arange(30.0, seconds - 15.0 + 1e-9, FAULT_PERIOD_S)
-    return [
-        PlannedFault(list(FAULTS)[k % len(FAULTS)], float(s), float(s) + 15.0, snr_db) for k, s in enumerate(starts)
-    ]
-
-
-def check_faults(faults: Sequence[PlannedFault], seconds: float) -> None:
-    """Raise ValueError unless the faults are known, inside the stream, in order and MIN_GAP_S apart."""
-    previous_end = -math.inf
-    for f in faults:
-        if f.fault not in FAULTS:
-            raise ValueError(f"unknown fault {f.fault!r}; known: {', '.join(FAULTS)}")
-        if not 0.0 <= f.start_s < f.end_s <= seconds or f.end_s - f.start_s < 2 * FAULT_RAMP_S:
-            raise ValueError(f"{f} does not lie within a {seconds} s stream (or is shorter than its fades)")
-        if f.start_s - previous_end < MIN_GAP_S:
-            raise ValueError(f"{f} starts less than {MIN_GAP_S} s after the previous fault ends (or overlaps it)")
-        previous_end = f.end_s
-
-
-def make_machine_stream(
-    machine: str,
-    seed: int,
-    seconds: float = 120.0,
-    *,
-    condition: str | None = None,
-    faults: Sequence[PlannedFault] | None = None,
-    background_snr_db: float = BACKGROUND_SNR_DB,
-    level_dbfs: float = LEVEL_DBFS,
-) -> MachineStream:
-    """`seconds` of `machine` at `condition` (default: its first) with `faults` (default: `default_faults`) planted.
-
-    The machine and background are those of `machine_clip(machine, condition, seed, seconds)`; each fault comes
-    from its own generator seeded by (seed, index) over its span, faded in and out within it."""
-    machine_type = _check(machine, condition, None)
-    condition = condition or machine_type.conditions[0].name
-    faults = default_faults(seconds) if faults is None else list(faults)
-    check_faults(faults, seconds)
-    n = _samples(seconds)
-    shaft = _body(_rng(machine, condition, seed, 0), machine_type, machine_type.condition(condition), n)
-    normal = shaft.body + factory_background(_rng(machine, condition, seed, 1), n) * 10 ** (-background_snr_db / 20)
-    extra = np.zeros(n)
-    for i, f in enumerate(faults):
-        a, b = _samples(f.start_s), min(_samples(f.end_s), n)
-        sound, _ = FAULTS[f.fault](np.random.default_rng([seed, 100 + i]), shaft.part(a, b))
-        ramp = np.clip(np.minimum(np.arange(b - a) + 1, b - a - np.arange(b - a)) / _samples(FAULT_RAMP_S), 0, 1)
-        extra[a:b] = sound * ramp * 10 ** (f.snr_db / 20)
-    audio = _levelled(normal, extra, level_dbfs)
-    return MachineStream(audio, machine, condition, tuple(faults), seed, background_snr_db, level_dbfs)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m clapd.models.machine_sounds", description=__doc__.splitlines()[0])
-    parser.add_argument("--machine", choices=sorted(MACHINES), default="pump")
-    parser.add_argument("--condition", help="one of the machine's conditions (default: its first)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--seconds", type=float, default=120.0)
-    parser.add_argument("--fault-snr-db", type=float, default=FAULT_SNR_DB, help="planted faults over the machine")
-    parser.add_argument("--no-faults", action="store_true", help="normal operation only")
-    parser.add_argument("--background-snr-db", type=float, default=BACKGROUND_SNR_DB)
-    parser.add_argument("--level-dbfs", type=float, default=LEVEL_DBFS, help="RMS of the normal sound")
-    parser.add_argument("--subtype", default="FLOAT", help="soundfile subtype: FLOAT (exact) or PCM_16")
-    parser.add_argument("-o", "--output", type=Path, default=Path("machine.wav"), help="the .json goes beside it")
-    args = parser.parse_args(argv)
-    faults = [] if args.no_faults else default_faults(args.seconds, args.fault_snr_db)
-    try:
-        stream = make_machine_stream(
-            args.machine,
-            args.seed,
-            args.seconds,
-            condition=args.condition,
-            faults=faults,
-            background_snr_db=args.background_snr_db,
-            level_dbfs=args.level_dbfs,
-        )
-    except ValueError as e:
-        parser.error(str(e))
-    wav = stream.write_wav(args.output, args.subtype)
-    truth = wav.with_suffix(".json")
-    truth.write_text(stream.ground_truth_json() + "\n")
-    print(f"wrote {wav} ({stream.seconds:.1f} s, {len(stream.faults)} faults) and {truth}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

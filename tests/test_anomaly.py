@@ -28,7 +28,8 @@ from clapd.daemon.inference import AudioModel, open_bundle
 from clapd.daemon.mqtt.discovery import DiscoverySettings, discovery_messages
 from clapd.daemon.mqtt.payloads import Topics
 from clapd.daemon.records import Window
-from clapd.models.machine_sounds import SAMPLE_RATE, PlannedFault, make_machine_stream
+from clapd.models.machine_sounds import SAMPLE_RATE
+from clapd.models.machine_streams import PlannedFault, make_machine_stream
 
 HOP_S = 0.5
 LEARN_S = 40.0  # the stream's first 40 s are normal operation: the daemon learns from them

@@ -1,5 +1,6 @@
 """The machine sound generators (clapd.models.machine_sounds): deterministic, of the documented length and level,
-with the faults really in them, and a planted stream whose faults lie only where its plan says."""
+with the faults really in them, and a planted stream (clapd.models.machine_streams) whose faults lie only where its
+plan says."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import soundfile
 
 from clapd.daemon.anomaly import NormalBank
 from clapd.models import machine_sounds as ms
+from clapd.models import machine_streams as mst
 from clapd.models.log_mel import log_mel_stats, mel_bank
 
 SR = ms.SAMPLE_RATE
@@ -109,9 +111,9 @@ def test_log_mel_baseline_and_a_normal_bank_separate_obvious_faults() -> None:
 
 
 def test_a_stream_holds_its_faults_only_where_planned(tmp_path) -> None:
-    faults = [ms.PlannedFault("bearing", 2.0, 6.0, -6.0), ms.PlannedFault("leak", 12.0, 15.5)]
-    stream = ms.make_machine_stream("pump", 3, 20.0, condition="half", faults=faults)
-    clean = ms.make_machine_stream("pump", 3, 20.0, condition="half", faults=[])
+    faults = [mst.PlannedFault("bearing", 2.0, 6.0, -6.0), mst.PlannedFault("leak", 12.0, 15.5)]
+    stream = mst.make_machine_stream("pump", 3, 20.0, condition="half", faults=faults)
+    clean = mst.make_machine_stream("pump", 3, 20.0, condition="half", faults=[])
     assert stream.audio.shape == (20 * SR,) and stream.faults == tuple(faults)
     assert rms_dbfs(clean.audio) == pytest.approx(ms.LEVEL_DBFS, abs=0.01)
     differs = np.nonzero(stream.audio != clean.audio)[0] / SR
@@ -123,11 +125,11 @@ def test_a_stream_holds_its_faults_only_where_planned(tmp_path) -> None:
 
 def test_stream_command_line_writes_audio_and_ground_truth(tmp_path) -> None:
     wav = tmp_path / "fan.wav"
-    assert ms.main(["--machine", "fan", "--seed", "2", "--seconds", "50", "-o", str(wav)]) == 0
+    assert mst.main(["--machine", "fan", "--seed", "2", "--seconds", "50", "-o", str(wav)]) == 0
     audio, rate = soundfile.read(wav, dtype="float32")
     truth = json.loads(wav.with_suffix(".json").read_text())
     assert rate == SR and audio.shape == (50 * SR,)
-    assert np.array_equal(audio, ms.make_machine_stream("fan", 2, 50.0).audio)
+    assert np.array_equal(audio, mst.make_machine_stream("fan", 2, 50.0).audio)
     assert truth["machine"] == "fan" and truth["condition"] == "low" and truth["seconds"] == 50.0
     assert truth["faults"] == [{"fault": "bearing", "start_s": 30.0, "end_s": 45.0, "snr_db": ms.FAULT_SNR_DB}]
 
@@ -139,13 +141,13 @@ def test_stream_command_line_writes_audio_and_ground_truth(tmp_path) -> None:
         (lambda: ms.machine_clip("fan", "turbo", 0), "fan has no condition 'turbo'"),
         (lambda: ms.machine_clip("fan", "low", 0, fault="rust"), "unknown fault 'rust'"),
         (
-            lambda: ms.make_machine_stream(
-                "fan", 0, 20.0, faults=[ms.PlannedFault("leak", 1, 5), ms.PlannedFault("leak", 7, 9)]
+            lambda: mst.make_machine_stream(
+                "fan", 0, 20.0, faults=[mst.PlannedFault("leak", 1, 5), mst.PlannedFault("leak", 7, 9)]
             ),
             "less than 5.0 s after",
         ),
         (
-            lambda: ms.make_machine_stream("fan", 0, 20.0, faults=[ms.PlannedFault("leak", 15, 25)]),
+            lambda: mst.make_machine_stream("fan", 0, 20.0, faults=[mst.PlannedFault("leak", 15, 25)]),
             "does not lie within",
         ),
     ],
