@@ -5,6 +5,10 @@ The sounds the demo model never trained on are synthesised here: a vacuum cleane
 1 kHz whine) and a microwave oven's beeping (3.5 kHz, 0.25 s on every 0.6 s), which the smoke alarm's text prompt
 takes for a smoke alarm. Each is one machine: its pitch is fixed, its noise and phase differ from one take to the
 next. Examples are "recorded" as the demo stream's sounds are planted: 25 dB over room tone at -50 dBFS.
+`clapd.models.novel_sounds` has a vacuum cleaner and microwave beeps too, but draws each take's pitch, pattern and
+spin-up anew, and its microwave beeps at 1.6-2.4 kHz, far below the smoke alarm's 2.9-3.3 kHz: the assertions here
+need one fixed machine per sound (an example of one take finds the others) and beeps the smoke alarm's prompt fires
+on, so these two stay.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from clapd.daemon.demo import DEMO_DETECTIONS, DEMO_EVENT_SETTINGS, DEMO_WINDOWS
 from clapd.daemon.examples import ExampleEmbedder, ExampleError, check_example_entry
 from clapd.daemon.matcher import DetectionPrompts, Matcher, detection_logits
 from clapd.models.demo_stream import BACKGROUND_DBFS, EVENT_SNR_DB, PlannedEvent, make_demo_stream
+from clapd.models.synthetic import _finish  # 5 ms fades, peak 0.9: as every generated sound ends
 
 DEMO_BUNDLE = Path(clapd.__file__).parent / "demo_bundle"
 RATE = 48_000
@@ -49,24 +54,16 @@ EXAMPLE_CLASSES = ("smoke_alarm", "knocking", "dog_barking", "glass_breaking")  
 # --- sounds ---------------------------------------------------------------------------------------------------------
 
 
-def _finished(x: np.ndarray) -> np.ndarray:
-    fade = np.linspace(0.0, 1.0, int(0.005 * RATE))
-    x = x.copy()
-    x[: fade.size] *= fade
-    x[-fade.size :] *= fade[::-1]
-    return (0.9 * x / np.abs(x).max()).astype(np.float32)
-
-
 def vacuum_cleaner(rng: np.random.Generator, seconds: float = 3.0) -> np.ndarray:
     n = int(seconds * RATE)
     t = np.arange(n) / RATE
     air = np.convolve(rng.standard_normal(n), np.ones(4) / 4, "same")
-    return _finished(air + 0.5 * np.sin(2 * np.pi * 1000 * t + rng.uniform(0, 2 * np.pi)))
+    return _finish(air + 0.5 * np.sin(2 * np.pi * 1000 * t + rng.uniform(0, 2 * np.pi)))
 
 
 def microwave_beeps(rng: np.random.Generator, seconds: float = 2.2) -> np.ndarray:
     t = np.arange(int(seconds * RATE)) / RATE
-    return _finished(np.sin(2 * np.pi * 3500 * t + rng.uniform(0, 2 * np.pi)) * ((t % 0.6) < 0.25))
+    return _finish(np.sin(2 * np.pi * 3500 * t + rng.uniform(0, 2 * np.pi)) * ((t % 0.6) < 0.25))
 
 
 def plant(audio: np.ndarray, sound: np.ndarray, start_s: float) -> None:
