@@ -171,6 +171,11 @@ class Detector:
         `end_sample`. KeyError for a stream without anomaly monitoring."""
         return self.anomalies[stream].relearn(seconds, end_sample)
 
+    def reload_banks(self, end_samples: Mapping[str, int]) -> list[DetectionEvent]:
+        """Each monitored stream takes its stored bank if another process wrote it (see
+        `StreamAnomaly.reload_stored`); `end_samples`: where each stream's audio stands now."""
+        return [e for name, a in self.anomalies.items() for e in a.reload_stored(end_samples[name])]
+
     def _embeds(self, stream: str) -> bool:
         hidden = self._hidden is not None and self._hidden.watches(stream)
         return hidden or self._detections.matcher.watches(stream) or stream in self.anomalies

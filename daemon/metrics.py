@@ -102,7 +102,7 @@ class DaemonCollector(Collector):
         score = GaugeMetricFamily("clapd_anomaly_score", "Last window's normalised anomaly score", labels=["stream"])
         size = GaugeMetricFamily("clapd_anomaly_bank_size", "Embeddings in the normal bank", labels=["stream"])
         updates = CounterMetricFamily(
-            "clapd_anomaly_bank_updates", "Normal bank updates (learnt, admitted)", labels=["stream", "kind"]
+            "clapd_anomaly_bank_updates", "Normal bank updates (learnt, admitted, reloaded)", labels=["stream", "kind"]
         )
         for status in statuses:
             if status.score is not None:

@@ -86,6 +86,7 @@ class Runner:
         self._last_events: dict[tuple[str, str], EventSpan] = {}  # (stream, detection) -> its last event (false_alarm)
         self._events_started = 0
         self._rebaselines: list[tuple[str, float]] = []  # (stream, seconds) re-baselines asked for, under the lock
+        self._reload_banks = False  # under the lock: look for banks stored by another process before the next call
         self._inference = threading.Thread(target=self._run_inference, name="inference", daemon=True)
         self._delivery = threading.Thread(target=self._deliver_records, name="outputs", daemon=True)
         self._heartbeat: Callable[[], None] = lambda: None
@@ -143,6 +144,11 @@ class Runner:
             raise ValueError(f"stream {stream!r} has no anomaly monitoring")
         with self._pending_lock:
             self._rebaselines.append((stream, seconds))
+
+    def reload_banks(self) -> None:
+        """From the next model call on, streams with anomaly monitoring take a bank another process stored."""
+        with self._pending_lock:
+            self._reload_banks = True
 
     def running(self) -> bool:
         """The inference loop goes on: False once stopped, crashed, or every (finite) source has been processed."""
@@ -278,6 +284,10 @@ class Runner:
         with self._pending_lock:
             pending, self._pending = self._pending, None
             rebaselines, self._rebaselines = self._rebaselines, []
+            reload_banks, self._reload_banks = self._reload_banks, False
+        if reload_banks:
+            for event in self._detector.reload_banks({s.name: s.ring.total_written for s in self._streams}):
+                self._put_event(event)
         for stream in self._streams:
             for name, seconds in rebaselines:
                 if name == stream.name:

@@ -225,6 +225,7 @@ class Service:
             )
         except Exception:
             logger.exception("reload failed; the running config stays")
+        self._runner.reload_banks()  # a bank `clapd learn-normal --rebaseline` stored meanwhile
         self._notifier.ready(self._status_line())
 
     def _serve_control_requests(self, signals: _Signals) -> None:

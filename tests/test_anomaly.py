@@ -5,6 +5,7 @@ bank refused, and a re-baseline over MQTT control (an authenticated broker). The
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import urllib.request
 from datetime import datetime, timezone
@@ -334,3 +335,64 @@ def test_drift_admits_only_normal_windows_at_most_max_per_hour_and_counts_them(t
     for i in range(60, 120):  # 30 s of a fault: nothing admitted
         monitor.feed(Window("pump", i * hop, i * hop + 1000, silence), rng.normal(size=64).astype(np.float32))
     assert monitor.updates["admitted"] == admitted and monitor.status().bank_size == 200 + admitted
+
+
+def test_a_bank_stored_by_another_process_is_taken_at_reload_and_never_overwritten_by_drift(tmp_path: Path) -> None:
+    """`clapd learn-normal --rebaseline` beside a running daemon: the daemon takes the new file when asked (SIGHUP)
+    or at its next drift update, instead of writing its own bank over it; an unusable file leaves the bank as is."""
+    rng = np.random.default_rng(8)
+    centre, normal = _cluster(rng, 100)
+    rate, hop, sha = 1000, 500, "b" * 64
+    config = AnomalyConfig(drift={"enabled": True, "admit_below": 1.5, "max_per_hour": 3600})  # one per second
+    store = BankStore(tmp_path / "pump.npz", sha)
+    store.save(NormalBank.fit(normal))
+    monitor = StreamAnomaly(
+        "pump", config, store.load(), store, StreamClock(datetime.now(timezone.utc), rate), 1000, hop
+    )
+    assert monitor.reload_stored(0) == [] and monitor.updates["reloaded"] == 0  # nothing new on disk
+    silence = np.zeros(1000, np.float32)
+
+    def feed(i: int) -> None:
+        monitor.feed(Window("pump", i * hop, i * hop + 1000, silence), centre.astype(np.float32))  # clearly normal
+
+    feed(0)
+    assert monitor.updates["admitted"] == 1 and NormalBank.load(store.path, bundle_sha256=sha).size == 101
+    NormalBank.fit(normal[:40]).save(store.path, bundle_sha256=sha)  # another process's new baseline
+    feed(4)  # a drift update is due: it takes the new bank rather than saving its own over it
+    assert monitor.updates["admitted"] == 1 and monitor.updates["reloaded"] == 1
+    assert monitor.bank is not None and monitor.bank.size == 40
+    assert NormalBank.load(store.path, bundle_sha256=sha).size == 40
+    NormalBank.fit(normal[:30]).save(store.path, bundle_sha256=sha)
+    assert monitor.reload_stored(5 * hop) == [] and monitor.bank.size == 30 and monitor.updates["reloaded"] == 2
+    NormalBank.fit(normal[:20]).save(store.path, bundle_sha256="c" * 64)  # learnt with another model: refused
+    assert monitor.reload_stored(6 * hop) == [] and monitor.bank.size == 30 and monitor.updates["reloaded"] == 2
+
+
+def test_a_running_daemon_takes_a_bank_learnt_beside_it_at_sighup(tmp_path: Path, machine: Path) -> None:
+    short = tmp_path / "short.wav"
+    soundfile.write(short, soundfile.read(machine / "normal" / "first.wav")[0][: 10 * SAMPLE_RATE], SAMPLE_RATE)
+    port = free_port()
+    config = _config(
+        tmp_path,
+        short,
+        {**ANOMALY, "learn_seconds": 3},
+        outputs={"stdout": False},
+        metrics={"enabled": True, "port": port},
+    )
+    raw = yaml.safe_load(config.read_text())
+    raw["streams"]["pump"].update(realtime=True, loop=True)
+    config.write_text(yaml.safe_dump(raw))
+    daemon = start_daemon(config)
+    try:
+        wait_until(lambda: 'kind="learnt",stream="pump"} 1.0' in _scrape(port), WAIT, "the bank learnt at start")
+        learnt = run_clapd(
+            "learn-normal", "-c", str(config), "--stream", "pump", "--from", str(machine / "normal"), "--rebaseline"
+        )
+        assert learnt.returncode == 0, learnt.stderr
+        assert 'clapd_anomaly_bank_size{stream="pump"} 79.0' not in _scrape(port)  # not taken until asked
+        daemon.send_signal(signal.SIGHUP)
+        wait_until(lambda: 'kind="reloaded",stream="pump"} 1.0' in _scrape(port), WAIT, "the new bank taken")
+        assert 'clapd_anomaly_bank_size{stream="pump"} 79.0' in _scrape(port)
+    finally:
+        _, stderr = stop_daemon(daemon)
+    assert "normal bank reloaded from" in stderr

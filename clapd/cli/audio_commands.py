@@ -164,7 +164,8 @@ def _run_learn_normal(args: argparse.Namespace) -> int:
     bank = learnt.bank
     print(
         f"{learnt.path}: {bank.size} embeddings of normal operation (from {learnt.windows} windows), "
-        f"k {bank.k}, reference distance {bank.reference:.4f}"
+        f"k {bank.k}, reference distance {bank.reference:.4f}; a daemon running this config takes it at its next "
+        "reload (SIGHUP: systemctl reload clapd)"
     )
     return 0
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from clapd.daemon.anomaly.bank import NormalBank, unit_rows
+from clapd.daemon.anomaly.bank import BankError, NormalBank, unit_rows
 from clapd.daemon.config import AnomalyConfig, StreamConfig
 from clapd.daemon.events import DetectionTracker, StreamClock
 from clapd.daemon.records import AnomalyReading, DetectionEvent, Window
@@ -155,13 +155,26 @@ class BankStore:
         if self.path is not None:
             bank.save(self.path, bundle_sha256=self.bundle_sha256)
 
+    def version(self) -> tuple[int, int, int] | None:
+        """The stored file's (inode, modification time in ns, size): what tells a file another process wrote
+        (`clapd learn-normal --rebaseline`) from the one this process last loaded or saved (each save is a new
+        file renamed into place); None: no file."""
+        if self.path is None:
+            return None
+        try:
+            status = self.path.stat()
+        except FileNotFoundError:
+            return None
+        return status.st_ino, status.st_mtime_ns, status.st_size
+
 
 class StreamAnomaly:
     """One stream: windows' embeddings in, `AnomalyReading`s and anomaly events out.
 
     Without a bank, it learns one from the first `learn_seconds` of audio (or the seconds a re-baseline asks for),
-    scoring nothing meanwhile. `updates` counts what changed the bank: `learnt` (a bank fitted here) and `admitted`
-    (windows added by the drift update)."""
+    scoring nothing meanwhile. `updates` counts what changed the bank: `learnt` (a bank fitted here), `admitted`
+    (windows added by the drift update) and `reloaded` (a bank another process stored, taken at a reload or instead
+    of overwriting it with a drift update)."""
 
     def __init__(
         self,
@@ -181,6 +194,7 @@ class StreamAnomaly:
         self._description: str | None = None  # the event in progress's
         self.bank = bank
         self._store = store
+        self._stored_version = store.version() if bank is not None else None  # the file this process knows
         self._clock = clock
         self._hop = hop
         self._exclude = overlapping_windows(window, hop)
@@ -193,7 +207,7 @@ class StreamAnomaly:
         self._learnt: list[np.ndarray] = []
         self._drift_spacing = round(SECONDS_PER_HOUR / config.drift.max_per_hour * clock.sample_rate)
         self._next_admit = 0
-        self.updates: Counter[str] = Counter(learnt=0, admitted=0)  # every key made here: read by another thread
+        self.updates: Counter[str] = Counter(learnt=0, admitted=0, reloaded=0)  # every key made here: read elsewhere
         self.last_score: float | None = None
 
     @property
@@ -260,6 +274,32 @@ class StreamAnomaly:
         self.last_score = None  # the old bank's: not this stream's score now
         return self._described(self._tracker.close(end_sample))
 
+    def reload_stored(self, end_sample: int) -> list[DetectionEvent]:
+        """Take the stored bank if another process has written it since this one last loaded or saved it (`clapd
+        learn-normal --rebaseline` beside a running daemon); an anomaly in progress ends at `end_sample`, as the
+        scores change scale. A file that cannot be used is reported and the current bank stays."""
+        if not self._stored_elsewhere():
+            return []
+        try:
+            bank = self._store.load()
+        except BankError as e:
+            logger.error(
+                "%s: the stored normal bank changed but cannot be used (%s); the current one stays", self.stream, e
+            )
+            self._stored_version = self._store.version()
+            return []
+        if bank is None:
+            return []
+        self._learn_seconds, self._learn_until, self._learnt = None, None, []
+        self.bank, self._stored_version, self.last_score = bank, self._store.version(), None
+        self.updates["reloaded"] += 1
+        logger.info("%s: normal bank reloaded from %s: %d embeddings", self.stream, self._store.path, bank.size)
+        return self._described(self._tracker.close(end_sample))
+
+    def _stored_elsewhere(self) -> bool:
+        version = self._store.version()
+        return version is not None and version != self._stored_version
+
     def _learn(self, window: Window, embedding: np.ndarray) -> None:
         assert self._learn_seconds is not None
         if self._learn_until is None:
@@ -284,6 +324,9 @@ class StreamAnomaly:
         if self._tracker.active or self.bank is None:
             return
         self._next_admit = window.start_sample + self._drift_spacing
+        if self._stored_elsewhere():  # a new baseline written beside us: take it, never overwrite it
+            self.reload_stored(window.start_sample)
+            return
         self.bank = self.bank.admit(embedding[None, :], max_size=self.config.max_bank_size, seed=window.start_sample)
         self.updates["admitted"] += 1
         logger.info("%s: drift update admitted a window scored %.2f (bank %d)", self.stream, score, self.bank.size)
@@ -300,5 +343,6 @@ class StreamAnomaly:
         assert self.bank is not None
         try:
             self._store.save(self.bank)
+            self._stored_version = self._store.version()
         except OSError as e:  # a full or read-only disk: scoring goes on with the bank in memory
             logger.error("%s: cannot save the normal bank (%s); it is kept in memory only", self.stream, e)
