@@ -250,13 +250,12 @@ def listen(config_path: Path | None, stream: str | None = None, *, verbose: bool
 
 
 def _config(path: Path | None) -> ClapdConfig:
-    """The config file with the detection changes saved over MQTT laid over it, as `clapd run` has them; none: the
-    embedded demo, as `clapd run` without a config."""
+    """The config file with the detection changes saved over MQTT or from the web page laid over it, as `clapd run`
+    has them (only while one of those is on); none: the embedded demo, as `clapd run` without a config."""
     if path is None:
         return default_config(default_state_dir())
     config = load_config(path)
-    mqtt = config.outputs.mqtt
-    if mqtt is not None and mqtt.control.enabled:
+    if config.takes_control_requests:
         try:
             merged = ControlStore(config.state_dir / CONTROL_FILE).merge(dict(config.detections), list(config.streams))
         except ControlError as e:

@@ -20,9 +20,11 @@ from helpers import run_clapd
 import clapd
 from clapd.daemon.classify import classify, scoring_from
 from clapd.daemon.config import parse_config
+from clapd.daemon.control import ControlStore
 from clapd.daemon.demo import DEMO_EVENT_SETTINGS, DEMO_WINDOWS
 from clapd.daemon.everyday import DEMO_CLASS_SOUNDS, EVERYDAY_SOUNDS, with_everyday
 from clapd.daemon.listen import OFF_MARK, ON_MARK
+from clapd.daemon.listen import _config as listen_config
 from clapd.models.demo_stream import PlannedEvent, make_demo_stream
 
 DEMO_BUNDLE = Path(clapd.__file__).parent / "demo_bundle"
@@ -138,3 +140,23 @@ def test_everyday_detections_leave_the_configured_scores_unchanged(tmp_path: Pat
     assert [(e.detection, e.kind, e.start_sample) for e in plain.events] == [
         (e.detection, e.kind, e.start_sample) for e in listening.events if e.detection in DETECTIONS
     ]
+
+
+def test_listen_lays_saved_control_changes_over_the_file_when_the_web_page_alone_takes_them(tmp_path: Path) -> None:
+    """As `clapd run` does: changes saved from the web page's buttons (no MQTT) apply; with no channel on, not."""
+    config = {
+        "model": {"bundle": str(DEMO_BUNDLE), "providers": ["cpu"]},
+        "streams": {"room": {"type": "file", "path": str(tmp_path / "room.wav")}},
+        "detections": {"siren": {"prompts": ["an ambulance siren"]}},
+        "state_dir": str(tmp_path / "state"),
+        "web": {"enabled": True},
+    }
+    path = tmp_path / "clapd.yaml"
+    path.write_text(yaml.safe_dump(config))
+    base = parse_config(config).detections
+    changed = {"siren": base["siren"].model_copy(update={"threshold_on": 0.91})}
+    (tmp_path / "state").mkdir()
+    ControlStore(tmp_path / "state" / "control.json").save(changed, base)
+    assert listen_config(path).detections["siren"].threshold_on == 0.91
+    path.write_text(yaml.safe_dump({**config, "web": {"enabled": False}}))
+    assert listen_config(path).detections["siren"].threshold_on != 0.91
