@@ -134,7 +134,8 @@ def add_learn_normal(commands: argparse._SubParsersAction) -> None:
         help="learn a stream's normal operation for anomaly monitoring",
         description="Embeds windows of normal operation, as the daemon cuts them, into the stream's normal bank in "
         "state_dir (with the audio model's sha256): from the live source for --minutes, or from the audio files in "
-        "--from (recordings of every normal operating condition). The daemon loads the bank when it starts.",
+        "--from (recordings of every normal operating condition). The daemon loads the bank when it starts, and "
+        "a running one takes a bank replaced with --rebaseline at its next reload (SIGHUP).",
     )
     parser.add_argument("-c", "--config", type=Path, required=True)
     parser.add_argument("--stream", required=True, help="the stream (it needs an `anomaly:` section)")
