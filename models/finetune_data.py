@@ -384,8 +384,7 @@ def _machine_pair(rng: np.random.Generator, methods_share: float) -> Pair:
     short = rng.random() < SHORT_CLIP_SHARE
     seconds = _log_uniform(rng, 1.0, 10.0) if short else WINDOW_SAMPLES / SAMPLE_RATE
     audio = machine_pairs.machine_audio(rng, label, seconds)
-    audio = audio * (10 ** (SYNTHETIC_PEAK_DBFS / 20) / max(float(np.abs(audio).max()), 1e-9))
-    clip = repeat_pad(audio.astype(np.float32), WINDOW_SAMPLES)
+    clip = repeat_pad(synthetic.mix(audio[:0], audio, 0.0, SYNTHETIC_PEAK_DBFS), WINDOW_SAMPLES)  # to the peak
     return Pair(_coloured(rng, clip, methods_share), synthetic_captions(label), label)
 
 
