@@ -264,6 +264,18 @@ def _scrape(port: int) -> str:
         return ""
 
 
+def _live_config(tmp_path: Path, machine: Path, metrics_port: int, outputs: dict) -> Path:
+    """10 s of the normal pump looped in real time, a bank learnt from its first 3 s, metrics on `metrics_port`."""
+    short = tmp_path / "short.wav"
+    soundfile.write(short, soundfile.read(machine / "normal" / "first.wav")[0][: 10 * SAMPLE_RATE], SAMPLE_RATE)
+    metrics = {"enabled": True, "port": metrics_port}
+    config = _config(tmp_path, short, {**ANOMALY, "learn_seconds": 3}, outputs=outputs, metrics=metrics)
+    raw = yaml.safe_load(config.read_text())
+    raw["streams"]["pump"].update(realtime=True, loop=True)
+    config.write_text(yaml.safe_dump(raw))
+    return config
+
+
 def test_rebaseline_over_mqtt_control_learns_a_new_bank(
     tmp_path: Path, machine: Path, brokers, subscribers, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -276,14 +288,8 @@ def test_rebaseline_over_mqtt_control_learns_a_new_bank(
         "password_env": "CLAPD_TEST_PASSWORD",
         "control": {"enabled": True},
     }
-    short = tmp_path / "short.wav"
-    soundfile.write(short, soundfile.read(machine / "normal" / "first.wav")[0][: 10 * SAMPLE_RATE], SAMPLE_RATE)
     port = free_port()
-    metrics = {"enabled": True, "port": port}
-    config = _config(tmp_path, short, {**ANOMALY, "learn_seconds": 3}, outputs={"mqtt": mqtt}, metrics=metrics)
-    raw = yaml.safe_load(config.read_text())
-    raw["streams"]["pump"].update(realtime=True, loop=True)
-    config.write_text(yaml.safe_dump(raw))
+    config = _live_config(tmp_path, machine, port, {"mqtt": mqtt})
     path = bank_path(tmp_path / "state", "pump")
     answers = subscribers(broker.port, f"{PREFIX}/control/result", username=USER, password=PASSWORD)
     daemon = start_daemon(config, CLAPD_TEST_PASSWORD=PASSWORD)
@@ -369,19 +375,8 @@ def test_a_bank_stored_by_another_process_is_taken_at_reload_and_never_overwritt
 
 
 def test_a_running_daemon_takes_a_bank_learnt_beside_it_at_sighup(tmp_path: Path, machine: Path) -> None:
-    short = tmp_path / "short.wav"
-    soundfile.write(short, soundfile.read(machine / "normal" / "first.wav")[0][: 10 * SAMPLE_RATE], SAMPLE_RATE)
     port = free_port()
-    config = _config(
-        tmp_path,
-        short,
-        {**ANOMALY, "learn_seconds": 3},
-        outputs={"stdout": False},
-        metrics={"enabled": True, "port": port},
-    )
-    raw = yaml.safe_load(config.read_text())
-    raw["streams"]["pump"].update(realtime=True, loop=True)
-    config.write_text(yaml.safe_dump(raw))
+    config = _live_config(tmp_path, machine, port, {"stdout": False})
     daemon = start_daemon(config)
     try:
         wait_until(lambda: 'kind="learnt",stream="pump"} 1.0' in _scrape(port), WAIT, "the bank learnt at start")
