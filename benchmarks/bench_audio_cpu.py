@@ -324,17 +324,14 @@ def static_reference(rebuild: bool) -> Reference:
 
 def build_dynamic_int8(reference: Reference) -> None:
     """Dynamic int8 from the bundle's fp32 file, as `clapd export` made int8 before it was static."""
-    from clapd.export import onnx_graphs, quantize
+    from int8_variants import build_embedder_variant
 
-    fp32, out = reference.audio_file("fp32"), reference.directory / DYNAMIC_INT8_FILE
-    if out.is_file() and out.stat().st_mtime > fp32.stat().st_mtime:
-        return
-    print(f"building {out} ...", file=sys.stderr)
-    with tempfile.TemporaryDirectory() as folder:
-        stages = Path(folder)
-        onnx_graphs.split_stages(fp32, stages / "front_end.onnx", stages / "embedder.onnx")
-        quantize.embedder_int8_dynamic(stages / "embedder.onnx", stages / "embedder_int8.onnx")
-        onnx_graphs.join_stages(stages / "front_end.onnx", stages / "embedder_int8.onnx", out)
+    from clapd.export import quantize
+
+    def quantise(front_end: Path, embedder: Path, out: Path) -> None:
+        quantize.embedder_int8_dynamic(embedder, out)
+
+    build_embedder_variant(reference, reference.directory / DYNAMIC_INT8_FILE, quantise)
 
 
 def spawn_profile(variant: str, batch: int, runs: int, reference: Reference) -> dict[str, dict[str, float]]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +37,18 @@ def variant_file(reference: Reference, variant: str) -> Path:
 
 def build(reference: Reference, variant: str) -> Path:
     """The int8 audio model with `VARIANTS[variant]` quantised (kept beside the bundle; rebuilt when older)."""
-    fp32, out = reference.audio_file("fp32"), variant_file(reference, variant)
+
+    def quantise(front_end: Path, embedder: Path, out: Path) -> None:
+        clips = list(quantize.calibration_clips(*_window(reference)).values())
+        quantize.embedder_int8(front_end, embedder, out, clips, VARIANTS[variant])
+
+    return build_embedder_variant(reference, variant_file(reference, variant), quantise)
+
+
+def build_embedder_variant(reference: Reference, out: Path, quantise: Callable[[Path, Path, Path], None]) -> Path:
+    """The bundle's fp32 audio model with its embedder replaced by `quantise(front_end, embedder, out)`'s, at `out`
+    (kept; rebuilt when older than the fp32 file)."""
+    fp32 = reference.audio_file("fp32")
     if out.is_file() and out.stat().st_mtime > fp32.stat().st_mtime:
         return out
     print(f"building {out} ...", file=sys.stderr)
@@ -44,9 +56,8 @@ def build(reference: Reference, variant: str) -> Path:
         stages = Path(folder)
         front_end, embedder = stages / "front_end.onnx", stages / "embedder.onnx"
         onnx_graphs.split_stages(fp32, front_end, embedder)
-        clips = quantize.calibration_clips(*_window(reference))
         quantised = stages / "embedder_int8.onnx"
-        quantize.embedder_int8(front_end, embedder, quantised, list(clips.values()), VARIANTS[variant])
+        quantise(front_end, embedder, quantised)
         onnx_graphs.join_stages(front_end, quantised, out)
     return out
 
