@@ -41,7 +41,7 @@ from common import Tally, arg_parser, detect_offline, detection_preparer, event_
 from common import tally_starts as tally
 
 from clapd.daemon.config import EXAMPLE_MARGIN, ClapdConfig, DetectionConfig, ModelConfig, WindowConfig
-from clapd.daemon.demo import DEMO_DETECTIONS, DEMO_EVENT_SETTINGS, DEMO_WINDOWS
+from clapd.daemon.demo import DEMO_DETECTIONS, DEMO_EVENT_SETTINGS, DEMO_WINDOWS, demo_detections
 from clapd.daemon.detector import DetectionSet
 from clapd.daemon.examples import ExampleEmbedder
 from clapd.daemon.inference import AudioModel, open_bundle
@@ -135,13 +135,13 @@ def variants(name: str, files: dict[str, list[list[str]]]) -> Iterator[tuple[str
 
 
 def guarded(confusion: str, files: list[list[str]]) -> Iterator[tuple[str, str, DetectionConfig]]:
-    """The resembled demo class by its prompt, and by its prompt with one negative example of the confusion."""
+    """The resembled demo class as the demo detections have it, and with one negative example of the confusion."""
     resembled = CONFUSIONS[confusion].resembles
     assert resembled is not None
-    prompt = DEMO_DETECTIONS[resembled]
-    yield f"{resembled}__text", "text", DetectionConfig(prompts=[prompt], **DEMO_EVENT_SETTINGS)
+    shipped = demo_detections()[resembled]  # its prompt, its rivals' as negative prompts
+    yield f"{resembled}__text", "text", DetectionConfig(**shipped)
     for draw, paths in enumerate(files):
-        negative = DetectionConfig(prompts=[prompt], negative_examples=paths[:1], **DEMO_EVENT_SETTINGS)
+        negative = DetectionConfig(**shipped, negative_examples=paths[:1])
         yield f"{resembled}__neg1__d{draw}", NEGATIVE, negative
         for margin in NEGATIVE_MARGINS:
             config = negative.model_copy(update={"example_margin": margin})
@@ -392,7 +392,7 @@ def calibration_config(bundle: Path, precision: str, recording: Path, state_dir:
             "model": {"bundle": str(bundle), "precision": precision, "providers": ["cpu"], "threads": THREADS},
             "windows": DEMO_WINDOWS,
             "streams": {"kitchen": {"type": "file", "path": str(recording)}},
-            "detections": {name: {"prompts": [prompt], **settings} for name, prompt in DEMO_DETECTIONS.items()},
+            "detections": {name: {**detection, **settings} for name, detection in demo_detections().items()},
             "state_dir": str(state_dir),
         }
     )

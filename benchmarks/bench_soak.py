@@ -1,7 +1,8 @@
 """Soak: half an hour of audio through `clapd run` into a real mosquitto that is restarted every few minutes.
 
-The shipped demo bundle and the demo detections (`clapd.daemon.demo`: `DEMO_DETECTIONS` with `DEMO_EVENT_SETTINGS`,
-on `DEMO_WINDOWS`) on a generated demo stream (`models.demo_stream`, fixed seed) with a planted sound every ~23 s.
+The shipped demo bundle and the demo detections (`clapd.daemon.demo.demo_detections`: each with its rivals as
+negative prompts, `DEMO_EVENT_SETTINGS`, on `DEMO_WINDOWS`) on a generated demo stream (`models.demo_stream`, fixed
+seed) with a planted sound every ~23 s.
 The stream is a `file` source with `realtime: false`: that source waits for the windower before it overwrites the
 ring, so the daemon sees every sample exactly once, as fast as the model runs, and the events it must publish can
 be computed offline. (A `pipe` fed faster than real time is a live source: where inference falls behind on the
@@ -61,7 +62,7 @@ from common import (
 
 import clapd
 from clapd.daemon.config import parse_config
-from clapd.daemon.demo import DEMO_DETECTIONS, DEMO_EVENT_SETTINGS, DEMO_WINDOWS
+from clapd.daemon.demo import DEMO_DETECTIONS, DEMO_EVENT_SETTINGS, DEMO_WINDOWS, demo_detections
 from clapd.daemon.inference import AudioModel, open_bundle
 from clapd.daemon.manifest import window_samples_for
 from clapd.daemon.mqtt.spool import SPOOL_FILE
@@ -77,7 +78,7 @@ if TYPE_CHECKING:
 RATE = 48_000  # Hz: the demo model's rate and the stream's
 WINDOW_S, HOP_S = DEMO_WINDOWS["window_seconds"], DEMO_WINDOWS["hop_seconds"]
 WINDOW, HOP = round(WINDOW_S * RATE), round(HOP_S * RATE)
-THRESHOLDS = DEMO_EVENT_SETTINGS
+THRESHOLDS = DEMO_EVENT_SETTINGS  # what demo_detections() gives every detection
 DEMO_BUNDLE = Path(clapd.__file__).parent / "demo_bundle"
 SEED = 31  # the stream's seed: neither the demo model's training seed (0) nor the tests' (11-13)
 GAP_S = (10.0, 25.0)  # s of background before each planted sound: one sound every ~23 s on average
@@ -128,7 +129,7 @@ def soak_config(wav: Path, port: int, state_dir: Path) -> dict:
         "model": {"bundle": str(DEMO_BUNDLE), "providers": ["cpu"], "threads": 2},
         "windows": DEMO_WINDOWS,
         "streams": {STREAM: {"type": "file", "path": str(wav), "realtime": False}},
-        "detections": {name: {"prompts": [prompt], **THRESHOLDS} for name, prompt in DEMO_DETECTIONS.items()},
+        "detections": demo_detections(),
         "outputs": {
             "mqtt": {"host": "127.0.0.1", "port": port, "topic_prefix": TOPIC_PREFIX, "qos": 1, "client_id": "soak"},
             "stdout": True,
@@ -687,7 +688,8 @@ def section(f: dict, args: argparse.Namespace, notes: list[str]) -> str:
         "## Soak: the whole pipeline, faster than real time, broker restarted every few minutes",
         "",
         "Written by `benchmarks/bench_soak.py`: `clapd run` (a subprocess) with the shipped demo bundle (int8, "
-        "2 threads) and the demo detections (`DEMO_DETECTIONS` with `DEMO_EVENT_SETTINGS`: thresholds "
+        "2 threads) and the demo detections (`demo_detections()`: each names its rivals' prompts as negative prompts; "
+        "`DEMO_EVENT_SETTINGS`: thresholds "
         f"{THRESHOLDS['threshold_on']} / {THRESHOLDS['threshold_off']}, smoothing over "
         f"{THRESHOLDS['smoothing_windows']} windows, 2 s windows "
         f"at a 0.5 s hop) on {args.minutes:g} min of generated demo stream (seed {args.seed}, a planted sound every "

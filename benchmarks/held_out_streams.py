@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from clapd.daemon.demo import DEMO_DETECTIONS, DEMO_EVENT_SETTINGS, DEMO_WINDOWS
+from clapd.daemon.demo import DEMO_DETECTIONS, DEMO_WINDOWS, demo_detections
 from clapd.models.demo_stream import CLASS_SOUNDS, DemoStream, PlannedEvent, make_demo_stream
 from clapd.models.synthetic import Generator
 from clapd.models.synthetic_methods import METHOD_CLASSES, methods_of
@@ -85,7 +85,7 @@ def _starts(bundle: Path, precision: str, stream: DemoStream, folder: Path) -> l
         "model": {"bundle": str(bundle), "providers": ["cpu"], "precision": precision},
         "windows": DEMO_WINDOWS,
         "streams": {"demo": {"type": "file", "path": str(wav), "realtime": False}},
-        "detections": {name: {"prompts": [prompt], **DEMO_EVENT_SETTINGS} for name, prompt in DEMO_DETECTIONS.items()},
+        "detections": demo_detections(),
         "outputs": {"stdout": True},
         "state_dir": str(folder / "state"),
     }

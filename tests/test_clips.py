@@ -22,7 +22,7 @@ from helpers import run_clapd
 import clapd
 from clapd.daemon.clip_files import ClipJob, ClipWriter, list_clips, parse_clip_name
 from clapd.daemon.config import ClipsConfig
-from clapd.daemon.demo import DEMO_DETECTIONS, DEMO_EVENT_SETTINGS, DEMO_WINDOWS
+from clapd.daemon.demo import DEMO_DETECTIONS, DEMO_WINDOWS, demo_detections
 from clapd.models.demo_stream import PlannedEvent, make_demo_stream
 
 DEMO_BUNDLE = Path(clapd.__file__).parent / "demo_bundle"
@@ -35,7 +35,7 @@ FSIZE_LIMIT = 12_000  # bytes: RLIMIT_FSIZE of the daemon in the full-disk test;
 
 def write_config(tmp_path: Path, wav: Path, **sections: object) -> Path:
     """The demo detections on one file stream read as fast as possible; clips for glass_breaking only."""
-    detections = {name: {"prompts": [prompt], **DEMO_EVENT_SETTINGS} for name, prompt in DEMO_DETECTIONS.items()}
+    detections = demo_detections()
     detections["glass_breaking"]["clips"] = {"pre_roll_seconds": PRE_ROLL, "post_roll_seconds": POST_ROLL}
     config = {
         "model": {"bundle": str(DEMO_BUNDLE), "providers": ["cpu"], "threads": 1},

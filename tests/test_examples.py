@@ -28,7 +28,7 @@ from helpers import run_clapd
 import clapd
 from clapd.daemon.config import ConfigError, DetectionConfig, parse_config
 from clapd.daemon.control import ControlError, ControlRequest, ControlResult, apply_request, parse_request
-from clapd.daemon.demo import DEMO_DETECTIONS, DEMO_EVENT_SETTINGS, DEMO_WINDOWS
+from clapd.daemon.demo import DEMO_DETECTIONS, DEMO_EVENT_SETTINGS, DEMO_WINDOWS, demo_detections
 from clapd.daemon.examples import ExampleEmbedder, ExampleError, check_example_entry
 from clapd.daemon.matcher import DetectionPrompts, Matcher, detection_logits
 from clapd.models.demo_stream import BACKGROUND_DBFS, EVENT_SNR_DB, PlannedEvent, make_demo_stream
@@ -320,7 +320,7 @@ def planted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     stream = write(folder / "stream.wav", np.clip(audio, -1, 1).astype(np.float32))
     vacuum = write(folder / "vacuum.wav", recording(SEED + 1000, vacuum_cleaner(rng)))
     beeps = write(folder / "microwave.wav", recording(SEED + 2000, microwave_beeps(rng)))
-    detections = {name: {"prompts": [prompt], **DEMO_EVENT_SETTINGS} for name, prompt in DEMO_DETECTIONS.items()}
+    detections = demo_detections()
     for name in EXAMPLE_CLASSES:  # recorded from other takes of the generator than any in the stream
         take = make_demo_stream(seed=500, seconds=6.0, events=[PlannedEvent(name, 1.0, 5.0)])
         detections[f"{name}_by_example"] = {"examples": [str(take.write_wav(folder / f"{name}.wav"))]}

@@ -25,7 +25,7 @@ import soxr
 import clapd
 from clapd.daemon.assembly import assemble
 from clapd.daemon.config import parse_config
-from clapd.daemon.demo import DEMO_DETECTIONS, DEMO_EVENT_SETTINGS, DEMO_WINDOWS
+from clapd.daemon.demo import DEMO_WINDOWS, demo_detections
 from clapd.daemon.streams import AHEAD_TOLERANCE_SECONDS, SILENCE_DBFS, StreamStats
 from clapd.models.demo_stream import PlannedEvent, make_demo_stream
 
@@ -80,7 +80,7 @@ def pipe_stream(raw: Path, rate: int, sample_format: str, chunk_seconds: float, 
 
 
 def demo_config(stream: dict, state_dir: Path, **overrides: object) -> dict:
-    detections = {name: {"prompts": [prompt], **DEMO_EVENT_SETTINGS} for name, prompt in DEMO_DETECTIONS.items()}
+    detections = demo_detections()
     config = {
         "model": {"bundle": str(DEMO_BUNDLE), "providers": ["cpu"]},
         "windows": DEMO_WINDOWS,

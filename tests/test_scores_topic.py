@@ -19,7 +19,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 import clapd
 from clapd.daemon.config import MqttConfig
-from clapd.daemon.demo import DEMO_DETECTIONS, DEMO_EVENT_SETTINGS, DEMO_WINDOWS
+from clapd.daemon.demo import DEMO_DETECTIONS, DEMO_WINDOWS, demo_detections
 from clapd.daemon.mqtt import build_mqtt
 from clapd.daemon.mqtt.spool import SPOOL_FILE, Spool
 from clapd.daemon.records import Scores
@@ -42,7 +42,7 @@ def write_config(tmp_path: Path, port: int, *, realtime: bool) -> Path:
         "model": {"bundle": str(DEMO_BUNDLE), "providers": ["cpu"], "threads": 1},
         "windows": DEMO_WINDOWS,
         "streams": {name: {"type": "file", "path": str(wav), "realtime": realtime} for name in STREAMS},
-        "detections": {name: {"prompts": [prompt], **DEMO_EVENT_SETTINGS} for name, prompt in DEMO_DETECTIONS.items()},
+        "detections": demo_detections(),
         "outputs": {
             "mqtt": {
                 "host": "127.0.0.1",

@@ -17,7 +17,7 @@ import yaml
 from helpers import run_clapd
 
 import clapd
-from clapd.daemon.demo import DEMO_DETECTIONS, DEMO_EVENT_SETTINGS, DEMO_WINDOWS, demo_recording
+from clapd.daemon.demo import DEMO_DETECTIONS, DEMO_WINDOWS, demo_detections, demo_recording
 from clapd.daemon.manifest import Manifest
 from clapd.daemon.prompts import PromptCache
 from clapd.daemon.state_files import private_folder, write_atomically, write_json_atomically
@@ -161,7 +161,7 @@ def test_clapd_run_recomputes_a_damaged_prompt_cache_and_finds_the_same_events(
         "model": {"bundle": str(DEMO_BUNDLE), "providers": ["cpu"]},
         "windows": DEMO_WINDOWS,
         "streams": {"demo": {"type": "file", "path": str(wav), "realtime": False}},
-        "detections": {name: {"prompts": [prompt], **DEMO_EVENT_SETTINGS} for name, prompt in DEMO_DETECTIONS.items()},
+        "detections": demo_detections(),
         "outputs": {"stdout": True},
         "state_dir": str(state),
     }

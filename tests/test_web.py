@@ -31,7 +31,7 @@ from helpers import run_clapd, stop_daemon
 import clapd
 from clapd.daemon.config import DetectionConfig
 from clapd.daemon.control import ControlRequest, ControlResult, parse_request
-from clapd.daemon.demo import DEMO_DETECTIONS, DEMO_EVENT_SETTINGS, DEMO_WINDOWS
+from clapd.daemon.demo import DEMO_DETECTIONS, DEMO_WINDOWS, demo_detections
 from clapd.daemon.records import DetectionEvent
 from clapd.daemon.web.app import event_json
 from clapd.daemon.web.channel import WebControlChannel
@@ -72,7 +72,7 @@ needs_browser = pytest.mark.skipif(
 
 def write_config(tmp_path: Path, web: dict, wav: Path, **sections: object) -> Path:
     """The demo detections on one file stream read in real time; clips for glass_breaking; the page on `web`."""
-    detections = {name: {"prompts": [prompt], **DEMO_EVENT_SETTINGS} for name, prompt in DEMO_DETECTIONS.items()}
+    detections = demo_detections()
     detections["glass_breaking"]["clips"] = {"pre_roll_seconds": 1.0, "post_roll_seconds": 1.0}
     config = {
         "model": {"bundle": str(DEMO_BUNDLE), "providers": ["cpu"], "threads": 1},
