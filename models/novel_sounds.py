@@ -13,7 +13,8 @@ peak-normalised to `synthetic.PEAK` (0.9), 5 ms fades at both ends; all randomne
   The oven timer's band is where the demo model's smoke-alarm prompt still fires on it (on 15 of 20 in
   `benchmarks/bench_fewshot.py`'s streams) without the model hearing it as the alarm throughout: inside the alarm's
   own band the demo model embeds any piezo beeping as it embeds the alarm (cosine 0.99, whatever the pattern), and
-  from 3.4 kHz up or 2.6 kHz down the prompt no longer fires on it.
+  from 3.4 kHz up or 2.6 kHz down the prompt no longer fires on these groups of four (a steadier beep does: the
+  3.5 kHz beeps of tests/test_examples.py, 0.25 s on every 0.6 s, fire it).
 
 Streams (`make_novel_stream`) and example recordings (`make_example`) are `demo_stream.DemoStream`s: a background at
 `demo_stream.BACKGROUND_DBFS` with each sound planted `demo_stream.EVENT_SNR_DB` above it, as the demo stream does.
