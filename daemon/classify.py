@@ -11,7 +11,14 @@ from pathlib import Path
 import numpy as np
 
 from clapd.daemon.anomaly import NormalBank
-from clapd.daemon.anomaly.monitor import BankStore, Descriptions, StreamAnomaly, bank_path, stored_bank
+from clapd.daemon.anomaly.monitor import (
+    BankStore,
+    Descriptions,
+    StreamAnomaly,
+    bank_made_with,
+    bank_path,
+    stored_bank,
+)
 from clapd.daemon.calibration import AutoThresholds, CalibrationStore
 from clapd.daemon.config import AnomalyConfig, ClapdConfig, DetectionConfig, ModelConfig, WindowConfig
 from clapd.daemon.demo import DEMO_WINDOWS, installed_demo_bundle
@@ -164,13 +171,16 @@ class Classifier:
         if scoring.anomaly is None or scoring.anomaly_stream is None or scoring.state_dir is None:
             return None
         path = bank_path(scoring.state_dir, scoring.anomaly_stream)
-        return stored_bank(scoring.anomaly_stream, scoring.anomaly, BankStore(path, self.audio_model.entry.sha256))
+        return stored_bank(scoring.anomaly_stream, scoring.anomaly, BankStore(path, self._made_with(scoring.anomaly)))
+
+    def _made_with(self, anomaly: AnomalyConfig) -> str:
+        return bank_made_with(anomaly, self.audio_model.entry.sha256, self.sample_rate)
 
     def _anomalies(self, clock: StreamClock) -> dict[str, StreamAnomaly]:
         anomaly = self._scoring.anomaly
         if anomaly is None or (self._bank is None and anomaly.learn_seconds is None):
             return {}
-        memory_only = BankStore(None, self.audio_model.entry.sha256)  # learning and drift stay in this run
+        memory_only = BankStore(None, self._made_with(anomaly))  # learning and drift stay in this run
         monitor = StreamAnomaly(
             STREAM, anomaly, self._bank, memory_only, clock, self._window, self._hop, self._descriptions
         )

@@ -83,17 +83,17 @@ def test_a_bank_round_trips_and_another_bundles_is_refused(tmp_path: Path) -> No
     _, normal = _cluster(rng, 100)
     bank = NormalBank.fit(normal, k=3)
     path = tmp_path / "banks" / "pump.npz"
-    bank.save(path, bundle_sha256="a" * 64)
+    bank.save(path, made_with="a" * 64)
     assert path.stat().st_mode & 0o777 == 0o600
-    loaded = NormalBank.load(path, bundle_sha256="a" * 64)
+    loaded = NormalBank.load(path, made_with="a" * 64)
     assert loaded.k == 3 and loaded.reference == bank.reference
     assert np.array_equal(loaded.embeddings, bank.embeddings)
     assert np.array_equal(loaded.score(normal[:5]), bank.score(normal[:5]))
     with pytest.raises(BankError, match="another model bundle"):
-        NormalBank.load(path, bundle_sha256="b" * 64)
+        NormalBank.load(path, made_with="b" * 64)
     path.write_bytes(b"not a bank")
     with pytest.raises(BankError, match="not a readable normal bank"):
-        NormalBank.load(path, bundle_sha256="a" * 64)
+        NormalBank.load(path, made_with="a" * 64)
 
 
 def test_drift_admits_into_a_bounded_bank_keeping_the_reference() -> None:
@@ -224,7 +224,7 @@ def test_learn_normal_classify_agrees_with_run_and_a_wrong_bundles_bank_is_refus
     bundle = installed_demo_bundle()
     assert bundle is not None
     sha = AudioModel(bundle, open_bundle(bundle), ModelConfig(providers=["cpu"])).entry.sha256
-    bank = NormalBank.load(path, bundle_sha256=sha)
+    bank = NormalBank.load(path, made_with=sha)
     assert bank.size == 79  # 40 s in 1 s windows every 0.5 s
     again = run_clapd("learn-normal", "-c", str(config), "--stream", "pump", "--from", str(machine / "normal"))
     assert again.returncode == 1 and "--rebaseline" in again.stderr
@@ -248,9 +248,9 @@ def test_learn_normal_classify_agrees_with_run_and_a_wrong_bundles_bank_is_refus
     # From the live source (a file, read as fast as it goes): 12 s of it, replacing the bank.
     live = run_clapd("learn-normal", "-c", str(config), "--stream", "pump", "--minutes", "0.2", "--rebaseline")
     assert live.returncode == 0, live.stderr
-    assert 23 <= NormalBank.load(path, bundle_sha256=sha).size <= 30
-    bank = NormalBank.load(path, bundle_sha256=sha)
-    bank.save(path, bundle_sha256="0" * 64)  # as if learnt with another model
+    assert 23 <= NormalBank.load(path, made_with=sha).size <= 30
+    bank = NormalBank.load(path, made_with=sha)
+    bank.save(path, made_with="0" * 64)  # as if learnt with another model
     refused = run_clapd("run", "-c", str(config), timeout=120)
     assert refused.returncode != 0
     assert "another model bundle" in refused.stderr and "learn-normal" in refused.stderr, refused.stderr[-2000:]
@@ -337,7 +337,7 @@ def test_drift_admits_only_normal_windows_at_most_max_per_hour_and_counts_them(t
         monitor.feed(Window("pump", i * hop, i * hop + 1000, silence), embedding)
     admitted = monitor.updates["admitted"]
     assert 1 <= admitted <= 3 and monitor.bank is not None and monitor.bank.size == 200 + admitted
-    assert NormalBank.load(store.path, bundle_sha256="a" * 64).size == 200 + admitted  # saved
+    assert NormalBank.load(store.path, made_with="a" * 64).size == 200 + admitted  # saved
     for i in range(60, 120):  # 30 s of a fault: nothing admitted
         monitor.feed(Window("pump", i * hop, i * hop + 1000, silence), rng.normal(size=64).astype(np.float32))
     assert monitor.updates["admitted"] == admitted and monitor.status().bank_size == 200 + admitted
@@ -362,15 +362,15 @@ def test_a_bank_stored_by_another_process_is_taken_at_reload_and_never_overwritt
         monitor.feed(Window("pump", i * hop, i * hop + 1000, silence), centre.astype(np.float32))  # clearly normal
 
     feed(0)
-    assert monitor.updates["admitted"] == 1 and NormalBank.load(store.path, bundle_sha256=sha).size == 101
-    NormalBank.fit(normal[:40]).save(store.path, bundle_sha256=sha)  # another process's new baseline
+    assert monitor.updates["admitted"] == 1 and NormalBank.load(store.path, made_with=sha).size == 101
+    NormalBank.fit(normal[:40]).save(store.path, made_with=sha)  # another process's new baseline
     feed(4)  # a drift update is due: it takes the new bank rather than saving its own over it
     assert monitor.updates["admitted"] == 1 and monitor.updates["reloaded"] == 1
     assert monitor.bank is not None and monitor.bank.size == 40
-    assert NormalBank.load(store.path, bundle_sha256=sha).size == 40
-    NormalBank.fit(normal[:30]).save(store.path, bundle_sha256=sha)
+    assert NormalBank.load(store.path, made_with=sha).size == 40
+    NormalBank.fit(normal[:30]).save(store.path, made_with=sha)
     assert monitor.reload_stored(5 * hop) == [] and monitor.bank.size == 30 and monitor.updates["reloaded"] == 2
-    NormalBank.fit(normal[:20]).save(store.path, bundle_sha256="c" * 64)  # learnt with another model: refused
+    NormalBank.fit(normal[:20]).save(store.path, made_with="c" * 64)  # learnt with another model: refused
     assert monitor.reload_stored(6 * hop) == [] and monitor.bank.size == 30 and monitor.updates["reloaded"] == 2
 
 

@@ -12,9 +12,9 @@ import pytest
 import soundfile
 
 from clapd.daemon.anomaly import NormalBank
+from clapd.daemon.anomaly.log_mel import log_mel_stats, mel_bank
 from clapd.models import machine_sounds as ms
 from clapd.models import machine_streams as mst
-from clapd.models.log_mel import log_mel_stats, mel_bank
 
 SR = ms.SAMPLE_RATE
 

@@ -1,9 +1,10 @@
 """`clapd learn-normal`: fill a stream's normal bank from its live source or from recordings of normal operation.
 
-The windows are cut and embedded exactly as the daemon does (the config's window, hop and model; the stream's level
-gate leaves quiet windows out, as the daemon does not score them), so the bank holds what the daemon will compare
-against. Several operating conditions (speeds, loads) are all normal: give recordings of each, the bank keeps them
-all (subsampled at random to `anomaly.max_bank_size`).
+The windows are cut and turned into features exactly as the daemon does (the config's window and hop; sound features, or
+the model's embeddings, as the stream's `anomaly.feature` says; the stream's level gate leaves quiet windows out, as the
+daemon does not score them), so the bank holds what the daemon will compare against. Several operating conditions
+(speeds, loads) are all normal: give recordings of each, the bank keeps them all (subsampled at random to
+`anomaly.max_bank_size`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,14 @@ from pathlib import Path
 import numpy as np
 
 from clapd.daemon.anomaly.bank import BankError, NormalBank
-from clapd.daemon.anomaly.monitor import BankStore, bank_path, overlapping_windows
+from clapd.daemon.anomaly.monitor import (
+    BankStore,
+    bank_made_with,
+    bank_path,
+    fit_bank,
+    overlapping_windows,
+    window_features,
+)
 from clapd.daemon.assembly import build_streams, resolve_bundle
 from clapd.daemon.classify import read_audio
 from clapd.daemon.config import AnomalyConfig, ClapdConfig
@@ -30,7 +38,7 @@ from clapd.daemon.windows import clip_windows
 
 logger = logging.getLogger(__name__)
 
-BATCH_WINDOWS = 8  # windows per model call
+BATCH_WINDOWS = 8  # windows per model call (embedding banks)
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif"}
 IDLE_WAIT_SECONDS = 0.05
 
@@ -39,7 +47,7 @@ IDLE_WAIT_SECONDS = 0.05
 class Learnt:
     path: Path
     bank: NormalBank
-    windows: int  # embedded and offered to the bank (before subsampling)
+    windows: int  # turned into features and offered to the bank (before subsampling)
 
 
 def learn_normal(
@@ -52,8 +60,9 @@ def learn_normal(
     bundle = resolve_bundle(config)
     manifest = open_bundle(bundle)
     window, hop = window_samples_for(config.windows, manifest, bundle=bundle)
-    model = AudioModel(bundle, manifest, config.model)
-    store = BankStore(bank_path(config.state_dir, stream), model.entry.sha256)
+    model = AudioModel(bundle, manifest, config.model) if anomaly.feature == "embedding" else None
+    made_with = bank_made_with(anomaly, model.entry.sha256 if model is not None else "", manifest.sample_rate)
+    store = BankStore(bank_path(config.state_dir, stream), made_with)
     _check_replace(store, replace)
     gate = config.streams[stream].min_level_dbfs
     if folder is not None:
@@ -61,16 +70,18 @@ def learn_normal(
     else:
         assert seconds is not None
         windows = _live_windows(config, stream, manifest, window, hop, seconds)
-    embeddings = _embed(model, (w for w in windows if gate is None or window_level_dbfs(w) >= gate))
-    if embeddings.shape[0] < anomaly.k + overlapping_windows(window, hop) + 1:
-        raise ValueError(f"only {embeddings.shape[0]} windows of audio above the level gate: learn from more audio")
-    bank = NormalBank.fit(
-        embeddings, k=anomaly.k, max_size=anomaly.max_bank_size, exclude_neighbours=overlapping_windows(window, hop)
-    )
+    heard = (w for w in windows if gate is None or window_level_dbfs(w) >= gate)
+    if model is not None:
+        rows = _embed(model, heard)
+    else:
+        rows = _sound_features(anomaly, heard, manifest.sample_rate)
+    if rows.shape[0] < anomaly.k + overlapping_windows(window, hop) + 1:
+        raise ValueError(f"only {rows.shape[0]} windows of audio above the level gate: learn from more audio")
+    bank = fit_bank(anomaly, rows, overlapping_windows(window, hop))
     assert store.path is not None
     store.save(bank)
-    logger.info("%s: normal bank of %d embeddings written to %s", stream, bank.size, store.path)
-    return Learnt(store.path, bank, int(embeddings.shape[0]))
+    logger.info("%s: normal bank of %d windows written to %s", stream, bank.size, store.path)
+    return Learnt(store.path, bank, int(rows.shape[0]))
 
 
 def _anomaly_of(config: ClapdConfig, stream: str) -> AnomalyConfig:
@@ -125,6 +136,11 @@ def _live_windows(
                 time.sleep(IDLE_WAIT_SECONDS)
     finally:
         live.source.stop()
+
+
+def _sound_features(anomaly: AnomalyConfig, windows: Iterator[Window], sample_rate: int) -> np.ndarray:
+    rows = [window_features(anomaly, w, None, sample_rate) for w in windows]
+    return np.stack(rows) if rows else np.zeros((0, 0), np.float32)
 
 
 def _embed(model: AudioModel, windows: Iterator[Window]) -> np.ndarray:

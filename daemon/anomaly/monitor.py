@@ -1,6 +1,8 @@
 """One stream's anomaly monitoring inside the Detector: its bank, its event tracker, its publishing rate limit, its
-learning period and its drift update. Synchronous, fed one window's embedding at a time in the stream's order, so
-`clapd classify` and `clapd run` give the same scores.
+learning period and its drift update. Synchronous, fed one window (and its embedding) at a time in the stream's
+order, so `clapd classify` and `clapd run` give the same scores. A window is compared by its sound features
+(`clapd.daemon.anomaly.features`) or by its embedding, as the stream's `anomaly.feature` says; descriptions are
+always matched by the embedding.
 
 Events go through the detections' own `DetectionTracker` (smoothing, hysteresis, minimum duration, cooldown) under
 the configured event name, so outputs see ordinary `DetectionEvent`s whose scores are normalised anomaly scores.
@@ -19,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from clapd.daemon.anomaly.bank import BankError, NormalBank, unit_rows
+from clapd.daemon.anomaly.features import features_id, sound_features
 from clapd.daemon.config import AnomalyConfig, StreamConfig
 from clapd.daemon.events import DetectionTracker, StreamClock
 from clapd.daemon.records import AnomalyReading, DetectionEvent, Window
@@ -36,6 +39,35 @@ def bank_path(state_dir: Path, stream: str) -> Path:
 def overlapping_windows(window: int, hop: int) -> int:
     """How many windows either side of one share audio with it (`NormalBank.fit`'s `exclude_neighbours`)."""
     return max(0, math.ceil(window / hop) - 1)
+
+
+def bank_made_with(anomaly: AnomalyConfig, bundle_sha256: str, sample_rate: int) -> str:
+    """What a stream's bank rows are made with, stored in the bank: the sound features' version and rate, or the
+    sha256 of the audio model whose embeddings they are."""
+    return features_id(sample_rate) if anomaly.feature == "sound" else bundle_sha256
+
+
+def window_features(
+    anomaly: AnomalyConfig, window: Window, embedding: np.ndarray | None, sample_rate: int
+) -> np.ndarray:
+    """The vector a stream's bank compares for `window`: its sound features over its real samples (not the
+    repeat-padding), or its embedding."""
+    if anomaly.feature == "sound":
+        return sound_features(window.samples[: window.end_sample - window.start_sample], sample_rate)
+    if embedding is None:
+        raise ValueError("anomaly.feature is `embedding` but the window was not embedded")
+    return embedding
+
+
+def fit_bank(anomaly: AnomalyConfig, rows: np.ndarray, exclude_neighbours: int) -> NormalBank:
+    """A bank of `rows` (window features in time order) with the stream's settings and its feature's metric."""
+    return NormalBank.fit(
+        rows,
+        k=anomaly.k,
+        max_size=anomaly.max_bank_size,
+        exclude_neighbours=exclude_neighbours,
+        whiten=anomaly.feature == "sound",
+    )
 
 
 def anomaly_events(streams: Mapping[str, StreamConfig]) -> list[tuple[str, str]]:
@@ -62,7 +94,8 @@ def build_anomalies(
         anomaly = config.anomaly
         if anomaly is None or not anomaly.enabled:
             continue
-        store = BankStore(bank_path(state_dir, name) if state_dir is not None else None, bundle_sha256)
+        made_with = bank_made_with(anomaly, bundle_sha256, clocks[name].sample_rate)
+        store = BankStore(bank_path(state_dir, name) if state_dir is not None else None, made_with)
         bank = stored_bank(name, anomaly, store)
         descriptions = Descriptions.embedded(anomaly.descriptions, embed_text) if embed_text is not None else None
         monitors[name] = StreamAnomaly(name, anomaly, bank, store, clocks[name], window, hop, descriptions)
@@ -80,7 +113,7 @@ def stored_bank(stream: str, anomaly: AnomalyConfig, store: BankStore) -> Normal
             f"streams.{stream}.anomaly.learn_seconds"
         )
     if bank is not None:
-        logger.info("%s: normal bank of %d embeddings loaded from %s", stream, bank.size, store.path)
+        logger.info("%s: normal bank of %d windows loaded from %s", stream, bank.size, store.path)
     return bank
 
 
@@ -136,24 +169,24 @@ class AnomalyRules:
 
 @dataclass(frozen=True, slots=True)
 class BankStore:
-    """Where a stream's bank is kept, and the sha256 of the audio model its embeddings come from; `path` None: in
-    memory only (`clapd classify`)."""
+    """Where a stream's bank is kept, and what its rows are made with (`bank_made_with`); `path` None: in memory
+    only (`clapd classify`)."""
 
     path: Path | None
-    bundle_sha256: str
+    made_with: str
 
     def load(self) -> NormalBank | None:
         """The stored bank, None when there is none; `BankError` for one that cannot be used."""
         if self.path is None:
             return None
         try:
-            return NormalBank.load(self.path, bundle_sha256=self.bundle_sha256)
+            return NormalBank.load(self.path, made_with=self.made_with)
         except FileNotFoundError:
             return None
 
     def save(self, bank: NormalBank) -> None:
         if self.path is not None:
-            bank.save(self.path, bundle_sha256=self.bundle_sha256)
+            bank.save(self.path, made_with=self.made_with)
 
     def version(self) -> tuple[int, int, int] | None:
         """The stored file's (inode, modification time in ns, size): what tells a file another process wrote
@@ -169,7 +202,7 @@ class BankStore:
 
 
 class StreamAnomaly:
-    """One stream: windows' embeddings in, `AnomalyReading`s and anomaly events out.
+    """One stream: windows and their embeddings in, `AnomalyReading`s and anomaly events out.
 
     Without a bank, it learns one from the first `learn_seconds` of audio (or the seconds a re-baseline asks for),
     scoring nothing meanwhile. `updates` counts what changed the bank: `learnt` (a bank fitted here), `admitted`
@@ -220,13 +253,15 @@ class StreamAnomaly:
         return AnomalyStatus(self.stream, self.last_score, size, self.learning, dict(self.updates))
 
     def feed(self, window: Window, embedding: np.ndarray) -> tuple[AnomalyReading | None, list[DetectionEvent]]:
-        """One window's embedding: its reading (None while learning) and the anomaly events it started or ended."""
+        """One window and its embedding: its reading (None while learning) and the anomaly events it started or
+        ended."""
+        features = window_features(self.config, window, embedding, self._clock.sample_rate)
         if self._learn_seconds is not None:
-            self._learn(window, embedding)
+            self._learn(window, features)
             return None, []
         if self.bank is None:
             return None, []
-        score = float(self.bank.score(embedding[None, :])[0])
+        score = float(self.bank.score(features[None, :])[0])
         self.last_score = score
         self._follow_run(score, embedding)
         events = self._described(self._tracker.feed(score, window.start_sample, window.end_sample))
@@ -237,7 +272,7 @@ class StreamAnomaly:
         )
         if due:
             self._last_due, self._peak = window.end_sample, 0.0
-        self._drift(window, embedding, score)
+        self._drift(window, features, score)
         return reading, events
 
     def close(self, end_sample: int) -> list[DetectionEvent]:
@@ -293,30 +328,28 @@ class StreamAnomaly:
         self._learn_seconds, self._learn_until, self._learnt = None, None, []
         self.bank, self._stored_version, self.last_score = bank, self._store.version(), None
         self.updates["reloaded"] += 1
-        logger.info("%s: normal bank reloaded from %s: %d embeddings", self.stream, self._store.path, bank.size)
+        logger.info("%s: normal bank reloaded from %s: %d windows", self.stream, self._store.path, bank.size)
         return self._described(self._tracker.close(end_sample))
 
     def _stored_elsewhere(self) -> bool:
         version = self._store.version()
         return version is not None and version != self._stored_version
 
-    def _learn(self, window: Window, embedding: np.ndarray) -> None:
+    def _learn(self, window: Window, features: np.ndarray) -> None:
         assert self._learn_seconds is not None
         if self._learn_until is None:
             self._learn_until = window.start_sample + round(self._learn_seconds * self._clock.sample_rate)
             logger.info("%s: learning normal operation for %.0f s", self.stream, self._learn_seconds)
-        self._learnt.append(np.array(embedding, dtype=np.float32))
+        self._learnt.append(np.array(features, dtype=np.float32))
         if window.end_sample < self._learn_until or len(self._learnt) < self.config.k + self._exclude + 1:
             return
-        embeddings = np.stack(self._learnt)
-        bank = NormalBank.fit(
-            embeddings, k=self.config.k, max_size=self.config.max_bank_size, exclude_neighbours=self._exclude
-        )
+        rows = np.stack(self._learnt)
+        bank = fit_bank(self.config, rows, self._exclude)
         self._learn_seconds, self._learn_until, self._learnt = None, None, []
-        self._install(bank, f"learnt from {len(embeddings)} windows")
+        self._install(bank, f"learnt from {len(rows)} windows")
         self.updates["learnt"] += 1
 
-    def _drift(self, window: Window, embedding: np.ndarray, score: float) -> None:
+    def _drift(self, window: Window, features: np.ndarray, score: float) -> None:
         """The slow update: a clearly normal window, while no anomaly is in progress, at most `max_per_hour`."""
         drift = self.config.drift
         if not drift.enabled or score >= drift.admit_below or window.start_sample < self._next_admit:
@@ -327,7 +360,7 @@ class StreamAnomaly:
         if self._stored_elsewhere():  # a new baseline written beside us: take it, never overwrite it
             self.reload_stored(window.start_sample)
             return
-        self.bank = self.bank.admit(embedding[None, :], max_size=self.config.max_bank_size, seed=window.start_sample)
+        self.bank = self.bank.admit(features[None, :], max_size=self.config.max_bank_size, seed=window.start_sample)
         self.updates["admitted"] += 1
         logger.info("%s: drift update admitted a window scored %.2f (bank %d)", self.stream, score, self.bank.size)
         self._save()
@@ -335,7 +368,7 @@ class StreamAnomaly:
     def _install(self, bank: NormalBank, how: str) -> None:
         self.bank = bank
         logger.info(
-            "%s: normal bank %s: %d embeddings, reference distance %.4f", self.stream, how, bank.size, bank.reference
+            "%s: normal bank %s: %d windows, reference distance %.4f", self.stream, how, bank.size, bank.reference
         )
         self._save()
 

@@ -1,6 +1,7 @@
-"""Log-mel spectrograms and their per-band statistics in numpy (no torch): the features of the anomaly benchmark's
-baseline, with the demo model's front-end settings by default (a Hann-windowed 1024-point STFT every 10 ms at
-48 kHz, 64 Slaney mel bands from 50 Hz to 14 kHz, 10*log10 of the power with a 1e-10 floor).
+"""Log-mel spectrograms and their per-band statistics in numpy (no torch): what anomaly monitoring's sound features
+(`clapd.daemon.anomaly.features`) and the anomaly benchmark's baseline are made of, with the demo model's front-end
+settings by default (a Hann-windowed 1024-point STFT every 10 ms at 48 kHz, 64 Slaney mel bands from 50 Hz to 14 kHz,
+10*log10 of the power with a 1e-10 floor).
 """
 
 from __future__ import annotations
