@@ -20,6 +20,14 @@ from helpers import run_clapd, start_daemon, stop_daemon
 from mqtt_broker import MosquittoBroker, free_port, wait_until
 
 from clapd.daemon.anomaly import BankError, NormalBank
+from clapd.daemon.anomaly.features import (
+    BAND_GROUPS,
+    FEATURE_SIZE,
+    MODULATION_EDGES_HZ,
+    PERCENTILES,
+    features_id,
+    sound_features,
+)
 from clapd.daemon.anomaly.monitor import BankStore, StreamAnomaly, bank_path
 from clapd.daemon.config import AnomalyConfig, ModelConfig
 from clapd.daemon.control import ControlRequest, ControlResult, parse_request
@@ -96,6 +104,44 @@ def test_a_bank_round_trips_and_another_bundles_is_refused(tmp_path: Path) -> No
         NormalBank.load(path, made_with="a" * 64)
 
 
+def test_a_whitened_bank_scores_by_normal_spread_not_by_units_and_an_old_bank_still_loads(tmp_path: Path) -> None:
+    rng = np.random.default_rng(6)
+    spreads = np.linspace(0.1, 3.0, 20)  # features of very different spreads
+    normal, fresh = rng.normal(size=(600, 20)) * spreads, rng.normal(size=(50, 20)) * spreads
+    odd = fresh.copy()
+    odd[:, 0] += 1.0  # ten times the normal spread of the steadiest feature: small against the others
+    bank = NormalBank.fit(normal, whiten=True)
+    assert np.median(bank.score(fresh)) < 1.2 and np.median(bank.score(odd)) > 2.0
+    units = np.ones(20)
+    units[0] = 1000.0  # the same features in other units: the same scores
+    rescaled = NormalBank.fit(normal * units, whiten=True)
+    assert np.allclose(rescaled.score(odd * units), bank.score(odd), rtol=1e-3)
+    assert np.median(NormalBank.fit(normal).score(odd)) < 1.2  # by cosine the step is lost among the others
+    path = tmp_path / "bank.npz"
+    bank.save(path, made_with="sound-features-v1@48000Hz")
+    assert np.array_equal(NormalBank.load(path, made_with="sound-features-v1@48000Hz").score(odd), bank.score(odd))
+    cosine = NormalBank.fit(normal)
+    old = {"format": "clapd-normal-bank-v1", "bundle_sha256": "a" * 64, "k": 1, "reference": cosine.reference}
+    np.savez(path, embeddings=cosine.embeddings, **{k: np.array(v) for k, v in old.items()})
+    assert np.array_equal(NormalBank.load(path, made_with="a" * 64).score(odd), cosine.score(odd))
+
+
+def test_sound_features_hear_a_machine_rhythm_and_any_window_length() -> None:
+    rate = 48_000
+    rng = np.random.default_rng(7)
+    t = np.arange(2 * rate) / rate
+    noise = 0.1 * rng.normal(size=t.size)
+    steady, beating = sound_features(noise, rate), sound_features(noise * (1 + 0.8 * np.sin(2 * np.pi * 21 * t)), rate)
+    assert steady.shape == beating.shape == (FEATURE_SIZE,)
+    rhythms = (beating - steady)[len(PERCENTILES) * 64 :].reshape(BAND_GROUPS, -1)
+    centres = (MODULATION_EDGES_HZ[:-1] + MODULATION_EDGES_HZ[1:]) / 2
+    assert np.all(np.abs(centres[np.argmax(rhythms, axis=1)] - 21) <= 1.1)  # every band group beats at 21 Hz
+    assert np.all(rhythms.max(axis=1) > 10)  # dB over the steady noise's
+    for seconds in (0.05, 0.5, 10):
+        assert np.isfinite(sound_features(noise[: int(seconds * rate)], rate)).all()
+    assert sound_features(noise[:16_000], 16_000).shape == (FEATURE_SIZE,)
+
+
 def test_drift_admits_into_a_bounded_bank_keeping_the_reference() -> None:
     rng = np.random.default_rng(4)
     _, normal = _cluster(rng, 50)
@@ -156,7 +202,8 @@ def _config(tmp_path: Path, audio: Path, anomaly: dict, **sections: object) -> P
 
 
 DESCRIPTIONS = ["a high-pitched whine", "a hissing air leak", "a metallic knocking"]
-ANOMALY = {"threshold": 5.0, "threshold_off": 3.0, "smoothing_windows": 3, "publish_interval_seconds": 5}
+# Sound features (the default): normal windows of this pump score 1.1-1.25 against 40 s of it, the faults 2.4-25
+ANOMALY = {"threshold": 2.0, "threshold_off": 1.5, "smoothing_windows": 3, "publish_interval_seconds": 5}
 
 
 def _anomaly_starts(subscribers: list) -> list[dict]:
@@ -211,7 +258,7 @@ def test_clapd_run_reports_each_planted_fault_and_nothing_else_and_the_bank_surv
     assert sorted(s["start_offset_seconds"] for s in _anomaly_starts(second)) == onsets
 
 
-def test_learn_normal_classify_agrees_with_run_and_a_wrong_bundles_bank_is_refused(
+def test_learn_normal_classify_agrees_with_run_and_another_features_bank_is_refused(
     tmp_path: Path, machine: Path
 ) -> None:
     anomaly = {**ANOMALY, "publish_interval_seconds": 0}  # every window's score goes out
@@ -221,11 +268,9 @@ def test_learn_normal_classify_agrees_with_run_and_a_wrong_bundles_bank_is_refus
     learnt = run_clapd("learn-normal", "-c", str(config), "--stream", "pump", "--from", str(machine / "normal"))
     assert learnt.returncode == 0, learnt.stderr
     path = bank_path(tmp_path / "state", "pump")
-    bundle = installed_demo_bundle()
-    assert bundle is not None
-    sha = AudioModel(bundle, open_bundle(bundle), ModelConfig(providers=["cpu"])).entry.sha256
-    bank = NormalBank.load(path, made_with=sha)
-    assert bank.size == 79  # 40 s in 1 s windows every 0.5 s
+    made_with = features_id(SAMPLE_RATE)
+    bank = NormalBank.load(path, made_with=made_with)
+    assert bank.size == 79 and bank.whitening is not None  # 40 s in 1 s windows every 0.5 s, sound features
     again = run_clapd("learn-normal", "-c", str(config), "--stream", "pump", "--from", str(machine / "normal"))
     assert again.returncode == 1 and "--rebaseline" in again.stderr
     # clapd classify scores anomalies as clapd run does: the same windows, the same scores, the same events.
@@ -248,8 +293,28 @@ def test_learn_normal_classify_agrees_with_run_and_a_wrong_bundles_bank_is_refus
     # From the live source (a file, read as fast as it goes): 12 s of it, replacing the bank.
     live = run_clapd("learn-normal", "-c", str(config), "--stream", "pump", "--minutes", "0.2", "--rebaseline")
     assert live.returncode == 0, live.stderr
-    assert 23 <= NormalBank.load(path, made_with=sha).size <= 30
+    assert 23 <= NormalBank.load(path, made_with=made_with).size <= 30
+    bank = NormalBank.load(path, made_with=made_with)
+    bank.save(path, made_with="0" * 64)  # as if learnt from a model's embeddings
+    refused = run_clapd("run", "-c", str(config), timeout=120)
+    assert refused.returncode != 0
+    assert "configured for sound features" in refused.stderr and "learn-normal" in refused.stderr, refused.stderr
+
+
+def test_an_embedding_bank_is_learnt_with_the_model_and_another_bundles_is_refused(
+    tmp_path: Path, machine: Path
+) -> None:
+    config = _config(tmp_path, machine / "pump.wav", {**ANOMALY, "feature": "embedding"}, outputs={"stdout": True})
+    learnt = run_clapd("learn-normal", "-c", str(config), "--stream", "pump", "--from", str(machine / "normal"))
+    assert learnt.returncode == 0, learnt.stderr
+    path = bank_path(tmp_path / "state", "pump")
+    bundle = installed_demo_bundle()
+    assert bundle is not None
+    sha = AudioModel(bundle, open_bundle(bundle), ModelConfig(providers=["cpu"])).entry.sha256
     bank = NormalBank.load(path, made_with=sha)
+    assert bank.size == 79 and bank.whitening is None  # cosine between the model's embeddings
+    with pytest.raises(BankError, match="configured for sound features"):
+        NormalBank.load(path, made_with=features_id(SAMPLE_RATE))
     bank.save(path, made_with="0" * 64)  # as if learnt with another model
     refused = run_clapd("run", "-c", str(config), timeout=120)
     assert refused.returncode != 0
@@ -326,7 +391,8 @@ def test_drift_admits_only_normal_windows_at_most_max_per_hour_and_counts_them(t
     rng = np.random.default_rng(5)
     centre, normal = _cluster(rng, 200)
     rate, hop = 1000, 500  # a 1 kHz stream, a window every 0.5 s
-    config = AnomalyConfig(drift={"enabled": True, "admit_below": 1.5, "max_per_hour": 360})  # one per 10 s at most
+    drift = {"enabled": True, "admit_below": 1.5, "max_per_hour": 360}  # one per 10 s at most
+    config = AnomalyConfig(feature="embedding", drift=drift)
     store = BankStore(tmp_path / "pump.npz", "a" * 64)
     monitor = StreamAnomaly(
         "pump", config, NormalBank.fit(normal), store, StreamClock(datetime.now(timezone.utc), rate), 1000, hop
@@ -349,7 +415,8 @@ def test_a_bank_stored_by_another_process_is_taken_at_reload_and_never_overwritt
     rng = np.random.default_rng(8)
     centre, normal = _cluster(rng, 100)
     rate, hop, sha = 1000, 500, "b" * 64
-    config = AnomalyConfig(drift={"enabled": True, "admit_below": 1.5, "max_per_hour": 3600})  # one per second
+    drift = {"enabled": True, "admit_below": 1.5, "max_per_hour": 3600}  # one per second
+    config = AnomalyConfig(feature="embedding", drift=drift)
     store = BankStore(tmp_path / "pump.npz", sha)
     store.save(NormalBank.fit(normal))
     monitor = StreamAnomaly(
