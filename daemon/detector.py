@@ -140,10 +140,9 @@ class Detector:
                 values = matcher.score(window.stream, embedding) if matcher.watches(window.stream) else {}
                 if self._keep_embedded:
                     embedded.append(self._embedded(window, embedding))
-                if (anomaly := self.anomalies.get(window.stream)) is not None:
-                    reading, anomaly_events = anomaly.feed(window, embedding)
-                    anomalies.extend([reading] if reading is not None else [])
-                    events.extend(anomaly_events)
+                self._feed_anomaly(window, embedding, anomalies, events)
+            elif window.stream in self.anomalies:  # compared by sound features only: no model call for it
+                self._feed_anomaly(window, None, anomalies, events)
             levels = self._levels[window.stream].feed(window)
             values.update({name: level.score for name, level in levels.items()})
             window_scores = Scores(window.stream, window.start_sample, window.end_sample, values)
@@ -178,7 +177,21 @@ class Detector:
 
     def _embeds(self, stream: str) -> bool:
         hidden = self._hidden is not None and self._hidden.watches(stream)
-        return hidden or self._detections.matcher.watches(stream) or stream in self.anomalies
+        anomaly = self.anomalies.get(stream)
+        embedded_for_anomaly = anomaly is not None and (anomaly.needs_embedding or self._keep_embedded)
+        return hidden or self._detections.matcher.watches(stream) or embedded_for_anomaly
+
+    def _feed_anomaly(
+        self,
+        window: Window,
+        embedding: np.ndarray | None,
+        anomalies: list[AnomalyReading],
+        events: list[DetectionEvent],
+    ) -> None:
+        if (anomaly := self.anomalies.get(window.stream)) is not None:
+            reading, anomaly_events = anomaly.feed(window, embedding)
+            anomalies.extend([reading] if reading is not None else [])
+            events.extend(anomaly_events)
 
     def _embedded(self, window: Window, embedding: np.ndarray) -> WindowEmbedding:
         hidden = self._hidden.score(window.stream, embedding) if self._hidden is not None else {}

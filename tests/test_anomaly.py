@@ -28,16 +28,19 @@ from clapd.daemon.anomaly.features import (
     features_id,
     sound_features,
 )
-from clapd.daemon.anomaly.monitor import BankStore, StreamAnomaly, bank_path
+from clapd.daemon.anomaly.monitor import BankStore, StreamAnomaly, bank_path, fit_bank, window_features
 from clapd.daemon.config import AnomalyConfig, ModelConfig
 from clapd.daemon.control import ControlRequest, ControlResult, parse_request
 from clapd.daemon.demo import installed_demo_bundle
+from clapd.daemon.detector import DetectionSet, Detector
 from clapd.daemon.events import StreamClock
 from clapd.daemon.inference import AudioModel, open_bundle
+from clapd.daemon.matcher import Matcher
 from clapd.daemon.mqtt.discovery import DiscoverySettings, discovery_messages
 from clapd.daemon.mqtt.payloads import Topics
 from clapd.daemon.records import Window
-from clapd.models.machine_sounds import SAMPLE_RATE
+from clapd.daemon.windows import clip_windows
+from clapd.models.machine_sounds import SAMPLE_RATE, machine_clip
 from clapd.models.machine_streams import PlannedFault, make_machine_stream
 
 HOP_S = 0.5
@@ -407,6 +410,36 @@ def test_drift_admits_only_normal_windows_at_most_max_per_hour_and_counts_them(t
     for i in range(60, 120):  # 30 s of a fault: nothing admitted
         monitor.feed(Window("pump", i * hop, i * hop + 1000, silence), rng.normal(size=64).astype(np.float32))
     assert monitor.updates["admitted"] == admitted and monitor.status().bank_size == 200 + admitted
+
+
+class CountingModel:
+    """An audio model stand-in (what is tested is whether it is called): every window embedded as one vector."""
+
+    def __init__(self) -> None:
+        self.windows = 0
+
+    def embed(self, windows: np.ndarray) -> np.ndarray:
+        self.windows += len(windows)
+        return np.tile(np.array([1.0, 0.0, 0.0], dtype=np.float32), (len(windows), 1))
+
+
+@pytest.mark.parametrize("feature", ["sound", "embedding"])
+def test_a_stream_compared_by_sound_features_alone_is_never_given_to_the_model(feature: str) -> None:
+    rate, window, hop = SAMPLE_RATE, SAMPLE_RATE, SAMPLE_RATE // 2
+    audio = machine_clip("pump", "half", 5, 20.0).audio
+    windows = clip_windows("pump", audio, window, hop, window)
+    config = AnomalyConfig(feature=feature, threshold=2.0, threshold_off=1.5)
+    model = CountingModel()
+    rows = [window_features(config, w, model.embed(w.samples[None])[0], rate) for w in windows[:20]]
+    model.windows = 0
+    bank = fit_bank(config, np.stack(rows), exclude_neighbours=1)
+    clock = StreamClock(datetime.now(timezone.utc), rate)
+    monitor = StreamAnomaly("pump", config, bank, BankStore(None, "x"), clock, window, hop)
+    no_detections = DetectionSet({}, Matcher([], np.array([[0.0, 1.0, 0.0]], np.float32), 20.0))
+    detector = Detector(model, no_detections, {"pump": clock}, hop, anomalies={"pump": monitor})
+    readings = [r for w in windows[20:] for r in detector.process([w]).anomalies]
+    assert len(readings) == len(windows) - 20 and all(np.isfinite(r.score) for r in readings)
+    assert model.windows == (0 if feature == "sound" else len(windows) - 20)
 
 
 def test_a_bank_stored_by_another_process_is_taken_at_reload_and_never_overwritten_by_drift(tmp_path: Path) -> None:

@@ -244,6 +244,11 @@ class StreamAnomaly:
         self.last_score: float | None = None
 
     @property
+    def needs_embedding(self) -> bool:
+        """Whether `feed` needs the window's embedding: compared by it, or matched against descriptions."""
+        return self.config.feature == "embedding" or self._descriptions is not None
+
+    @property
     def learning(self) -> bool:
         return self._learn_seconds is not None
 
@@ -252,9 +257,9 @@ class StreamAnomaly:
         size = bank.size if bank is not None else 0
         return AnomalyStatus(self.stream, self.last_score, size, self.learning, dict(self.updates))
 
-    def feed(self, window: Window, embedding: np.ndarray) -> tuple[AnomalyReading | None, list[DetectionEvent]]:
-        """One window and its embedding: its reading (None while learning) and the anomaly events it started or
-        ended."""
+    def feed(self, window: Window, embedding: np.ndarray | None) -> tuple[AnomalyReading | None, list[DetectionEvent]]:
+        """One window and its embedding (None: not embedded; only when not `needs_embedding`): its reading (None
+        while learning) and the anomaly events it started or ended."""
         features = window_features(self.config, window, embedding, self._clock.sample_rate)
         if self._learn_seconds is not None:
             self._learn(window, features)
@@ -279,9 +284,9 @@ class StreamAnomaly:
         """The stream's audio ended at `end_sample`: an anomaly in progress ends there."""
         return self._described(self._tracker.close(end_sample))
 
-    def _follow_run(self, score: float, embedding: np.ndarray) -> None:
+    def _follow_run(self, score: float, embedding: np.ndarray | None) -> None:
         """Keep the highest-scoring window since the scores rose above `threshold_off` (what an event describes)."""
-        if self._descriptions is None:
+        if self._descriptions is None or embedding is None:
             return
         if score < self.config.threshold_off and not self._tracker.active:
             self._run_peak = None
