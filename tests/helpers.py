@@ -95,6 +95,18 @@ def cross_class_starts(starts: list[dict], events: Sequence[PlannedEvent], hop_s
     ]
 
 
+class CountingModel:
+    """An audio model stand-in for tests of whether the model is called, not of what it hears: every window is
+    embedded as the same 3-dimensional vector; windows counted."""
+
+    def __init__(self) -> None:
+        self.windows = 0
+
+    def embed(self, windows: np.ndarray) -> np.ndarray:
+        self.windows += len(windows)
+        return np.tile(np.array([1.0, 0.0, 0.0], dtype=np.float32), (len(windows), 1))
+
+
 # Run with `python -I -c`: imports clapd.daemon and every module under it, subpackages included; prints one JSON
 # line. A module that fails to import is recorded, not skipped (pkgutil's walk would skip a package silently).
 IMPORT_DAEMON_MODULES = """

@@ -16,7 +16,7 @@ import paho.mqtt.publish
 import pytest
 import soundfile
 import yaml
-from helpers import run_clapd, start_daemon, stop_daemon
+from helpers import CountingModel, run_clapd, start_daemon, stop_daemon
 from mqtt_broker import MosquittoBroker, free_port, wait_until
 
 from clapd.daemon.anomaly import BankError, NormalBank
@@ -410,17 +410,6 @@ def test_drift_admits_only_normal_windows_at_most_max_per_hour_and_counts_them(t
     for i in range(60, 120):  # 30 s of a fault: nothing admitted
         monitor.feed(Window("pump", i * hop, i * hop + 1000, silence), rng.normal(size=64).astype(np.float32))
     assert monitor.updates["admitted"] == admitted and monitor.status().bank_size == 200 + admitted
-
-
-class CountingModel:
-    """An audio model stand-in (what is tested is whether it is called): every window embedded as one vector."""
-
-    def __init__(self) -> None:
-        self.windows = 0
-
-    def embed(self, windows: np.ndarray) -> np.ndarray:
-        self.windows += len(windows)
-        return np.tile(np.array([1.0, 0.0, 0.0], dtype=np.float32), (len(windows), 1))
 
 
 @pytest.mark.parametrize("feature", ["sound", "embedding"])

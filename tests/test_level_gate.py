@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import soundfile
 import yaml
-from helpers import run_clapd, start_daemon, stop_daemon
+from helpers import CountingModel, run_clapd, start_daemon, stop_daemon
 from mqtt_broker import free_port
 
 import clapd
@@ -100,17 +100,6 @@ def test_a_gap_in_the_windows_ends_a_run_and_changed_detections_start_afresh() -
     watch.update({"long": level_detection(-30, 0.5)})  # changed: its run starts afresh, from 7.0 s
     level = watch.feed(Window("s", int(5.5 * RATE), int(7.5 * RATE), audio[int(5.5 * RATE) : int(7.5 * RATE)]))
     assert (level["long"].score, level["long"].span.onset) == (1.0, 7 * RATE)
-
-
-class CountingModel:
-    """An audio model stand-in: every window is embedded as the same vector; calls and windows counted."""
-
-    def __init__(self) -> None:
-        self.windows = 0
-
-    def embed(self, windows: np.ndarray) -> np.ndarray:
-        self.windows += len(windows)
-        return np.tile(np.array([1.0, 0.0, 0.0], dtype=np.float32), (len(windows), 1))
 
 
 def detector(model: CountingModel, configs: dict[str, DetectionConfig], gates: dict[str, float | None]) -> Detector:
