@@ -11,10 +11,10 @@ Two metrics: the cosine distance between unit rows (audio embeddings, which the 
 bank fitted with `whiten=True` (sound features, `clapd.daemon.anomaly.features`), the Euclidean distance after
 whitening by the bank's own covariance: every direction counts by how much normal operation varies along it, so a
 fault that moves a feature normal operation holds steady stands out, whatever that feature's units. The covariance is
-shrunk towards a multiple of the identity by d / (d + n) for n windows that share no audio (`shrinkage`): a bank
-learnt from a few minutes has seen too little to know its small directions, and whitening by them would put
-every new normal window far away (measured: 40 s of one machine whitened at 0.1 scored new normal audio about 4,
-at this rule about 1.3-1.8; 2000 windows of 60 clips keep about 1.1).
+shrunk towards its own diagonal by d / (d + n) for n windows that share no audio (`shrinkage`): a bank learnt from a
+few minutes has seen too little to know its small directions, and whitening by them would put every new normal
+window far away, so it leans on each feature's own spread instead (measured on the test pump, 40 s of one condition:
+new normal windows 1.0-1.25 by this rule, about 4 shrunk only 0.1 towards the mean variance).
 
 The bank is subsampled (uniformly at random, seeded) to at most `max_size` members, so memory (max_size x d
 float32) and time per scored window (one (m, max_size) matrix product) stay bounded whatever was learnt from.
@@ -36,7 +36,7 @@ FORMAT = "clapd-normal-bank-v2"
 OLD_FORMATS = ("clapd-normal-bank-v1",)  # embeddings only, `bundle_sha256` for `made_with`: still read
 MIN_REFERENCE = 1e-4  # a bank of (near-)identical members must not make every window "infinite"
 ROW_BLOCK = 512  # rows of the leave-one-out distance matrix computed at once: 512 x max_size float32 at a time
-MIN_SHRINKAGE, MAX_SHRINKAGE = 0.1, 0.95  # of the whitening covariance towards its mean variance
+MIN_SHRINKAGE, MAX_SHRINKAGE = 0.1, 0.95  # of the whitening covariance towards its diagonal
 SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
