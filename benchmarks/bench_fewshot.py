@@ -18,11 +18,13 @@ class's own prompt without and with ONE negative example of the confusing sound 
 the confusing sounds, its recall on its real sounds.
 
 Why a bar fails: the same 3 examples at other `example_margin`s and with one negative example of each other unknown
-sound, the confusion's negative at smaller margins, and the mean cosines between the sounds' windows as the model
-hears them. Calibration (the third bar): `clapd.daemon.calibrate` chooses the demo detections' thresholds on one
-kitchen recording (babble with the new sounds), and the Detector counts their false alarms on another.
+sound, the confusion's negative at smaller `negative_example_margin`s, and the mean cosines between the sounds'
+windows as the model hears them. Calibration (the third bar): `clapd.daemon.calibrate` chooses the demo
+detections' thresholds on one kitchen recording (babble with the new sounds), and the Detector counts their false
+alarms on another.
 
     .venv/bin/python benchmarks/bench_fewshot.py --write docs/benchmarks.md   # about 6 min on 2 busy cores
+    .venv/bin/python benchmarks/bench_fewshot.py --seed-offset 500            # another draw of streams and examples
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ PACKAGES = ("onnxruntime", "numpy")
 WANT_CONFUSION_DROP = 0.9  # the share of a confusion's false starts one negative example must remove
 NEGATIVE = "text + 1 negative example"  # the guarded variant's label
 MARGINS = (0.2, 0.4, 0.5, 0.6)  # example_margin besides the default, tried with 3 examples
-NEGATIVE_MARGINS = (0.0, 0.1, 0.2)  # and with the negative example
+NEGATIVE_MARGINS = (0.0, 0.1, 0.2)  # negative_example_margin besides the default, with the negative example
 WITH_NEGATIVES = "3 examples + negatives"  # 3 examples and one negative example of every other unknown sound
 BACKGROUND_PROMPTS: list[str] = ClapdConfig.model_fields["background_prompts"].get_default(call_default_factory=True)
 WINDOW_S, HOP_S = float(DEMO_WINDOWS["window_seconds"]), float(DEMO_WINDOWS["hop_seconds"])
@@ -101,13 +103,13 @@ def open_model(bundle: Path, precision: str) -> Model:
     return Model(manifest, audio, detection_preparer(bundle, manifest, config, examples=examples), window, hop)
 
 
-def write_examples(folder: Path, draws: int) -> dict[str, list[list[str]]]:
+def write_examples(folder: Path, draws: int, seed_offset: int) -> dict[str, list[list[str]]]:
     """Sound name -> per draw, max(SHOTS) example files (a shot count uses the first ones)."""
     files: dict[str, list[list[str]]] = {}
     for k, name in enumerate([*NOVEL, *CONFUSIONS]):
         files[name] = []
         for draw in range(draws):
-            seeds = [EXAMPLE_SEED + 1000 * k + 100 * draw + i for i in range(max(SHOTS))]
+            seeds = [seed_offset + EXAMPLE_SEED + 1000 * k + 100 * draw + i for i in range(max(SHOTS))]
             paths = [make_example(name, seed).write_wav(folder / f"{name}-{seed}.wav") for seed in seeds]
             files[name].append([str(p) for p in paths])
     return files
@@ -144,7 +146,7 @@ def guarded(confusion: str, files: list[list[str]]) -> Iterator[tuple[str, str, 
         negative = DetectionConfig(**shipped, negative_examples=paths[:1])
         yield f"{resembled}__neg1__d{draw}", NEGATIVE, negative
         for margin in NEGATIVE_MARGINS:
-            config = negative.model_copy(update={"example_margin": margin})
+            config = negative.model_copy(update={"negative_example_margin": margin})
             yield f"{resembled}__neg1_m{round(100 * margin)}__d{draw}", margin_label(margin), config
 
 
@@ -309,9 +311,12 @@ class Report:
     created: str
     calibration: CalibrationResult | None  # None: not run
     header: tuple[str, ...]  # date, machine and versions when measured
+    seed_offset: int = 0  # every stream and example seed moved by this (another draw of the whole plan)
 
 
-def run(bundle: Path, precision: str, streams: int, seconds: float, draws: int, calibration_minutes: float) -> Report:
+def run(
+    bundle: Path, precision: str, streams: int, seconds: float, draws: int, calibration_minutes: float, seed_offset: int
+) -> Report:
     began, cpu, load = time.perf_counter(), time.process_time(), os.getloadavg()[0]
     header = tuple(header_lines(PACKAGES, machine_note=f" (1-min load average at start: {load:.2f})"))
     model = open_model(bundle, precision)
@@ -319,10 +324,10 @@ def run(bundle: Path, precision: str, streams: int, seconds: float, draws: int, 
     planted: dict[str, int] = {}
     windows: dict[str, list[np.ndarray]] = {}
     with tempfile.TemporaryDirectory(prefix="clapd-fewshot-") as folder:
-        the_plan = plan(write_examples(Path(folder), draws))
+        the_plan = plan(write_examples(Path(folder), draws, seed_offset))
         detections = model.preparer.prepare(the_plan.configs, BACKGROUND_PROMPTS)
     for k in range(streams):
-        stream = make_novel_stream(STREAM_SEED + k, seconds, background=STREAM_BACKGROUNDS[k % 3])
+        stream = make_novel_stream(seed_offset + STREAM_SEED + k, seconds, background=STREAM_BACKGROUNDS[k % 3])
         for e in stream.events:
             planted[e.class_name] = planted.get(e.class_name, 0) + 1
         tallies, stream_windows = count_stream(stream, model, detections, the_plan)
@@ -348,6 +353,7 @@ def run(bundle: Path, precision: str, streams: int, seconds: float, draws: int, 
         created,
         calibrated,
         header,
+        seed_offset,
     )
 
 
@@ -611,11 +617,11 @@ def findings(report: Report) -> list[str]:
         "only, so a detection taught by examples fires on any sound whose cosine with its examples, less the "
         "margin, clearly beats the background prompts': on this model, on its neighbours.",
         f"- A larger `example_margin` trades recall for false alarms: at 0.4, 3 examples had a higher F1 than at the "
-        f"default 0.3 on {len(wider)} of {len(NOVEL)} classes ({', '.join(wider) or 'none'}). The margin is shared "
-        "with negative examples, which it weakens (next point), so raising the default is not free; a separate "
-        "margin for negative examples would let both improve (a config change, not made here). Negative examples "
-        "of the neighbours (the last column) take recall away with the false alarms: to this model the "
-        "neighbours sound like the class itself.",
+        f"default 0.3 on {len(wider)} of {len(NOVEL)} classes ({', '.join(wider) or 'none'}) of this draw "
+        "(another draw of streams and examples, `--seed-offset 500`, has its own winners: compare before "
+        "changing the default). Negative examples have their own margin (`negative_example_margin`), so "
+        "raising one does not weaken the other. Negative examples of the neighbours (the last column) take "
+        "recall away with the false alarms: to this model the neighbours sound like the class itself.",
     ]
     taken = taken_for("oven_timer")
     if (taken, "smoke_alarm") in c:
@@ -630,7 +636,7 @@ def findings(report: Report) -> list[str]:
             f"{c[('smoke_alarm', 'smoke_alarm')]:.2f}): to this model they are nearly the alarm, so a negative example "
             f"cannot take them away without the alarm ({sweep}). What would fix it: a model that hears the "
             "beeping's pattern, not only its pitch (a LAION CLAP bundle: `--bundle`), or a confusion the model "
-            "hears apart; with this model, no `example_margin` meets the bar."
+            "hears apart; with this model, no `negative_example_margin` meets the bar."
         )
     return lines
 
@@ -660,8 +666,8 @@ def section(report: Report, bundle: Path) -> str:
         f"- run time: {report.seconds:.0f} s wall, {report.cpu_seconds:.0f} s CPU (onnxruntime on {THREADS} threads)",
         f"- bundle: `{bundle.name}`, {report.precision} audio model, created {report.created}",
         f"- streams: {report.streams} of {report.stream_seconds:.0f} s ({minutes:.0f} min; backgrounds "
-        f"{', '.join(STREAM_BACKGROUNDS)} in turn at -50 dBFS RMS), seeds {STREAM_SEED} to "
-        f"{STREAM_SEED + report.streams - 1}",
+        f"{', '.join(STREAM_BACKGROUNDS)} in turn at -50 dBFS RMS), seeds {report.seed_offset + STREAM_SEED} to "
+        f"{report.seed_offset + STREAM_SEED + report.streams - 1}",
         f"- examples beat text only (event F1, examples alone): {examples_verdict}",
         f"- one negative example against the oven timer (>= {WANT_CONFUSION_DROP:.0%} of the smoke alarm's false "
         f"starts on it removed, recall on real smoke alarms kept): {smoke}",
@@ -675,8 +681,8 @@ def section(report: Report, bundle: Path) -> str:
         *where_table(report),
         "",
         "Planted confusions, the demo class by its own prompt without and with one negative example "
-        "(a recording of the confusing sound), at the default margin and smaller ones (a negative example "
-        "competes at its cosine less the margin: the smaller the margin, the stronger it is):",
+        "(a recording of the confusing sound), at the default `negative_example_margin` and smaller ones (a "
+        "negative example competes at its cosine less that margin: the smaller the margin, the stronger it is):",
         "",
         *confusion_table(report),
         "",
@@ -717,6 +723,7 @@ def main() -> int:
         help="a quick check of calibration on two kitchen recordings of this length (each made whole in memory: "
         "15 min takes about 3.5 GB); 0: skip (benchmarks/bench_calibration.py measures it at length)",
     )
+    parser.add_argument("--seed-offset", type=int, default=0, help="another draw: every stream and example seed + N")
     parser.add_argument("--write", type=Path, help="markdown file whose bench_fewshot section to update")
     parser.add_argument("--keep", type=Path, help="also pickle the measurements here (a trusted file of your own)")
     parser.add_argument("--from-kept", type=Path, help="format measurements kept by --keep instead of measuring")
@@ -724,7 +731,15 @@ def main() -> int:
     if args.from_kept:
         report = pickle.loads(args.from_kept.read_bytes())
     else:
-        report = run(args.bundle, args.precision, args.streams, args.seconds, args.draws, args.calibration_minutes)
+        report = run(
+            args.bundle,
+            args.precision,
+            args.streams,
+            args.seconds,
+            args.draws,
+            args.calibration_minutes,
+            args.seed_offset,
+        )
     if args.keep:
         args.keep.write_bytes(pickle.dumps(report))
     publish(section(report, args.bundle), args.write, START, END)

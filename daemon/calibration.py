@@ -29,6 +29,7 @@ FINGERPRINT_FIELDS = (
     "examples",
     "negative_examples",
     "example_margin",
+    "negative_example_margin",
     "smoothing_windows",
     "min_duration_seconds",
     "cooldown_seconds",

@@ -26,6 +26,7 @@ import yaml
 from helpers import run_clapd
 
 import clapd
+from clapd.daemon.classify import Classifier, read_audio, scoring_from
 from clapd.daemon.config import ConfigError, DetectionConfig, parse_config
 from clapd.daemon.control import ControlError, ControlRequest, ControlResult, apply_request, parse_request
 from clapd.daemon.demo import DEMO_DETECTIONS, DEMO_EVENT_SETTINGS, DEMO_WINDOWS, demo_detections
@@ -109,11 +110,11 @@ def test_the_detection_logit_is_the_larger_of_text_and_examples_less_the_margin(
     assert detection_logits(both, far, 10.0) == pytest.approx([10 * float(unit([1, 1, 0])[1])])
 
 
-def test_negative_examples_compete_each_on_its_own_less_the_margin() -> None:
+def test_negative_examples_compete_each_on_its_own_less_their_own_margin() -> None:
     window = unit([1, -0.3, 0])  # a sound the text half describes (cosine 0.47), and exactly a negative example
     negatives = np.stack([unit([1, -0.3, 0]), unit([0, 0, 1])])
-    detection = DetectionPrompts(
-        "d", unit([1, 1, 0]), unit([0, 1, 1])[None], None, negative_examples=negatives, margin=0.25
+    detection = DetectionPrompts(  # the examples' margin (0.6) is not the negative examples' (0.25)
+        "d", unit([1, 1, 0]), unit([0, 1, 1])[None], None, negative_examples=negatives, margin=0.6, negative_margin=0.25
     )
     logits = detection_logits(detection, window, 20.0)
     expected = [window @ unit([1, 1, 0]), window @ unit([0, 1, 1]), 1.0 - 0.25, window @ unit([0, 0, 1]) - 0.25]
@@ -418,3 +419,20 @@ def test_classify_scores_examples_with_the_same_detector(planted: tuple[Path, di
     events = json.loads(result.stdout)["events"]
     vacuum = [e["start_offset_seconds"] for e in events if e["kind"] == "start" and e["detection"] == "vacuum"]
     assert len(vacuum) == len(VACUUM_AT) and all(any(within(s, a, a + 3) for s in vacuum) for a in VACUUM_AT)
+
+
+def test_the_negative_examples_margin_is_their_own(planted: tuple[Path, dict]) -> None:
+    """A smaller `negative_example_margin` lowers the guarded detection's scores on the negative example's sound;
+    it leaves a detection taught by examples alone as it was (its `example_margin` is another setting)."""
+    _, config = planted
+    detections = {
+        f"{name}_{round(100 * margin)}": {**config["detections"][name], "negative_example_margin": margin}
+        for name in ("smoke_alarm_not_microwave", "vacuum")
+        for margin in (0.3, 0.1)
+    }
+    classifier = Classifier(scoring_from(parse_config({**config, "detections": detections})))
+    beeps = config["detections"]["smoke_alarm_not_microwave"]["negative_examples"][0]
+    table = classifier.score(read_audio(Path(beeps), classifier.sample_rate))
+    column = {name: table.scores[:, table.prompts.index(name)] for name in detections}
+    assert column["smoke_alarm_not_microwave_10"].max() < column["smoke_alarm_not_microwave_30"].max()
+    assert np.array_equal(column["vacuum_10"], column["vacuum_30"])

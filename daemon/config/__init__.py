@@ -18,6 +18,7 @@ from clapd.daemon.config.base import (
     MAX_EXAMPLES,
     MIN_DBFS,
     NAME_PATTERN,
+    NEGATIVE_EXAMPLE_MARGIN,
     TOPIC_PREFIX_PATTERN,
     ConfigError,
     Name,
@@ -41,6 +42,7 @@ from clapd.daemon.config.web import WebConfig
 
 __all__ = [
     "EXAMPLE_MARGIN",
+    "NEGATIVE_EXAMPLE_MARGIN",
     "MAX_EXAMPLES",
     "MIN_DBFS",
     "NAME_PATTERN",

@@ -28,6 +28,7 @@ MIN_RESTART_SECONDS = 0.1  # the shortest back-off: a command that dies at once 
 MIN_LEVEL_INTERVAL_SECONDS = 1.0  # levels are measured once a second (`clapd.daemon.runner.LEVEL_SECONDS`)
 MIN_DBFS = -120.0  # the quietest level a setting may name: digital silence (`clapd.daemon.streams.SILENCE_DBFS`)
 EXAMPLE_MARGIN = 0.3  # cosine taken off audio examples' matches: see DetectionConfig.example_margin
+NEGATIVE_EXAMPLE_MARGIN = 0.3  # and off negative examples': see DetectionConfig.negative_example_margin
 MAX_EXAMPLES = 100  # example files or folders a detection may list (each folder holds at most as many files)
 
 

@@ -15,6 +15,7 @@ from clapd.daemon.config.base import (
     MAX_EXAMPLES,
     MAX_INTERVAL_SECONDS,
     MIN_DBFS,
+    NEGATIVE_EXAMPLE_MARGIN,
     Name,
     Section,
 )
@@ -76,7 +77,8 @@ class DetectionConfig(Section):
     negative prompt's and negative example's, and each background prompt's. The detection's logit is the larger of
     its text logit (the logit scale times the window's cosine with the mean of its prompts' embeddings) and its
     example logit (the logit scale times the cosine with the mean of its examples' embeddings, less
-    `example_margin`); a negative example's logit is its cosine, less `example_margin`, times the logit scale.
+    `example_margin`); a negative example's logit is its cosine, less `negative_example_margin`, times the logit
+    scale.
 
     An example file is embedded as the daemon hears audio: resampled to the model's rate, cut into windows of
     `windows.window_seconds` every `windows.hop_seconds` (a file shorter than a window is one repeat-padded window),
@@ -112,10 +114,19 @@ class DetectionConfig(Section):
         EXAMPLE_MARGIN,
         ge=0.0,
         le=1.0,
-        description="subtracted from a window's cosine with the examples (and each negative example) before it "
-        "competes with text at the logit scale: a window matches a recording of the same sound far more closely "
-        "(cosine near 1) than any text describes it; 0.3 suits the demo model, whose prompts match their sounds "
-        "at a cosine near 0.7; a model whose prompts match less closely wants a larger margin",
+        description="subtracted from a window's cosine with the examples before it competes with text at the "
+        "logit scale: a window matches a recording of the same sound far more closely (cosine near 1) than any "
+        "text describes it; the larger, the fewer other sounds the examples fire on and the more of their own "
+        "they miss; the default suits the demo model, whose prompts match their sounds at a cosine near 0.7; a "
+        "model whose prompts match less closely wants a larger margin",
+    )
+    negative_example_margin: float = Field(
+        NEGATIVE_EXAMPLE_MARGIN,
+        ge=0.0,
+        le=1.0,
+        description="subtracted from a window's cosine with each negative example before it competes: the smaller, "
+        "the more a negative example takes away, its own sound first, then sounds like it (and, when they sound "
+        "alike to the model, this detection's own)",
     )
     level: LevelConfig | None = Field(
         None,
