@@ -7,7 +7,11 @@ cooldown), counting the events it would start; the chosen threshold_on is the lo
 under `false_alarms_per_day` on audio like the recording:
 
 - observed: the recording is long enough to show the target rate itself (at least MIN_OBSERVED_STARTS starts at
-  the target), and the lowest grid threshold whose count does not exceed it is taken;
+  the target), and the lowest threshold whose count does not exceed it is taken: found on the grid, then narrowed
+  between two grid points (near 1 a grid step can change the count severalfold), and rounded up. Read off the
+  recording down to one start, because following the tail's line instead proved more conservative than the target
+  on other recordings of the same room (bench_calibration `--seed-offset 1000`, 60 min to calibrate, 120 to count:
+  within 2x of the target on 17 of 20 rows, against 10 of 13 when three starts were needed);
 - extrapolated: a target rarer than the recording can show (1 a day from an hour) is reached along the count's
   tail: log(starts a day) falls about linearly with the threshold's logit above the ambient's usual scores, so a
   line fitted to the tail's last few points with starts is followed down to the target;
@@ -54,7 +58,8 @@ logger = logging.getLogger(__name__)
 
 GRID_POINTS = 61  # thresholds tried, evenly spaced in logit between the grid's ends
 GRID_LOW, GRID_HIGH = 0.02, 0.995
-MIN_OBSERVED_STARTS = 3.0  # the recording shows a rate itself when it holds at least this many starts at it
+MIN_OBSERVED_STARTS = 1.0  # the recording shows a rate itself when it holds at least one start at it
+REFINE_STEPS = 7  # bisections between two grid points: thresholds to 1/128 of the grid's step
 TAIL_POINTS = 6  # grid thresholds with starts, from the highest down, that the tail's line is fitted to
 MAX_EXTRAPOLATION_LOGITS = 2.0  # an extrapolated threshold stays within this (in logit) of the ambient's highest score
 ABOVE_AMBIENT_LOGITS = 1.0  # with no tail to follow: this far (in logit) above the ambient's highest smoothed score
@@ -125,6 +130,7 @@ class StartCurve:
     (log starts a day linear in the threshold's logit) beyond what the recording can show."""
 
     def __init__(self, config: DetectionConfig, run: AmbientRun) -> None:
+        self.config, self.run = config, run
         self.days = run.seconds / SECONDS_PER_DAY
         self.grid = threshold_grid()
         # Monotone in the threshold: hysteresis can make a higher threshold start one event more, never many.
@@ -139,25 +145,37 @@ class StartCurve:
         return (float(slope), float(intercept)) if slope < 0 else None
 
     def observed_threshold(self, allowed: float) -> float:
-        """The lowest grid threshold whose count is within `allowed` starts (the highest if none is)."""
+        """The lowest threshold whose count is within `allowed` starts (the grid's highest if none is): found on the
+        grid, then between that grid point and the one below it, since near the top a grid step can change the
+        count severalfold (ambient look-alikes crowd just under 1)."""
         within = self.counts <= allowed
-        return float(self.grid[int(np.argmax(within))] if within.any() else self.grid[-1])
+        if not within.any():
+            return float(self.grid[-1])
+        index = int(np.argmax(within))
+        if index == 0:
+            return float(self.grid[0])
+        too_low, high = float(_logit(self.grid[index - 1])), float(_logit(self.grid[index]))
+        for _ in range(REFINE_STEPS):
+            middle = (too_low + high) / 2
+            if count_starts(self.config, self.run, _sigmoid(middle)) <= allowed:
+                high = middle
+            else:
+                too_low = middle
+        return _sigmoid(high)
 
     def extrapolated_threshold(self, per_day: float) -> float | None:
         """Where the tail's line reaches `per_day`, above every threshold seen to start an event; None: no line."""
         if self.line is None:
             return None
         slope, intercept = self.line
-        fired = np.flatnonzero(self.counts > 0)
-        above_fired = self.grid[min(fired[-1] + 1, len(self.grid) - 1)]
-        return max(_sigmoid((math.log(per_day) - intercept) / slope), float(above_fired))
+        return max(_sigmoid((math.log(per_day) - intercept) / slope), self.observed_threshold(0))
 
     def per_day(self, threshold: float) -> float | None:
         """Starts a day expected at `threshold`: counted where the recording shows enough, else along the line;
         None: fewer than the recording can show and no line to follow."""
-        index = max(0, int(np.searchsorted(self.grid, threshold, side="right")) - 1)
-        if self.counts[index] >= MIN_OBSERVED_STARTS:
-            return float(self.counts[index]) / self.days
+        count = count_starts(self.config, self.run, threshold)
+        if count >= MIN_OBSERVED_STARTS:
+            return count / self.days
         if self.line is not None:
             slope, intercept = self.line
             return math.exp(intercept + slope * float(_logit(threshold)))
@@ -182,7 +200,7 @@ def choose_threshold(config: DetectionConfig, run: AmbientRun, background: Seque
         threshold, method = MIN_AUTO_THRESHOLD, "floor"
     elif threshold > MAX_AUTO_THRESHOLD:
         threshold, method = MAX_AUTO_THRESHOLD, "ceiling"
-    threshold = round(threshold, 4)
+    threshold = math.ceil(round(threshold * 1e4, 6)) / 1e4  # up: a threshold found by counting stays on its side
     per_day = curve.per_day(threshold)
     return ChosenThreshold(
         fingerprint=fingerprint(config, background),

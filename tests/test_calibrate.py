@@ -60,15 +60,22 @@ def test_a_threshold_is_the_lowest_that_keeps_the_observed_rate() -> None:
     assert chosen.threshold_off == pytest.approx(min(config.threshold_off, 0.7 * chosen.threshold_on), abs=1e-4)
 
 
-@pytest.mark.parametrize("per_day", [24.0, 96.0])
-def test_a_rarer_rate_is_extrapolated_and_holds_on_another_recording_of_the_room(per_day: float) -> None:
+@pytest.mark.parametrize(("per_day", "hours", "method"), [(24.0, 0.5, "extrapolated"), (48.0, 1.0, "observed")])
+def test_a_rate_holds_on_other_recordings_of_the_room(per_day: float, hours: float, method: str) -> None:
+    """An hour shows 48 a day (2 starts) itself; half an hour does not show 24 a day (half a start): that one is
+    extrapolated, or put at the ceiling when the half-hour's loudest look-alike reaches it. A threshold read off a
+    start or two is itself a draw (the day's rate at it varies about 2x either way), so the rule is held on several
+    recordings of the room: their thresholds' median rate on a day of it is within 2x of the target."""
     config = DetectionConfig(prompts=["x"], smoothing_windows=1, false_alarms_per_day=per_day)
-    calibration = ambient_run(bursty_room(np.random.default_rng(1), hours=0.5))  # shows at most 48 a day itself
-    chosen = choose_threshold(config, calibration, BACKGROUND)
-    assert chosen.method == "extrapolated"
-    other = ambient_run(bursty_room(np.random.default_rng(2), hours=24.0))
-    realised = count_starts(config, other, chosen.threshold_on)
-    assert per_day / 2 <= realised <= per_day * 2, (chosen, realised)
+    day = ambient_run(bursty_room(np.random.default_rng(2), hours=24.0))
+    realised, methods = [], set()
+    for seed in range(10, 18):
+        recording = ambient_run(bursty_room(np.random.default_rng(seed), hours=hours))
+        chosen = choose_threshold(config, recording, BACKGROUND)
+        methods.add(chosen.method)
+        realised.append(count_starts(config, day, chosen.threshold_on))
+    assert method in methods and methods <= {method, "ceiling"}, methods
+    assert per_day / 2 <= np.median(realised) <= per_day * 2, realised
 
 
 def test_a_room_that_never_comes_close_gets_the_floor_and_one_that_always_does_the_ceiling() -> None:
