@@ -100,8 +100,8 @@ class Recordings:
     kept: Path | None = None
 
     def scored(self, classifier: Classifier, kind: str, first_seed: int, seconds: float) -> tuple[AmbientTable, float]:
-        seed = first_seed + self.seed_offset
-        path = self.kept / f"{kind}-{seed}-{seconds:.0f}.pickle" if self.kept is not None else None
+        seed, model = first_seed + self.seed_offset, classifier.audio_model.entry.sha256[:12]  # scores of this model
+        path = self.kept / f"{kind}-{seed}-{seconds:.0f}-{model}.pickle" if self.kept is not None else None
         if path is not None and path.exists():  # plain values, so that any script can read them
             fields, kept_seconds = pickle.loads(path.read_bytes())
             return AmbientTable(*fields), kept_seconds
