@@ -42,10 +42,10 @@ from clapd.daemon.config.web import WebConfig
 
 __all__ = [
     "EXAMPLE_MARGIN",
-    "NEGATIVE_EXAMPLE_MARGIN",
     "MAX_EXAMPLES",
     "MIN_DBFS",
     "NAME_PATTERN",
+    "NEGATIVE_EXAMPLE_MARGIN",
     "TOPIC_PREFIX_PATTERN",
     "AnomalyConfig",
     "ClapdConfig",
