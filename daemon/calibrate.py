@@ -59,6 +59,7 @@ logger = logging.getLogger(__name__)
 GRID_POINTS = 61  # thresholds tried, evenly spaced in logit between the grid's ends
 GRID_LOW, GRID_HIGH = 0.02, 0.995
 MIN_OBSERVED_STARTS = 1.0  # the recording shows a rate itself when it holds at least one start at it
+STEADY_STARTS = 8  # read off fewer starts than this, a threshold's rate on other days of the room can miss 2x
 REFINE_STEPS = 7  # bisections between two grid points: thresholds to 1/128 of the grid's step
 TAIL_POINTS = 6  # grid thresholds with starts, from the highest down, that the tail's line is fitted to
 MAX_EXTRAPOLATION_LOGITS = 2.0  # an extrapolated threshold stays within this (in logit) of the ambient's highest score
@@ -221,11 +222,15 @@ class Report:
     warnings: list[str]
 
 
-def example_warnings(chosen: Mapping[str, ChosenThreshold], example_scores: Mapping[str, float]) -> list[str]:
-    """Detections the room cannot tell apart: the ambient's highest score reaches their examples' own, or their
-    threshold had to go to the ceiling."""
+def threshold_warnings(
+    chosen: Mapping[str, ChosenThreshold], example_scores: Mapping[str, float], days: float
+) -> list[str]:
+    """Detections the room cannot tell apart (the ambient's highest score reaches their examples' own, or their
+    threshold had to go to the ceiling), and thresholds the recording says little about."""
     warnings = []
     for name, choice in chosen.items():
+        if (few := few_starts_warning(name, choice, days)) is not None:
+            warnings.append(few)
         own = example_scores.get(name)
         if own is not None and choice.ambient.max >= own:
             warnings.append(
@@ -244,6 +249,23 @@ def example_warnings(chosen: Mapping[str, ChosenThreshold], example_scores: Mapp
                 "sound: describe the sound more precisely, or add negative prompts or examples"
             )
     return warnings
+
+
+def few_starts_warning(name: str, choice: ChosenThreshold, days: float) -> str | None:
+    """An observed threshold read off only a few starts: a count that small is itself a draw, so on another day of
+    the same room the rate at it can come out half or twice the target (bench_calibration: 60 min read off 2
+    starts missed 2x on 5 of 21 rows)."""
+    if choice.method != "observed" or choice.starts_per_day is None:
+        return None
+    starts = round(choice.starts_per_day * days)
+    if starts >= STEADY_STARTS:
+        return None
+    longer = math.ceil(STEADY_STARTS / max(starts, 1))
+    return (
+        f"{name}: threshold_on {choice.threshold_on} was read off {starts} start(s) in the recording; on other "
+        f"days of this room its rate can come out half or twice false_alarms_per_day: a recording {longer} times "
+        "as long gives a steadier threshold"
+    )
 
 
 def format_report(report: Report) -> str:
@@ -273,7 +295,8 @@ def calibrate(classifier: Classifier, audio: np.ndarray, config: ClapdConfig) ->
         run = AmbientRun(table.scores[:, column], starts, ends, rate, hop, len(audio) / rate)
         chosen[name] = choose_threshold(detection, run, list(config.background_prompts))
     own = examples_own_scores(classifier, config, chosen)
-    return Report(len(audio) / rate, chosen, example_warnings(chosen, own))
+    seconds = len(audio) / rate
+    return Report(seconds, chosen, threshold_warnings(chosen, own, seconds / SECONDS_PER_DAY))
 
 
 def examples_own_scores(classifier: Classifier, config: ClapdConfig, detections: Collection[str]) -> dict[str, float]:

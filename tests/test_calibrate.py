@@ -20,9 +20,11 @@ from helpers import run_clapd
 from clapd.daemon.calibrate import (
     MAX_AUTO_THRESHOLD,
     MIN_AUTO_THRESHOLD,
+    STEADY_STARTS,
     AmbientRun,
     choose_threshold,
     count_starts,
+    threshold_warnings,
 )
 from clapd.daemon.calibration import AutoThresholds, CalibrationError, CalibrationStore
 from clapd.daemon.config import DetectionConfig
@@ -76,6 +78,22 @@ def test_a_rate_holds_on_other_recordings_of_the_room(per_day: float, hours: flo
         realised.append(count_starts(config, day, chosen.threshold_on))
     assert method in methods and methods <= {method, "ceiling"}, methods
     assert per_day / 2 <= np.median(realised) <= per_day * 2, realised
+
+
+def test_a_threshold_read_off_a_few_starts_says_so() -> None:
+    """48 a day read off an hour is 2 starts: the warning names the detection, the count and how much longer a
+    recording would show STEADY_STARTS; 1200 a day (50 starts) needs no warning."""
+    run = ambient_run(bursty_room(np.random.default_rng(0), hours=1.0))
+    few = choose_threshold(DetectionConfig(prompts=["x"], false_alarms_per_day=48.0), run, BACKGROUND)
+    many = choose_threshold(DetectionConfig(prompts=["x"], false_alarms_per_day=1200.0), run, BACKGROUND)
+    assert (few.method, many.method) == ("observed", "observed")
+    shown = count_starts(DetectionConfig(prompts=["x"]), run, few.threshold_on)
+    assert 1 <= shown < STEADY_STARTS
+    warnings = threshold_warnings({"few": few, "many": many}, {}, days=1 / 24)
+    assert len(warnings) == 1, warnings
+    longer = -(-STEADY_STARTS // shown)
+    assert warnings[0].startswith(f"few: threshold_on {few.threshold_on} was read off {shown} start(s)")
+    assert f"a recording {longer} times as long" in warnings[0]
 
 
 def test_a_room_that_never_comes_close_gets_the_floor_and_one_that_always_does_the_ceiling() -> None:
