@@ -226,17 +226,14 @@ def threshold_warnings(
     chosen: Mapping[str, ChosenThreshold], example_scores: Mapping[str, float], days: float
 ) -> list[str]:
     """Detections the room cannot tell apart (the ambient's highest score reaches their examples' own, or their
-    threshold had to go to the ceiling), and thresholds the recording says little about."""
+    threshold had to go to the ceiling), thresholds past the examples' own scores, and thresholds the recording
+    says little about."""
     warnings = []
     for name, choice in chosen.items():
         if (few := few_starts_warning(name, choice, days)) is not None:
             warnings.append(few)
-        own = example_scores.get(name)
-        if own is not None and choice.ambient.max >= own:
-            warnings.append(
-                f"{name}: the room's sound scores up to {choice.ambient.max:.3f}, as high as its own examples "
-                f"({own:.3f}): the room holds sounds this detection cannot tell apart; add negative examples of them"
-            )
+        if (own := example_scores.get(name)) is not None and (examples := examples_warning(name, choice, own)):
+            warnings.append(examples)
         if choice.method == "capped":
             rate = f"about {choice.starts_per_day:.0f}" if choice.starts_per_day is not None else "more"
             warnings.append(
@@ -249,6 +246,23 @@ def threshold_warnings(
                 "sound: describe the sound more precisely, or add negative prompts or examples"
             )
     return warnings
+
+
+def examples_warning(name: str, choice: ChosenThreshold, own: float) -> str | None:
+    """The room scores as high as the detection's own examples (`own`: their lowest score), or the threshold chosen
+    above the room's sound went past them too (a detection deaf to its own examples)."""
+    if choice.ambient.max >= own:
+        return (
+            f"{name}: the room's sound scores up to {choice.ambient.max:.3f}, as high as its own examples "
+            f"({own:.3f}): the room holds sounds this detection cannot tell apart; add negative examples of them"
+        )
+    if choice.threshold_on > own:
+        return (
+            f"{name}: threshold_on {choice.threshold_on} is above its own examples' lowest score ({own:.3f}): it "
+            f"would not fire on sounds like that example; set threshold_on between the room's highest score "
+            f"({choice.ambient.max:.3f}) and {own:.3f}"
+        )
+    return None
 
 
 def few_starts_warning(name: str, choice: ChosenThreshold, days: float) -> str | None:

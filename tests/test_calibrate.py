@@ -26,7 +26,7 @@ from clapd.daemon.calibrate import (
     count_starts,
     threshold_warnings,
 )
-from clapd.daemon.calibration import AutoThresholds, CalibrationError, CalibrationStore
+from clapd.daemon.calibration import AmbientScores, AutoThresholds, CalibrationError, CalibrationStore, ChosenThreshold
 from clapd.daemon.config import DetectionConfig
 from clapd.models.synthetic import BACKGROUNDS, CLASSES, SAMPLE_RATE
 
@@ -94,6 +94,18 @@ def test_a_threshold_read_off_a_few_starts_says_so() -> None:
     longer = -(-STEADY_STARTS // shown)
     assert warnings[0].startswith(f"few: threshold_on {few.threshold_on} was read off {shown} start(s)")
     assert f"a recording {longer} times as long" in warnings[0]
+
+
+def test_a_threshold_past_the_examples_own_scores_is_named() -> None:
+    """A threshold chosen above the room (0.75) can still be above the detection's weakest example (0.8): it would
+    be deaf to sounds like it. Examples above the threshold need no warning; a room as loud as them gets its own."""
+    choice = ChosenThreshold("f", 0.9, 0.63, 1.0, "extrapolated", AmbientScores(p50=0.01, p99=0.5, max=0.75))
+    deaf = threshold_warnings({"knock": choice}, {"knock": 0.8}, days=1 / 24)
+    assert len(deaf) == 1 and deaf[0].startswith("knock: threshold_on 0.9 is above its own examples' lowest score")
+    assert "between the room's highest score (0.750) and 0.800" in deaf[0]
+    assert threshold_warnings({"knock": choice}, {"knock": 0.95}, days=1 / 24) == []
+    alike = threshold_warnings({"knock": choice}, {"knock": 0.7}, days=1 / 24)
+    assert len(alike) == 1 and "as high as its own examples (0.700)" in alike[0]
 
 
 def test_a_room_that_never_comes_close_gets_the_floor_and_one_that_always_does_the_ceiling() -> None:
