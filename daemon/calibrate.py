@@ -98,17 +98,22 @@ def threshold_grid() -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.linspace(_logit(GRID_LOW), _logit(GRID_HIGH), GRID_POINTS)))
 
 
-def count_starts(config: DetectionConfig, run: AmbientRun, threshold_on: float) -> int:
-    """Events the daemon's lifecycle would start on these scores with this threshold_on."""
+def start_samples(config: DetectionConfig, run: AmbientRun, threshold_on: float) -> list[int]:
+    """Where the daemon's lifecycle would start events on these scores with this threshold_on (stream samples)."""
     settings = config.model_copy(
         update={"threshold_on": threshold_on, "threshold_off": auto_threshold_off(config, threshold_on)}
     )
     clock = StreamClock(datetime(2000, 1, 1, tzinfo=timezone.utc), run.sample_rate)
     tracker = DetectionTracker("ambient", "calibrating", settings, clock, run.hop)
-    starts = 0
+    starts = []
     for score, start, end in zip(run.scores, run.start_samples, run.end_samples, strict=True):
-        starts += sum(1 for event in tracker.feed(float(score), int(start), int(end)) if event.kind == "start")
+        starts.extend(e.start_sample for e in tracker.feed(float(score), int(start), int(end)) if e.kind == "start")
     return starts
+
+
+def count_starts(config: DetectionConfig, run: AmbientRun, threshold_on: float) -> int:
+    """Events the daemon's lifecycle would start on these scores with this threshold_on."""
+    return len(start_samples(config, run, threshold_on))
 
 
 def smoothed_scores(config: DetectionConfig, scores: np.ndarray) -> np.ndarray:
