@@ -23,16 +23,14 @@ under `false_alarms_per_day` on audio like the recording:
 Every choice is then kept within [MIN_AUTO_THRESHOLD, MAX_AUTO_THRESHOLD] (methods `floor`, `ceiling`): a quiet
 room does not make a detection fire on anything faintly like it, and a detection whose threshold would have to
 reach the ceiling is one the room cannot tell apart from its own sound (a warning says so, as it does when the
-ambient's highest score reaches the detection's own examples' scores).
+ambient's highest score reaches recordings of the detection's own sound: its examples, --sound files).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import sys
-import time
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -41,7 +39,6 @@ import numpy as np
 
 from clapd.daemon.calibration import (
     AmbientScores,
-    CalibrationStore,
     ChosenThreshold,
     auto_threshold_off,
     fingerprint,
@@ -50,9 +47,6 @@ from clapd.daemon.classify import Classifier, Scoring, read_audio, scoring_from
 from clapd.daemon.config import ClapdConfig, DetectionConfig
 from clapd.daemon.events import DetectionTracker, StreamClock
 from clapd.daemon.examples import example_files
-from clapd.daemon.manifest import BundleError
-from clapd.daemon.ring import RingBuffer
-from clapd.daemon.sources import SourceError, build_source
 
 logger = logging.getLogger(__name__)
 
@@ -67,10 +61,6 @@ ABOVE_AMBIENT_LOGITS = 1.0  # with no tail to follow: this far (in logit) above 
 MIN_AUTO_THRESHOLD = 0.3  # the lowest auto threshold: a quiet room must not make a detection fire on near misses
 MAX_AUTO_THRESHOLD = 0.99
 SECONDS_PER_DAY = 86_400.0
-MAX_RECORD_MINUTES = 24 * 60
-MIN_AMBIENT_SECONDS = 30.0  # shorter ambient audio says too little about the room
-RECORD_RING_SECONDS = 30  # what a recording source may get ahead of the copy loop
-RECORD_POLL_SECONDS = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,17 +218,17 @@ class Report:
 
 
 def threshold_warnings(
-    chosen: Mapping[str, ChosenThreshold], example_scores: Mapping[str, float], days: float
+    chosen: Mapping[str, ChosenThreshold], sound_scores: Mapping[str, float], days: float
 ) -> list[str]:
-    """Detections the room cannot tell apart (the ambient's highest score reaches their examples' own, or their
-    threshold had to go to the ceiling), thresholds past the examples' own scores, and thresholds the recording
-    says little about."""
+    """Detections the room cannot tell apart (the ambient's highest score reaches that of recordings of their own
+    sound, or their threshold had to go to the ceiling), thresholds past those recordings' scores, and thresholds
+    the recording says little about. `sound_scores`: the lowest score of each detection's recordings of its sound."""
     warnings = []
     for name, choice in chosen.items():
         if (few := few_starts_warning(name, choice, days)) is not None:
             warnings.append(few)
-        if (own := example_scores.get(name)) is not None and (examples := examples_warning(name, choice, own)):
-            warnings.append(examples)
+        if (own := sound_scores.get(name)) is not None and (missed := own_sound_warning(name, choice, own)):
+            warnings.append(missed)
         if choice.method == "capped":
             rate = f"about {choice.starts_per_day:.0f}" if choice.starts_per_day is not None else "more"
             warnings.append(
@@ -253,19 +243,19 @@ def threshold_warnings(
     return warnings
 
 
-def examples_warning(name: str, choice: ChosenThreshold, own: float) -> str | None:
-    """The room scores as high as the detection's own examples (`own`: their lowest score), or the threshold chosen
-    above the room's sound went past them too (a detection deaf to its own examples)."""
+def own_sound_warning(name: str, choice: ChosenThreshold, own: float) -> str | None:
+    """The room scores as high as recordings of the detection's own sound (`own`: their lowest score; its examples
+    and --sound files), or the threshold chosen above the room went past them too (a detection deaf to its sound)."""
     if choice.ambient.max >= own:
         return (
-            f"{name}: the room's sound scores up to {choice.ambient.max:.3f}, as high as its own examples "
+            f"{name}: the room's sound scores up to {choice.ambient.max:.3f}, as high as recordings of its own sound "
             f"({own:.3f}): the room holds sounds this detection cannot tell apart; add negative examples of them"
         )
     if choice.threshold_on > own:
         return (
-            f"{name}: threshold_on {choice.threshold_on} is above its own examples' lowest score ({own:.3f}): it "
-            f"would not fire on sounds like that example; set threshold_on between the room's highest score "
-            f"({choice.ambient.max:.3f}) and {own:.3f}"
+            f"{name}: threshold_on {choice.threshold_on} is above the lowest score of recordings of its own sound "
+            f"({own:.3f}): it would not fire on sounds like that one; set threshold_on between the room's highest "
+            f"score ({choice.ambient.max:.3f}) and {own:.3f}"
         )
     return None
 
@@ -300,8 +290,11 @@ def format_report(report: Report) -> str:
     return "\n".join(lines)
 
 
-def calibrate(classifier: Classifier, audio: np.ndarray, config: ClapdConfig) -> Report:
-    """Choose every model detection's threshold_on from `audio` (mono float32 at the classifier's sample rate)."""
+def calibrate(
+    classifier: Classifier, audio: np.ndarray, config: ClapdConfig, sounds: Mapping[str, Sequence[Path]] | None = None
+) -> Report:
+    """Choose every model detection's threshold_on from `audio` (mono float32 at the classifier's sample rate);
+    `sounds`: recordings of a detection's own sound, checked against its threshold as its examples are."""
     table = classifier.score(audio)
     rate = classifier.sample_rate
     hop = round(classifier.hop_seconds * rate)
@@ -313,21 +306,32 @@ def calibrate(classifier: Classifier, audio: np.ndarray, config: ClapdConfig) ->
             continue  # loudness alone: no score to calibrate
         run = AmbientRun(table.scores[:, column], starts, ends, rate, hop, len(audio) / rate)
         chosen[name] = choose_threshold(detection, run, list(config.background_prompts))
-    own = examples_own_scores(classifier, config, chosen)
+    own = own_scores(classifier, config, {name: own_recordings(config, name, sounds or {}) for name in chosen})
     seconds = len(audio) / rate
     return Report(seconds, chosen, threshold_warnings(chosen, own, seconds / SECONDS_PER_DAY))
 
 
-def examples_own_scores(classifier: Classifier, config: ClapdConfig, detections: Collection[str]) -> dict[str, float]:
-    """Each detection's lowest score on its own example files (the highest smoothed score of each file's windows):
-    what the ambient must stay below for the detection to tell its sound from the room."""
+def own_recordings(config: ClapdConfig, name: str, sounds: Mapping[str, Sequence[Path]]) -> list[Path]:
+    """Recordings of a detection's own sound: its example files and those given with --sound."""
+    examples = [file for entry in config.detections[name].examples for file in example_files(Path(entry))]
+    return [*examples, *sounds.get(name, [])]
+
+
+def own_scores(
+    classifier: Classifier, config: ClapdConfig, recordings: Mapping[str, Sequence[Path]]
+) -> dict[str, float]:
+    """Each detection's lowest score on recordings of its own sound (the highest smoothed score of each file's
+    windows): what the ambient must stay below, and the threshold too, for the detection to tell its sound from the
+    room and still fire on it."""
     names = list(classifier.detections.configs)
     own = {}
-    for name in detections:
-        files = [file for entry in config.detections[name].examples for file in example_files(Path(entry))]
+    for name, files in recordings.items():
         peaks = []
         for file in files:
-            table = classifier.score(read_audio(file, classifier.sample_rate))
+            audio = read_audio(file, classifier.sample_rate)
+            if audio.size == 0:
+                raise ValueError(f"{file}: no audio in it")
+            table = classifier.score(audio)
             column = table.scores[:, names.index(name)]
             peaks.append(float(smoothed_scores(config.detections[name], column).max()))
         if peaks:
@@ -344,67 +348,3 @@ def scoring_for_calibration(config: ClapdConfig) -> Scoring:
         for name, d in config.detections.items()
     }
     return scoring_from(config.model_copy(update={"detections": placeholder}))
-
-
-def record_ambient(config: ClapdConfig, stream: str, seconds: float, sample_rate: int) -> np.ndarray:
-    """`seconds` of the stream's audio from its own source (microphone, pipe or file), at the model's rate; less if
-    the source ends first. `SourceError` when it cannot start."""
-    ring = RingBuffer(RECORD_RING_SECONDS * sample_rate)
-    source = build_source(stream, config.streams[stream], ring, sample_rate)
-    wanted = round(seconds * sample_rate)
-    parts, taken = [], 0
-    source.start()
-    try:
-        while taken < wanted:
-            available = min(ring.total_written, wanted, taken + ring.capacity // 2) - taken
-            if available > 0:
-                parts.append(ring.read(taken, available).copy())
-                taken += available
-                ring.mark_consumed(taken)
-            elif source.status().state in ("finished", "failed"):
-                break
-            else:
-                time.sleep(RECORD_POLL_SECONDS)
-    finally:
-        source.stop()
-    logger.info("recorded %.1f s of %s", taken / sample_rate, stream)
-    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
-
-
-def run_calibration(
-    config: ClapdConfig, *, file: Path | None, minutes: float | None, stream: str | None, store: bool
-) -> int:
-    """`clapd calibrate`: 0 when thresholds were chosen (and stored), 2 for bad arguments, 1 when it failed."""
-    if minutes is not None and not 0 < minutes <= MAX_RECORD_MINUTES:
-        return _refuse(f"--minutes must be above 0 and at most {MAX_RECORD_MINUTES}", 2)
-    name = stream or next(iter(config.streams))
-    if name not in config.streams:
-        return _refuse(f"--stream {name!r}: no such stream (the config has {', '.join(config.streams)})", 2)
-    try:
-        classifier = Classifier(scoring_for_calibration(config))
-        if file is not None:
-            audio = read_audio(file, classifier.sample_rate)
-        else:
-            assert minutes is not None
-            audio = record_ambient(config, name, 60 * minutes, classifier.sample_rate)
-        if len(audio) < MIN_AMBIENT_SECONDS * classifier.sample_rate:
-            return _refuse(
-                f"{len(audio) / classifier.sample_rate:.1f} s of ambient audio: at least "
-                f"{MIN_AMBIENT_SECONDS:.0f} s is needed",
-                1,
-            )
-        report = calibrate(classifier, audio, config)
-        print(format_report(report))
-        if store and report.chosen:
-            source = str(file) if file is not None else f"{minutes} min of stream {name}"
-            store_at = CalibrationStore(config.state_dir)
-            store_at.save(classifier.audio_model.entry.sha256, report.chosen, source)
-            print(f"stored in {store_at.path}: detections with `threshold_on: auto` use them from their next start")
-    except (BundleError, SourceError, ValueError, RuntimeError, OSError) as e:
-        return _refuse(str(e), 1)
-    return 0
-
-
-def _refuse(message: str, code: int) -> int:
-    print(f"clapd calibrate: {message}", file=sys.stderr)
-    return code

@@ -101,11 +101,12 @@ def test_a_threshold_past_the_examples_own_scores_is_named() -> None:
     be deaf to sounds like it. Examples above the threshold need no warning; a room as loud as them gets its own."""
     choice = ChosenThreshold("f", 0.9, 0.63, 1.0, "extrapolated", AmbientScores(p50=0.01, p99=0.5, max=0.75))
     deaf = threshold_warnings({"knock": choice}, {"knock": 0.8}, days=1 / 24)
-    assert len(deaf) == 1 and deaf[0].startswith("knock: threshold_on 0.9 is above its own examples' lowest score")
+    assert len(deaf) == 1
+    assert deaf[0].startswith("knock: threshold_on 0.9 is above the lowest score of recordings of its own sound")
     assert "between the room's highest score (0.750) and 0.800" in deaf[0]
     assert threshold_warnings({"knock": choice}, {"knock": 0.95}, days=1 / 24) == []
     alike = threshold_warnings({"knock": choice}, {"knock": 0.7}, days=1 / 24)
-    assert len(alike) == 1 and "as high as its own examples (0.700)" in alike[0]
+    assert len(alike) == 1 and "as high as recordings of its own sound (0.700)" in alike[0]
 
 
 def test_a_room_that_never_comes_close_gets_the_floor_and_one_that_always_does_the_ceiling() -> None:
@@ -239,6 +240,26 @@ def test_calibrate_warns_of_a_room_that_sounds_like_the_examples(room_config: Pa
     assert "warning: knock: the room's sound scores up to" in result.stdout  # as high as its own knock example
     assert _rows(result.stdout)["knock"][-1] == "ceiling"
     assert not (room_config.parent / "state" / "calibration.json").exists()
+
+
+def test_calibrate_checks_recordings_of_a_detections_own_sound(room_config: Path) -> None:
+    """A text-only detection has no examples to check its threshold against: --sound gives it a recording. The knock
+    recording given as the smoke detection's sound scores far below smoke's threshold: a warning says it would not
+    fire on it. Bad --sound arguments are refused by name before anything is scored."""
+    room, knock = room_config.parent / "room.wav", room_config.parent / "knock.wav"
+    calibrate = ("calibrate", "-c", str(room_config), "--file", str(room), "--dry-run")
+    result = run_clapd(*calibrate, "--sound", f"smoke={knock}")
+    assert result.returncode == 0, result.stderr
+    smoke_on = _rows(result.stdout)["smoke"][4]
+    assert f"warning: smoke: threshold_on {float(smoke_on)} is above the lowest score of recordings" in result.stdout
+    refusals = {
+        "smoke": "expected DETECTION=FILE",
+        f"loud={knock}": "no model detection 'loud'",
+        "smoke=/nonexistent/alarm.wav": "no such file",
+    }
+    for argument, reason in refusals.items():
+        refused = run_clapd(*calibrate, "--sound", argument)
+        assert refused.returncode == 2 and f"--sound {argument!r}: {reason}" in refused.stderr, refused.stderr
 
 
 def test_calibrate_records_minutes_of_a_configured_stream(room_config: Path) -> None:

@@ -186,16 +186,26 @@ def add_calibrate(commands: argparse._SubParsersAction) -> None:
     source.add_argument("--minutes", type=float, help="record this many minutes of a configured stream")
     parser.add_argument("--stream", help="the stream to record with --minutes (default: the first)")
     parser.add_argument("--dry-run", action="store_true", help="print the thresholds, store nothing")
+    parser.add_argument(
+        "--sound",
+        action="append",
+        default=[],
+        metavar="DETECTION=FILE",
+        help="a recording of a detection's own sound (repeatable): a warning says where the chosen threshold would "
+        "not fire on it, as for the detection's examples",
+    )
     parser.set_defaults(run=_run_calibrate)
 
 
 def _run_calibrate(args: argparse.Namespace) -> int:
-    from clapd.daemon.calibrate import run_calibration
+    from clapd.daemon.calibrate_command import run_calibration
 
     config = _load_config_or_report(args)
     if config is None:
         return 2
-    return run_calibration(config, file=args.file, minutes=args.minutes, stream=args.stream, store=not args.dry_run)
+    return run_calibration(
+        config, file=args.file, minutes=args.minutes, stream=args.stream, store=not args.dry_run, sounds=args.sound
+    )
 
 
 def _load_config_or_report(args: argparse.Namespace) -> ClapdConfig | None:
