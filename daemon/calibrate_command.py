@@ -16,6 +16,7 @@ from clapd.daemon.calibrate import calibrate, format_report, scoring_for_calibra
 from clapd.daemon.calibration import CalibrationStore
 from clapd.daemon.classify import Classifier, read_audio
 from clapd.daemon.config import ClapdConfig
+from clapd.daemon.examples import ExampleError, example_files
 from clapd.daemon.manifest import BundleError
 from clapd.daemon.ring import RingBuffer
 from clapd.daemon.sources import SourceError, build_source
@@ -54,8 +55,8 @@ def record_ambient(config: ClapdConfig, stream: str, seconds: float, sample_rate
 
 
 def sound_files(entries: Sequence[str], config: ClapdConfig) -> dict[str, list[Path]]:
-    """--sound DETECTION=FILE arguments by detection; ValueError names a malformed one, an unknown or level
-    detection, or a missing file."""
+    """--sound DETECTION=FILE arguments (FILE: an audio file or a folder of them) by detection; ValueError names a
+    malformed one, an unknown or level detection, or a missing file."""
     sounds: dict[str, list[Path]] = {}
     models = [name for name, d in config.detections.items() if d.level is None]
     for entry in entries:
@@ -64,9 +65,11 @@ def sound_files(entries: Sequence[str], config: ClapdConfig) -> dict[str, list[P
             raise ValueError(f"--sound {entry!r}: expected DETECTION=FILE")
         if name not in models:
             raise ValueError(f"--sound {entry!r}: no model detection {name!r} (the config has {', '.join(models)})")
-        if not Path(file).is_file():
-            raise ValueError(f"--sound {entry!r}: no such file")
-        sounds.setdefault(name, []).append(Path(file))
+        try:
+            files = example_files(Path(file))  # a file, or a folder's audio files, as for examples
+        except ExampleError as e:
+            raise ValueError(f"--sound {entry!r}: {e}") from e
+        sounds.setdefault(name, []).extend(files)
     return sounds
 
 

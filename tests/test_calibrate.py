@@ -247,15 +247,18 @@ def test_calibrate_checks_recordings_of_a_detections_own_sound(room_config: Path
     recording given as the smoke detection's sound scores far below smoke's threshold: a warning says it would not
     fire on it. Bad --sound arguments are refused by name before anything is scored."""
     room, knock = room_config.parent / "room.wav", room_config.parent / "knock.wav"
+    sounds = room_config.parent / "sounds"  # a folder of recordings, as examples may be
+    sounds.mkdir()
+    (sounds / "knock.wav").symlink_to(knock)
     calibrate = ("calibrate", "-c", str(room_config), "--file", str(room), "--dry-run")
-    result = run_clapd(*calibrate, "--sound", f"smoke={knock}")
+    result = run_clapd(*calibrate, "--sound", f"smoke={sounds}")
     assert result.returncode == 0, result.stderr
     smoke_on = _rows(result.stdout)["smoke"][4]
     assert f"warning: smoke: threshold_on {float(smoke_on)} is above the lowest score of recordings" in result.stdout
     refusals = {
         "smoke": "expected DETECTION=FILE",
         f"loud={knock}": "no model detection 'loud'",
-        "smoke=/nonexistent/alarm.wav": "no such file",
+        "smoke=/nonexistent/alarm.wav": "no such file or folder",
     }
     for argument, reason in refusals.items():
         refused = run_clapd(*calibrate, "--sound", argument)

@@ -191,8 +191,8 @@ def add_calibrate(commands: argparse._SubParsersAction) -> None:
         action="append",
         default=[],
         metavar="DETECTION=FILE",
-        help="a recording of a detection's own sound (repeatable): a warning says where the chosen threshold would "
-        "not fire on it, as for the detection's examples",
+        help="a recording of a detection's own sound, or a folder of them (repeatable): a warning says where the "
+        "chosen threshold would not fire on it, as for the detection's examples",
     )
     parser.set_defaults(run=_run_calibrate)
 
