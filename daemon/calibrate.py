@@ -217,17 +217,26 @@ class Report:
     warnings: list[str]
 
 
+@dataclass(frozen=True, slots=True)
+class SoundCheck:
+    """A detection's recordings of its own sound (its examples, --sound files) against the room."""
+
+    lowest: float  # the lowest of the recordings' highest smoothed scores
+    threshold: float  # that, rounded down: the highest threshold_on that fires on every recording
+    room_starts: int  # the events that threshold starts on the ambient recording
+
+
 def threshold_warnings(
-    chosen: Mapping[str, ChosenThreshold], sound_scores: Mapping[str, float], days: float
+    chosen: Mapping[str, ChosenThreshold], sounds: Mapping[str, SoundCheck], days: float
 ) -> list[str]:
     """Detections the room cannot tell apart (the ambient's highest score reaches that of recordings of their own
     sound, or their threshold had to go to the ceiling), thresholds past those recordings' scores, and thresholds
-    the recording says little about. `sound_scores`: the lowest score of each detection's recordings of its sound."""
+    the recording (`days` long) says little about."""
     warnings = []
     for name, choice in chosen.items():
         if (few := few_starts_warning(name, choice, days)) is not None:
             warnings.append(few)
-        if (own := sound_scores.get(name)) is not None and (missed := own_sound_warning(name, choice, own)):
+        if (check := sounds.get(name)) is not None and (missed := own_sound_warning(name, choice, check, days)):
             warnings.append(missed)
         if choice.method == "capped":
             rate = f"about {choice.starts_per_day:.0f}" if choice.starts_per_day is not None else "more"
@@ -243,19 +252,25 @@ def threshold_warnings(
     return warnings
 
 
-def own_sound_warning(name: str, choice: ChosenThreshold, own: float) -> str | None:
-    """The room scores as high as recordings of the detection's own sound (`own`: their lowest score; its examples
-    and --sound files), or the threshold chosen above the room went past them too (a detection deaf to its sound)."""
+def own_sound_warning(name: str, choice: ChosenThreshold, check: SoundCheck, days: float) -> str | None:
+    """The room scores as high as recordings of the detection's own sound, or the threshold chosen above the room
+    went past them too (a detection deaf to its sound); either way, what the room would start at the highest
+    threshold that still fires on them: the trade the user has to make."""
+    own, starts = check.lowest, check.room_starts
+    rate = (
+        f"{starts} event(s) on this recording ({starts / days:.0f} a day)" if starts else "no event on this recording"
+    )
+    cost = f"at threshold_on {check.threshold} it would fire on them and start {rate}"
     if choice.ambient.max >= own:
         return (
             f"{name}: the room's sound scores up to {choice.ambient.max:.3f}, as high as recordings of its own sound "
-            f"({own:.3f}): the room holds sounds this detection cannot tell apart; add negative examples of them"
+            f"({own:.3f}): the room holds sounds this detection cannot tell apart; add negative examples of them "
+            f"({cost})"
         )
     if choice.threshold_on > own:
         return (
             f"{name}: threshold_on {choice.threshold_on} is above the lowest score of recordings of its own sound "
-            f"({own:.3f}): it would not fire on sounds like that one; set threshold_on between the room's highest "
-            f"score ({choice.ambient.max:.3f}) and {own:.3f}"
+            f"({own:.3f}): it would not fire on sounds like that one; {cost}"
         )
     return None
 
@@ -299,16 +314,22 @@ def calibrate(
     rate = classifier.sample_rate
     hop = round(classifier.hop_seconds * rate)
     starts, ends = np.round(table.starts * rate).astype(int), np.round(table.ends * rate).astype(int)
-    chosen = {}
+    chosen, runs = {}, {}
     for column, name in enumerate(table.prompts):
         detection = config.detections[name]
         if detection.level is not None:
             continue  # loudness alone: no score to calibrate
-        run = AmbientRun(table.scores[:, column], starts, ends, rate, hop, len(audio) / rate)
-        chosen[name] = choose_threshold(detection, run, list(config.background_prompts))
+        runs[name] = AmbientRun(table.scores[:, column], starts, ends, rate, hop, len(audio) / rate)
+        chosen[name] = choose_threshold(detection, runs[name], list(config.background_prompts))
     own = own_scores(classifier, config, {name: own_recordings(config, name, sounds or {}) for name in chosen})
+    checks = {name: sound_check(config.detections[name], runs[name], lowest) for name, lowest in own.items()}
     seconds = len(audio) / rate
-    return Report(seconds, chosen, threshold_warnings(chosen, own, seconds / SECONDS_PER_DAY))
+    return Report(seconds, chosen, threshold_warnings(chosen, checks, seconds / SECONDS_PER_DAY))
+
+
+def sound_check(config: DetectionConfig, run: AmbientRun, lowest: float) -> SoundCheck:
+    threshold = math.floor(round(lowest * 1e4, 6)) / 1e4  # down: at or under every recording's peak
+    return SoundCheck(lowest, threshold, count_starts(config, run, threshold))
 
 
 def own_recordings(config: ClapdConfig, name: str, sounds: Mapping[str, Sequence[Path]]) -> list[Path]:

@@ -22,6 +22,7 @@ from clapd.daemon.calibrate import (
     MIN_AUTO_THRESHOLD,
     STEADY_STARTS,
     AmbientRun,
+    SoundCheck,
     choose_threshold,
     count_starts,
     threshold_warnings,
@@ -98,15 +99,17 @@ def test_a_threshold_read_off_a_few_starts_says_so() -> None:
 
 def test_a_threshold_past_the_examples_own_scores_is_named() -> None:
     """A threshold chosen above the room (0.75) can still be above the detection's weakest example (0.8): it would
-    be deaf to sounds like it. Examples above the threshold need no warning; a room as loud as them gets its own."""
+    be deaf to sounds like it, and the warning gives the trade (what the room starts at a threshold that fires on
+    them). Examples above the threshold need no warning; a room as loud as them gets its own."""
     choice = ChosenThreshold("f", 0.9, 0.63, 1.0, "extrapolated", AmbientScores(p50=0.01, p99=0.5, max=0.75))
-    deaf = threshold_warnings({"knock": choice}, {"knock": 0.8}, days=1 / 24)
+    deaf = threshold_warnings({"knock": choice}, {"knock": SoundCheck(0.8, 0.8, 0)}, days=1 / 24)
     assert len(deaf) == 1
     assert deaf[0].startswith("knock: threshold_on 0.9 is above the lowest score of recordings of its own sound")
-    assert "between the room's highest score (0.750) and 0.800" in deaf[0]
-    assert threshold_warnings({"knock": choice}, {"knock": 0.95}, days=1 / 24) == []
-    alike = threshold_warnings({"knock": choice}, {"knock": 0.7}, days=1 / 24)
+    assert deaf[0].endswith("at threshold_on 0.8 it would fire on them and start no event on this recording")
+    assert threshold_warnings({"knock": choice}, {"knock": SoundCheck(0.95, 0.95, 0)}, days=1 / 24) == []
+    alike = threshold_warnings({"knock": choice}, {"knock": SoundCheck(0.7, 0.7, 3)}, days=1 / 24)
     assert len(alike) == 1 and "as high as recordings of its own sound (0.700)" in alike[0]
+    assert "start 3 event(s) on this recording (72 a day)" in alike[0]
 
 
 def test_a_room_that_never_comes_close_gets_the_floor_and_one_that_always_does_the_ceiling() -> None:
@@ -254,7 +257,9 @@ def test_calibrate_checks_recordings_of_a_detections_own_sound(room_config: Path
     result = run_clapd(*calibrate, "--sound", f"smoke={sounds}")
     assert result.returncode == 0, result.stderr
     smoke_on = _rows(result.stdout)["smoke"][4]
-    assert f"warning: smoke: threshold_on {float(smoke_on)} is above the lowest score of recordings" in result.stdout
+    warning = next(line for line in result.stdout.splitlines() if line.startswith("warning: smoke:"))
+    assert warning.startswith(f"warning: smoke: threshold_on {float(smoke_on)} is above the lowest score of recordings")
+    assert "it would fire on them and start" in warning  # the trade: what the room starts at the sound's level
     refusals = {
         "smoke": "expected DETECTION=FILE",
         f"loud={knock}": "no model detection 'loud'",
