@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import paho.mqtt.publish
 import pytest
 from mqtt_broker import MosquittoBroker, Received, free_port, make_tls_files, wait_until
 
@@ -182,6 +183,27 @@ def test_events_state_and_status(protocol: str, broker: MosquittoBroker, outputs
     assert (stats.sent, stats.queued, stats.dropped, stats.connects, stats.connected) == (4, 0, 0, 1, False)
     retained = subscribers(broker.port, STATUS).wait_for(lambda got: len(got) == 1, 5, "retained status")
     assert retained[0].payload == b"offline"
+
+
+def test_a_state_left_older_downstream_is_published_again(broker: MosquittoBroker, outputs, subscribers) -> None:
+    """A retained "ON" put back after the event ended (what a mosquitto bridge's reconnect can leave at the centre:
+    tests/test_fleet.py) is replaced by the current "OFF" within state_refresh_seconds, and stays replaced."""
+    state = f"{PREFIX}/kitchen/clap/state"
+    live = subscribers(broker.port, state)
+    output = outputs(broker.port, state_refresh_seconds=1)
+    output.start()
+    output.publish_state(StateChange("kitchen", "clap", True))
+    output.publish_state(StateChange("kitchen", "clap", False))
+    live.wait_for(has_payload(state, b"OFF"), 5, "the state OFF")
+    stale_from = len(live.received())
+    paho.mqtt.publish.single(state, b"ON", qos=1, retain=True, hostname="127.0.0.1", port=broker.port)
+    live.wait_for(
+        lambda got: [m.payload for m in got[stale_from:]][:1] == [b"ON"] and got[-1].payload == b"OFF",
+        10,
+        "the older ON, then the current OFF again",
+    )
+    retained = subscribers(broker.port, state).wait_for(lambda got: len(got) == 1, 5, "the retained state")
+    assert (retained[0].payload, retained[0].retain) == (b"OFF", True)
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)

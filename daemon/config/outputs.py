@@ -104,6 +104,14 @@ class MqttConfig(Section):
         "it is for tuning and dashboards, and at 1 s it is ~28 MB a day per stream (top 3) that every subscriber to "
         "`{prefix}/#` receives, a cost on metered links; 1 suits a dashboard, the hop shows every window",
     )
+    state_refresh_seconds: float = Field(
+        60.0,
+        ge=0.0,
+        le=MAX_INTERVAL_SECONDS,
+        description="publish each detection's retained state again this often while connected, so a broker "
+        "downstream that was left with an older copy (a bridge reconnecting, a broker restarted without "
+        "persistence) has the current one again within this time; 0: never",
+    )
     scores_top_k: int = Field(
         3, ge=1, le=100, description="detections in each scores message: the window's highest scores, highest first"
     )

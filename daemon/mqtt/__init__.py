@@ -30,6 +30,7 @@ from clapd.daemon.mqtt.output import MqttOutput
 from clapd.daemon.mqtt.payloads import Topics, node_id_for, topic_prefix_for
 from clapd.daemon.mqtt.sender import Sender
 from clapd.daemon.mqtt.spool import SPOOL_FILE, Spool
+from clapd.daemon.mqtt.states import StateRefresher
 
 __all__ = ["MqttControlChannel", "MqttLink", "MqttOutput", "build_mqtt"]
 
@@ -72,12 +73,18 @@ def build_mqtt(
     settings = DiscoverySettings.from_config(config, client_id=client_id, node=node, topics=topics)
     settings = dataclasses.replace(settings, anomaly_events=tuple(anomaly_events))
     announcer = Announcer(settings, connection, state_dir / ANNOUNCED_FILE, enabled=config.home_assistant.enabled)
-    sender = Sender(spool, connection, each_round=announcer.confirm)
+    states = StateRefresher(spool, connection, config.qos, config.state_refresh_seconds)
+
+    def each_round() -> None:  # in the sender's thread
+        announcer.confirm()
+        states.refresh()
+
+    sender = Sender(spool, connection, each_round=each_round)
     connection.when_acknowledged(sender.take_ack)
     connection.when_connected(sender.wake)
     connection.when_connected(announcer.publish)
     if config.home_assistant.enabled:
         connection.subscribe(config.home_assistant.status_topic, announcer.on_home_assistant_status)
-    output = MqttOutput(config, topics, connection, spool, sender, announcer)
+    output = MqttOutput(config, topics, connection, spool, sender, announcer, states)
     control = MqttControlChannel(connection, topics) if config.control.enabled else None
     return MqttLink(output, control)

@@ -28,6 +28,7 @@ from clapd.daemon.mqtt.payloads import (
 )
 from clapd.daemon.mqtt.sender import Sender
 from clapd.daemon.mqtt.spool import OutgoingMessage, Spool
+from clapd.daemon.mqtt.states import StateRefresher
 from clapd.daemon.output import Output, OutputStats
 from clapd.daemon.records import AnomalyReading, DetectionEvent, LevelReading, Scores, StateChange
 
@@ -49,6 +50,7 @@ class MqttOutput(Output):
         spool: Spool,
         sender: Sender,
         announcer: Announcer,
+        states: StateRefresher,
     ) -> None:
         self._qos = config.qos
         self._scores_interval = config.scores_interval_seconds  # s of each stream's audio; 0: no scores
@@ -61,6 +63,7 @@ class MqttOutput(Output):
         self._spool = spool
         self._sender = sender
         self._announcer = announcer
+        self._states = states
 
     def start(self) -> None:
         """Connect in the background; a broker that is down now is retried with back-off, never raised."""
@@ -82,6 +85,7 @@ class MqttOutput(Output):
         topic = self._topics.state(change.stream, change.detection)
         payload = (STATE_ON if change.on else STATE_OFF).encode()
         self._spool_message(OutgoingMessage(topic, payload, self._qos, retain=True))
+        self._states.record(topic, payload)  # and again every state_refresh_seconds
 
     def publish_anomaly(self, reading: AnomalyReading) -> None:
         """The stream's anomaly score: QoS 0, not retained, dropped while disconnected (like a level)."""

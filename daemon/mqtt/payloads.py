@@ -12,6 +12,7 @@ default never share a topic (earlier versions defaulted to `clapd` alone, which 
   persistent session (clean session off, QoS 1) for the broker to queue it in.
 - `{prefix}/{stream}/{detection}/state`: "ON" / "OFF", retained: what is going on now, which a subscriber gets on
   (re)subscribing, so the state, not the event, is what an automation that must not miss a change should follow.
+  Published again, unchanged, every `mqtt.state_refresh_seconds` (`clapd.daemon.mqtt.states`).
 - `{prefix}/{stream}/level`: the stream's input level in dBFS as a decimal number (e.g. `-31.5`, never below
   `LEVEL_FLOOR_DBFS`), every `mqtt.level_interval_seconds`; QoS 0, not retained, not spooled while the broker is
   away (a stale level is worthless).

@@ -1,0 +1,56 @@
+"""The detections' retained states, published again now and then (`mqtt.state_refresh_seconds`).
+
+A retained state downstream can end on an older value than the daemon's: a mosquitto bridge sends its broker's
+retained messages again on every reconnect, queued behind its backlog, and a state change published while that
+queue drains reaches the far broker first, so the older copy lands last (tests/test_fleet.py caught the centre's
+state left at "ON" after the event had ended); a broker restarted without persistence forgets them altogether.
+Publishing each current state again every so often heals either within that time. A refresh waits while the
+broker is away or anything is still spooled: the spool's last state message is the current one anyway.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+from clapd.daemon.mqtt.connection import MqttConnection
+from clapd.daemon.mqtt.spool import OutgoingMessage, Spool
+
+
+class StateRefresher:
+    """Keeps each state topic's latest payload (from the outputs' thread) and spools them all again when due (from
+    the sender's thread, once per round)."""
+
+    def __init__(
+        self,
+        spool: Spool,
+        connection: MqttConnection,
+        qos: int,
+        interval_seconds: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._spool, self._connection, self._qos = spool, connection, qos
+        self._interval = interval_seconds  # 0: never
+        self._clock = clock
+        self._states: dict[str, bytes] = {}  # topic -> the payload last published on it
+        self._lock = threading.Lock()
+        self._due = clock() + interval_seconds
+        self.refreshed = 0  # state messages spooled again
+
+    def record(self, topic: str, payload: bytes) -> None:
+        with self._lock:
+            self._states[topic] = payload
+
+    def refresh(self) -> None:
+        """Spool every known state again if the interval has passed, the broker is there and nothing waits."""
+        if self._interval <= 0 or self._clock() < self._due:
+            return
+        if not self._connection.connected or len(self._spool) > 0:
+            return
+        with self._lock:
+            states = list(self._states.items())
+        for topic, payload in states:
+            self._spool.push(OutgoingMessage(topic, payload, self._qos, retain=True))
+        self.refreshed += len(states)
+        self._due = self._clock() + self._interval
