@@ -17,7 +17,7 @@ import pytest
 from mqtt_broker import MosquittoBroker, Received, free_port, make_tls_files, wait_until
 
 from clapd import __version__
-from clapd.daemon.config import MqttConfig
+from clapd.daemon.config import DetectionConfig, MqttConfig
 from clapd.daemon.mqtt import MqttOutput, build_mqtt
 from clapd.daemon.mqtt.payloads import EventPayload, Topics, build_topic
 from clapd.daemon.output import Output, OutputStats
@@ -187,21 +187,26 @@ def test_events_state_and_status(protocol: str, broker: MosquittoBroker, outputs
 
 def test_a_state_left_older_downstream_is_published_again(broker: MosquittoBroker, outputs, subscribers) -> None:
     """A retained "ON" put back after the event ended (what a mosquitto bridge's reconnect can leave at the centre:
-    tests/test_fleet.py) is replaced by the current "OFF" within state_refresh_seconds, and stays replaced."""
-    state = f"{PREFIX}/kitchen/clap/state"
-    live = subscribers(broker.port, state)
+    tests/test_fleet.py) is replaced by the current "OFF" within state_refresh_seconds, and stays replaced; a
+    detection no longer configured (not announced) is not published again."""
+    state, removed = f"{PREFIX}/kitchen/knock/state", f"{PREFIX}/kitchen/clap/state"
+    live = subscribers(broker.port, f"{PREFIX}/kitchen/+/state")
     output = outputs(broker.port, state_refresh_seconds=1)
     output.start()
-    output.publish_state(StateChange("kitchen", "clap", True))
-    output.publish_state(StateChange("kitchen", "clap", False))
-    live.wait_for(has_payload(state, b"OFF"), 5, "the state OFF")
+    for detection in ("clap", "knock"):  # clap first: a refresh publishes it before knock
+        output.publish_state(StateChange("kitchen", detection, True))
+        output.publish_state(StateChange("kitchen", detection, False))
+    live.wait_for(lambda got: {m.topic for m in got if m.payload == b"OFF"} == {state, removed}, 5, "both OFF")
+    output.announce(["kitchen"], {"knock": DetectionConfig(prompts=["a knock"])})  # clap was removed
     stale_from = len(live.received())
-    paho.mqtt.publish.single(state, b"ON", qos=1, retain=True, hostname="127.0.0.1", port=broker.port)
+    for topic in (removed, state):
+        paho.mqtt.publish.single(topic, b"ON", qos=1, retain=True, hostname="127.0.0.1", port=broker.port)
     live.wait_for(
-        lambda got: [m.payload for m in got[stale_from:]][:1] == [b"ON"] and got[-1].payload == b"OFF",
+        lambda got: [m.payload for m in got[stale_from:] if m.topic == state][-2:] == [b"ON", b"OFF"],
         10,
-        "the older ON, then the current OFF again",
+        "knock's older ON, then its current OFF again",
     )
+    assert [m.payload for m in live.received(removed)][-1] == b"ON"  # the removed detection's is left alone
     retained = subscribers(broker.port, state).wait_for(lambda got: len(got) == 1, 5, "the retained state")
     assert (retained[0].payload, retained[0].retain) == (b"OFF", True)
 

@@ -85,7 +85,7 @@ class MqttOutput(Output):
         topic = self._topics.state(change.stream, change.detection)
         payload = (STATE_ON if change.on else STATE_OFF).encode()
         self._spool_message(OutgoingMessage(topic, payload, self._qos, retain=True))
-        self._states.record(topic, payload)  # and again every state_refresh_seconds
+        self._states.record(change.detection, topic, payload)  # and again every state_refresh_seconds
 
     def publish_anomaly(self, reading: AnomalyReading) -> None:
         """The stream's anomaly score: QoS 0, not retained, dropped while disconnected (like a level)."""
@@ -118,9 +118,11 @@ class MqttOutput(Output):
         """Make the Home Assistant entities those of these streams and detections (none while discovery is off).
 
         Published now when connected, and again on every connect and whenever Home Assistant says "online";
-        entities announced before (by this run or an earlier one) and not now are removed.
+        entities announced before (by this run or an earlier one) and not now are removed. Only these detections'
+        states are published again every `state_refresh_seconds`.
         """
         self._announcer.announce(streams, detections)
+        self._states.keep_only(detections)
 
     def stop(self, timeout: float = 2.0) -> None:
         """Flush for part of `timeout` s, say "offline", wait for acks until `timeout`, disconnect; what is still

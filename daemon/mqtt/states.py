@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from clapd.daemon.mqtt.connection import MqttConnection
 from clapd.daemon.mqtt.spool import OutgoingMessage, Spool
@@ -33,14 +33,19 @@ class StateRefresher:
         self._spool, self._connection, self._qos = spool, connection, qos
         self._interval = interval_seconds  # 0: never
         self._clock = clock
-        self._states: dict[str, bytes] = {}  # topic -> the payload last published on it
+        self._states: dict[str, tuple[str, bytes]] = {}  # topic -> (its detection, the payload last published)
         self._lock = threading.Lock()
         self._due = clock() + interval_seconds
         self.refreshed = 0  # state messages spooled again
 
-    def record(self, topic: str, payload: bytes) -> None:
+    def record(self, detection: str, topic: str, payload: bytes) -> None:
         with self._lock:
-            self._states[topic] = payload
+            self._states[topic] = (detection, payload)
+
+    def keep_only(self, detections: Collection[str]) -> None:
+        """Forget the states of detections no longer configured: a removed one's is not published again."""
+        with self._lock:
+            self._states = {topic: kept for topic, kept in self._states.items() if kept[0] in detections}
 
     def refresh(self) -> None:
         """Spool every known state again if the interval has passed, the broker is there and nothing waits."""
@@ -49,7 +54,7 @@ class StateRefresher:
         if not self._connection.connected or len(self._spool) > 0:
             return
         with self._lock:
-            states = list(self._states.items())
+            states = [(topic, payload) for topic, (_, payload) in self._states.items()]
         for topic, payload in states:
             self._spool.push(OutgoingMessage(topic, payload, self._qos, retain=True))
         self.refreshed += len(states)
