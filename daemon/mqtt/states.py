@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Collection
 
 from clapd.daemon.mqtt.connection import MqttConnection
 from clapd.daemon.mqtt.spool import OutgoingMessage, Spool
@@ -22,21 +22,12 @@ class StateRefresher:
     """Keeps each state topic's latest payload (from the outputs' thread) and spools them all again when due (from
     the sender's thread, once per round)."""
 
-    def __init__(
-        self,
-        spool: Spool,
-        connection: MqttConnection,
-        qos: int,
-        interval_seconds: float,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
+    def __init__(self, spool: Spool, connection: MqttConnection, qos: int, interval_seconds: float) -> None:
         self._spool, self._connection, self._qos = spool, connection, qos
         self._interval = interval_seconds  # 0: never
-        self._clock = clock
         self._states: dict[str, tuple[str, bytes]] = {}  # topic -> (its detection, the payload last published)
         self._lock = threading.Lock()
-        self._due = clock() + interval_seconds
-        self.refreshed = 0  # state messages spooled again
+        self._due = time.monotonic() + interval_seconds
 
     def record(self, detection: str, topic: str, payload: bytes) -> None:
         with self._lock:
@@ -49,7 +40,7 @@ class StateRefresher:
 
     def refresh(self) -> None:
         """Spool every known state again if the interval has passed, the broker is there and nothing waits."""
-        if self._interval <= 0 or self._clock() < self._due:
+        if self._interval <= 0 or time.monotonic() < self._due:
             return
         if not self._connection.connected or len(self._spool) > 0:
             return
@@ -57,5 +48,4 @@ class StateRefresher:
             states = [(topic, payload) for topic, (_, payload) in self._states.items()]
         for topic, payload in states:
             self._spool.push(OutgoingMessage(topic, payload, self._qos, retain=True))
-        self.refreshed += len(states)
-        self._due = self._clock() + self._interval
+        self._due = time.monotonic() + self._interval
