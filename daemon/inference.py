@@ -16,7 +16,7 @@ import onnxruntime as ort
 
 from clapd.daemon.config import ModelConfig
 from clapd.daemon.manifest import BundleError, Manifest, ModelFile, Precision, TensorSpec
-from clapd.daemon.tokenizer import PromptTokenizer
+from clapd.daemon.tokenizer import PromptTokenizer, TokenBatch
 
 logger = logging.getLogger(__name__)
 
@@ -187,7 +187,8 @@ def _first_audio_input(manifest: Manifest) -> TensorSpec | None:
 
 
 class TextModel:
-    """Prompts -> embeddings [n, dim] through the bundle's tokenizer and text model."""
+    """Prompts -> embeddings [n, dim] through the bundle's tokenizer and text model, with the manifest's sentence
+    encoder between them when it names one."""
 
     def __init__(self, bundle_dir: Path, manifest: Manifest, config: ModelConfig) -> None:
         self._tokenizer = PromptTokenizer(
@@ -196,13 +197,38 @@ class TextModel:
             max_tokens=manifest.tokenizer.max_tokens,
         )
         # Prompts are embedded once at start-up: the CPU is enough and keeps GPU memory for the audio model.
-        self._session = _load(bundle_dir / manifest.text.file, [PROVIDER_NAMES["cpu"]], config.threads)
+        cpu = [PROVIDER_NAMES["cpu"]]
+        self._session = _load(bundle_dir / manifest.text.file, cpu, config.threads)
         self._inputs = [i.name for i in self._session.get_inputs()]
+        encoder = manifest.sentence_encoder
+        self._encoder: SentenceEncoderModel | None = None
+        if encoder is not None:
+            self._encoder = SentenceEncoderModel(_load(encoder.path(), cpu, config.threads), encoder.output)
 
     def embed(self, prompts: list[str]) -> np.ndarray:
         tokens = self._tokenizer(prompts)
+        if self._encoder is not None:
+            return self._session.run(None, {self._inputs[0]: self._encoder.embed(tokens)})[0]
         feed = dict(zip(self._inputs, (tokens.input_ids, tokens.attention_mask), strict=True))
         return self._session.run(None, feed)[0]
+
+
+class SentenceEncoderModel:
+    """A BERT-style sentence encoder's ONNX graph -> one unit vector per prompt: its token vectors averaged over
+    the real tokens (sentence-transformers' mean pooling), then normalised, as the encoder was trained to be used."""
+
+    def __init__(self, session: ort.InferenceSession, output: str) -> None:
+        self._session, self._output = session, output
+        self._inputs = {i.name for i in session.get_inputs()}
+
+    def embed(self, tokens: TokenBatch) -> np.ndarray:
+        feed = {"input_ids": tokens.input_ids, "attention_mask": tokens.attention_mask}
+        if "token_type_ids" in self._inputs:  # one segment: all zeros
+            feed["token_type_ids"] = np.zeros_like(tokens.input_ids)
+        (hidden,) = self._session.run([self._output], feed)
+        mask = tokens.attention_mask[..., None].astype(np.float32)
+        pooled = (hidden * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1.0)
+        return (pooled / np.linalg.norm(pooled, axis=1, keepdims=True)).astype(np.float32)
 
 
 class LazyTextModel:

