@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from clapd.daemon.anomaly.monitor import anomaly_events, build_anomalies
-from clapd.daemon.calibration import AutoThresholds, CalibrationStore
+from clapd.daemon.calibration import AutoThresholds, CalibrationStore, scoring_models
 from clapd.daemon.clips import (
     build_clip_recorder,
     clips_directory,
@@ -82,7 +82,7 @@ def assemble(
         manifest.logit_scale,
         manifest.embedding_size,
         examples=examples,
-        thresholds=AutoThresholds(CalibrationStore(config.state_dir), audio.entry.sha256),
+        thresholds=AutoThresholds(CalibrationStore(config.state_dir), scoring_models(audio.entry.sha256, manifest)),
     )
     detections = preparer.prepare(config.detections, list(config.background_prompts))
     audio.warm_up()

@@ -110,7 +110,7 @@ def run_calibration(
         if store and report.chosen:
             source = str(file) if file is not None else f"{minutes} min of stream {name}"
             store_at = CalibrationStore(config.state_dir)
-            store_at.save(classifier.audio_model.entry.sha256, report.chosen, source)
+            store_at.save(classifier.scoring_models, report.chosen, source)
             print(f"stored in {store_at.path}: detections with `threshold_on: auto` use them from their next start")
     except (BundleError, SourceError, ValueError, RuntimeError, OSError) as e:
         return _refuse(str(e), 1)

@@ -1,11 +1,12 @@
 """Thresholds chosen from the room's own sound (`clapd calibrate`), kept in `state_dir` and applied where a detection
 says `threshold_on: auto`.
 
-A calibration belongs to one audio model (its sha256: another model, or another precision of it, scores otherwise)
-and to each detection as it was calibrated: everything that moves its scores or its count of event starts
-(prompts, examples, negatives, margin, smoothing, timing, the background prompts, the target rate) is hashed into
-a fingerprint. A detection with `threshold_on: auto` whose calibration is missing or was made for another model or
-another version of it is refused with the command that fixes it, as any bad setting is.
+A calibration belongs to the models that scored it (`scoring_models`: the audio model's sha256, as another model or
+another precision of it scores otherwise, and the text side's, as prompts are scored against it) and to each
+detection as it was calibrated: everything that moves its scores or its count of event starts (prompts, examples,
+negatives, margin, smoothing, timing, the background prompts, the target rate) is hashed into a fingerprint. A
+detection with `threshold_on: auto` whose calibration is missing or was made with other models or for another
+version of it is refused with the command that fixes it, as any bad setting is.
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from clapd.daemon.config import DetectionConfig
+from clapd.daemon.manifest import Manifest
 from clapd.daemon.state_files import read_json, write_json_atomically
 
 CALIBRATION_FILE = "calibration.json"  # in the state directory
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 1 named the audio model only: its calibrations are refused, as made with other models
 OFF_SHARE = 0.7  # an auto threshold_off is at most this share of the chosen threshold_on (the default 0.35 / 0.5)
 # The fields that change a detection's scores or how many events they start; display-only ones (name) are left out.
 FINGERPRINT_FIELDS = (
@@ -70,19 +72,28 @@ def fingerprint(config: DetectionConfig, background: Sequence[str]) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode("utf-8")).hexdigest()
 
 
+def scoring_models(audio_sha256: str, manifest: Manifest) -> str:
+    """What a calibration's scores were made with: the audio model (this precision) and the whole text side (the
+    text model, and the sentence encoder in front of it if any): a bundle whose text side changed scores prompts
+    otherwise although its audio model is the same file."""
+    encoder = manifest.sentence_encoder
+    return "+".join([audio_sha256, manifest.text.sha256, *([encoder.sha256] if encoder is not None else [])])
+
+
 def auto_threshold_off(config: DetectionConfig, threshold_on: float) -> float:
     """The configured threshold_off, lowered under an auto threshold_on that came out below it."""
     return min(config.threshold_off, round(OFF_SHARE * threshold_on, 4))
 
 
 class CalibrationStore:
-    """`state_dir/calibration.json`: the chosen thresholds of one audio model, by detection."""
+    """`state_dir/calibration.json`: the chosen thresholds made with one set of models, by detection."""
 
     def __init__(self, state_dir: Path) -> None:
         self.path = state_dir / CALIBRATION_FILE
 
-    def load(self, model_sha256: str) -> dict[str, ChosenThreshold]:
-        """The stored thresholds made with this model; none if the file is missing or for another model.
+    def load(self, models: str) -> dict[str, ChosenThreshold]:
+        """The stored thresholds made with these models (`scoring_models`); none if the file is missing or was made
+        with others.
         A file that cannot be read or parsed raises `CalibrationError` naming it."""
         try:
             data = read_json(self.path)
@@ -91,21 +102,21 @@ class CalibrationStore:
         if data is None:
             return {}
         try:
-            if not isinstance(data, dict) or data.get("audio_model_sha256") != model_sha256:
+            if not isinstance(data, dict) or data.get("models") != models:
                 return {}
             return {name: _chosen(entry) for name, entry in data["detections"].items()}
         except (KeyError, TypeError, ValueError) as e:
             raise CalibrationError(f"{self.path}: not a calibration clapd wrote ({e}); run `clapd calibrate`") from e
 
-    def save(self, model_sha256: str, chosen: Mapping[str, ChosenThreshold], source: str) -> None:
-        """Store `chosen`, keeping other detections' thresholds made with the same model."""
-        kept = self.load(model_sha256) if self.path.exists() else {}
+    def save(self, models: str, chosen: Mapping[str, ChosenThreshold], source: str) -> None:
+        """Store `chosen`, keeping other detections' thresholds made with the same models."""
+        kept = self.load(models) if self.path.exists() else {}
         merged = {**kept, **chosen}
         write_json_atomically(
             self.path,
             {
                 "version": FORMAT_VERSION,
-                "audio_model_sha256": model_sha256,
+                "models": models,
                 "source": source,
                 "detections": {name: asdict(entry) for name, entry in sorted(merged.items())},
             },
@@ -124,9 +135,9 @@ class AutoThresholds:
     """Replaces `threshold_on: auto` by the stored calibration of each detection (`resolve`); without a store
     (`clapd classify` without a config), every auto threshold is refused."""
 
-    def __init__(self, store: CalibrationStore | None, model_sha256: str) -> None:
+    def __init__(self, store: CalibrationStore | None, models: str) -> None:
         self._store = store
-        self._model_sha256 = model_sha256
+        self._models = models  # `scoring_models`
 
     def resolve(
         self, detections: Mapping[str, DetectionConfig], background: Sequence[str]
@@ -136,7 +147,7 @@ class AutoThresholds:
         if not auto:
             return dict(detections)
         needed = self._store is not None and any(c.level is None for c in auto.values())
-        stored = self._store.load(self._model_sha256) if needed and self._store is not None else {}
+        stored = self._store.load(self._models) if needed and self._store is not None else {}
         where = self._store.path if self._store is not None else "(no state directory)"
         resolved, problems = dict(detections), []
         for name, config in auto.items():

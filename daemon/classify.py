@@ -19,7 +19,7 @@ from clapd.daemon.anomaly.monitor import (
     bank_path,
     stored_bank,
 )
-from clapd.daemon.calibration import AutoThresholds, CalibrationStore
+from clapd.daemon.calibration import AutoThresholds, CalibrationStore, scoring_models
 from clapd.daemon.config import AnomalyConfig, ClapdConfig, DetectionConfig, ModelConfig, WindowConfig
 from clapd.daemon.demo import DEMO_WINDOWS, installed_demo_bundle
 from clapd.daemon.detector import Detector
@@ -155,7 +155,8 @@ class Classifier:
         examples = ExampleEmbedder.for_model(self.audio_model, manifest, self._window, self._hop)
         text = LazyTextModel(scoring.bundle, manifest, scoring.model)
         store = CalibrationStore(scoring.state_dir) if scoring.state_dir is not None else None
-        thresholds = AutoThresholds(store, self.audio_model.entry.sha256)
+        self.scoring_models = scoring_models(self.audio_model.entry.sha256, manifest)  # what a calibration is made with
+        thresholds = AutoThresholds(store, self.scoring_models)
         preparer = DetectionPreparer(
             text, None, manifest.text.sha256, manifest.logit_scale, examples=examples, thresholds=thresholds
         )

@@ -17,6 +17,7 @@ import soundfile
 import yaml
 from helpers import run_clapd
 
+import clapd
 from clapd.daemon.calibrate import (
     MAX_AUTO_THRESHOLD,
     MIN_AUTO_THRESHOLD,
@@ -27,8 +28,16 @@ from clapd.daemon.calibrate import (
     count_starts,
     threshold_warnings,
 )
-from clapd.daemon.calibration import AmbientScores, AutoThresholds, CalibrationError, CalibrationStore, ChosenThreshold
+from clapd.daemon.calibration import (
+    AmbientScores,
+    AutoThresholds,
+    CalibrationError,
+    CalibrationStore,
+    ChosenThreshold,
+    scoring_models,
+)
 from clapd.daemon.config import DetectionConfig
+from clapd.daemon.manifest import Manifest
 from clapd.models.synthetic import BACKGROUNDS, CLASSES, SAMPLE_RATE
 
 HOP = 24_000  # 0.5 s at 48 kHz
@@ -142,6 +151,25 @@ def test_auto_thresholds_need_a_calibration_of_this_model_and_this_version_of_th
     (tmp_path / "calibration.json").write_text("{broken")
     with pytest.raises(CalibrationError, match="calibration.json"):
         AutoThresholds(store, "model-a").resolve({"kettle": auto}, BACKGROUND)
+
+
+def test_a_calibration_belongs_to_the_text_side_too(tmp_path: Path) -> None:
+    """The same audio model with another text model (or another sentence encoder) scores prompts otherwise: its
+    calibration is not applied."""
+    manifest = Manifest.read(Path(clapd.__file__).parent / "demo_bundle")
+    assert manifest.sentence_encoder is not None
+    audio = manifest.audio["fp32"].sha256
+    other_text = manifest.model_copy(update={"text": manifest.text.model_copy(update={"sha256": "1" * 64})})
+    encoder = manifest.sentence_encoder.model_copy(update={"sha256": "2" * 64})
+    other_encoder = manifest.model_copy(update={"sentence_encoder": encoder})
+    keys = {scoring_models(audio, m) for m in (manifest, other_text, other_encoder)}
+    assert len(keys) == 3 and all(key.startswith(audio) for key in keys)
+    auto = DetectionConfig(prompts=["a kettle"], threshold_on="auto")
+    store = CalibrationStore(tmp_path)
+    chosen = choose_threshold(auto, ambient_run(bursty_room(np.random.default_rng(3), hours=0.2)), BACKGROUND)
+    store.save(scoring_models(audio, manifest), {"kettle": chosen}, "test")
+    with pytest.raises(CalibrationError, match="no calibration for it with this model"):
+        AutoThresholds(store, scoring_models(audio, other_text)).resolve({"kettle": auto}, BACKGROUND)
 
 
 def _room(seconds: float, seed: int, knocks: bool = False) -> np.ndarray:
