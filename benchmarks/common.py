@@ -387,7 +387,7 @@ def detection_preparer(
 
     text = LazyTextModel(bundle, manifest, model)
     return DetectionPreparer(
-        text, cache_dir, manifest.text.sha256, manifest.logit_scale, manifest.embedding_size, examples=examples
+        text, cache_dir, manifest.text_side_sha256(), manifest.logit_scale, manifest.embedding_size, examples=examples
     )
 
 

@@ -78,7 +78,7 @@ def assemble(
     preparer = DetectionPreparer(
         text,
         config.state_dir / PROMPT_CACHE_DIR,
-        manifest.text.sha256,
+        manifest.text_side_sha256(),
         manifest.logit_scale,
         manifest.embedding_size,
         examples=examples,
@@ -100,7 +100,7 @@ def assemble(
         audio, detections, clocks, hop, gates=gates, anomalies=anomalies, hidden=hidden, keep_embedded=keep
     )
     clips = build_clip_recorder(config, {s.name: s.ring for s in streams}, manifest.sample_rate, hidden is not None)
-    history = build_history_recorder(config, clocks, manifest.text.sha256)
+    history = build_history_recorder(config, clocks, manifest.text_side_sha256())
     web = build_web(config, bundle_dir, manifest) if config.web.enabled and outputs is None else None
     outputs, control = build_outputs(config, manifest.sample_rate) if outputs is None else (list(outputs), None)
     if web is not None:

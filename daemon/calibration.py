@@ -76,8 +76,7 @@ def scoring_models(audio_sha256: str, manifest: Manifest) -> str:
     """What a calibration's scores were made with: the audio model (this precision) and the whole text side (the
     text model, and the sentence encoder in front of it if any): a bundle whose text side changed scores prompts
     otherwise although its audio model is the same file."""
-    encoder = manifest.sentence_encoder
-    return "+".join([audio_sha256, manifest.text.sha256, *([encoder.sha256] if encoder is not None else [])])
+    return f"{audio_sha256}+{manifest.text_side_sha256()}"
 
 
 def auto_threshold_off(config: DetectionConfig, threshold_on: float) -> float:

@@ -158,7 +158,7 @@ class Classifier:
         self.scoring_models = scoring_models(self.audio_model.entry.sha256, manifest)  # what a calibration is made with
         thresholds = AutoThresholds(store, self.scoring_models)
         preparer = DetectionPreparer(
-            text, None, manifest.text.sha256, manifest.logit_scale, examples=examples, thresholds=thresholds
+            text, None, manifest.text_side_sha256(), manifest.logit_scale, examples=examples, thresholds=thresholds
         )
         self.detections = preparer.prepare(scoring.detections, scoring.background)
         self._scoring = scoring

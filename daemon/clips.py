@@ -271,7 +271,9 @@ def privacy_matcher(
     """The privacy prompts as one hidden detection against the background prompts, when clips are on and have them."""
     if not config.clips.privacy_prompts or largest_pre_roll(config.detections) is None:
         return None
-    preparer = DetectionPreparer(text, cache, manifest.text.sha256, manifest.logit_scale, manifest.embedding_size)
+    preparer = DetectionPreparer(
+        text, cache, manifest.text_side_sha256(), manifest.logit_scale, manifest.embedding_size
+    )
     privacy = {PRIVACY_DETECTION: DetectionConfig(prompts=list(config.clips.privacy_prompts))}
     return preparer.prepare(privacy, list(config.background_prompts)).matcher
 

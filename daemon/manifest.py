@@ -145,6 +145,13 @@ class Manifest(_Strict):
     def write(self, bundle_dir: Path) -> None:
         (bundle_dir / MANIFEST_NAME).write_text(self.model_dump_json(indent=2) + "\n")
 
+    def text_side_sha256(self) -> str:
+        """What prompt embeddings are made with: the text model file's sha256, or with a sentence encoder in front
+        of it, the sha256 of both files' hashes (caches and calibrations made with another encoder do not apply)."""
+        if self.sentence_encoder is None:
+            return self.text.sha256
+        return hashlib.sha256(f"{self.text.sha256}+{self.sentence_encoder.sha256}".encode()).hexdigest()
+
     def files(self) -> list[tuple[str, str]]:
         """(file name, sha256) of every file the manifest names."""
         entries = [*self.audio.values(), self.text, self.tokenizer]

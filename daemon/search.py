@@ -293,7 +293,7 @@ def query_embedding(config: ClapdConfig, text: str | None, example: Path | None)
         parts.append(embedder.embed([str(example)])[0])
     units = [np.asarray(p, dtype=np.float32) / np.linalg.norm(p) for p in parts]
     query = np.mean(units, axis=0)
-    return (query / np.linalg.norm(query)).astype(np.float32), manifest.text.sha256
+    return (query / np.linalg.norm(query)).astype(np.float32), manifest.text_side_sha256()
 
 
 def format_table(matches: list[Match]) -> str:

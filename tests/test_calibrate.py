@@ -164,6 +164,7 @@ def test_a_calibration_belongs_to_the_text_side_too(tmp_path: Path) -> None:
     other_encoder = manifest.model_copy(update={"sentence_encoder": encoder})
     keys = {scoring_models(audio, m) for m in (manifest, other_text, other_encoder)}
     assert len(keys) == 3 and all(key.startswith(audio) for key in keys)
+    assert len({m.text_side_sha256() for m in (manifest, other_text, other_encoder)}) == 3  # prompt caches too
     auto = DetectionConfig(prompts=["a kettle"], threshold_on="auto")
     store = CalibrationStore(tmp_path)
     chosen = choose_threshold(auto, ambient_run(bursty_room(np.random.default_rng(3), hours=0.2)), BACKGROUND)

@@ -59,7 +59,7 @@ def offline_detector(config: dict, clock: StreamClock) -> Detector:
     model_config = ModelConfig.model_validate(config["model"])
     detections = parse_config({**config, "streams": {"s": {"type": "mic"}}}).detections
     preparer = DetectionPreparer(
-        LazyTextModel(bundle, manifest, model_config), None, manifest.text.sha256, manifest.logit_scale
+        LazyTextModel(bundle, manifest, model_config), None, manifest.text_side_sha256(), manifest.logit_scale
     )
     prepared = preparer.prepare(detections, config["background_prompts"])
     return Detector(AudioModel(bundle, manifest, model_config), prepared, {"s": clock}, HOP)

@@ -108,7 +108,7 @@ def build_page_app(page: WebPage) -> Starlette:
         live=page.output,
         control=page.control,
         clips=Clips(clips_directory(config)),
-        searcher=Searcher(history, text, page.manifest.text.sha256),
+        searcher=Searcher(history, text, page.manifest.text_side_sha256()),
         history=history,
         hop_seconds=config.windows.hop_seconds,
         max_events=config.web.recent_events,
