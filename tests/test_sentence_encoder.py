@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+import soundfile
+from helpers import run_clapd
 from onnx import numpy_helper
 
 import clapd
@@ -116,3 +118,30 @@ def test_ridge_strength_is_chosen_on_left_out_captions() -> None:
         return float(np.mean((unseen @ weights - unseen @ truth) ** 2))
 
     assert error(projection.weights) < error(ridge_weights(inputs, targets, 1e-4))
+
+
+def test_clapd_classify_hears_a_siren_and_breaking_glass_described_in_new_words(tmp_path: Path) -> None:
+    """Through the daemon's own Detector (`clapd classify`, the embedded demo bundle): 10 s with a siren, then 10 s
+    with breaking glass, and two ad-hoc detections in words no training caption uses. Each starts once, while its
+    own sound is heard (from its onset to a 2 s window after its end), and never during the other (the trained text
+    model alone started neither on time)."""
+    rng = np.random.default_rng(SEED + 1)
+    siren, glass = (synthetic.make_clip(rng, name, background="room_tone") for name in ("siren", "glass_breaking"))
+    recording = tmp_path / "street.wav"
+    soundfile.write(recording, np.concatenate([siren.audio, glass.audio]), synthetic.SAMPLE_RATE)
+    heard = {  # s in the recording: (detection's prompt, from, to)
+        "siren": (synthetic.CLASSES["siren"].paraphrases[1], siren.onset_s, siren.onset_s + siren.duration_s + 2),
+        "glass": (
+            synthetic.CLASSES["glass_breaking"].paraphrases[0],
+            10 + glass.onset_s,
+            10 + glass.onset_s + glass.duration_s + 2,
+        ),
+    }
+    args = [arg for prompt, _, _ in heard.values() for arg in ("--prompt", prompt)]
+    result = run_clapd("classify", str(recording), *args, "--json", timeout=180)
+    assert result.returncode == 0, result.stderr
+    events = json.loads(result.stdout)["events"]
+    starts = [(e["detection"], e["start_offset_seconds"]) for e in events if e["kind"] == "start"]
+    for prompt, begin, end in heard.values():
+        own = [at for detection, at in starts if detection == prompt]
+        assert len(own) == 1 and begin - 0.5 <= own[0] <= end, (prompt, begin, end, starts)
