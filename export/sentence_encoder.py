@@ -32,6 +32,7 @@ from clapd.daemon.inference import SentenceEncoderModel, TextModel
 from clapd.daemon.manifest import (
     Manifest,
     ModelFile,
+    Parity,
     SentenceEncoder,
     TensorSpec,
     TokenizerFile,
@@ -126,6 +127,28 @@ def reference_sentences(reference: Path, prompts: list[str]) -> np.ndarray:
     return pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
 
 
+@dataclass(frozen=True, slots=True)
+class EncodedPrompts:
+    prompts: list[str]
+    sentences: np.ndarray  # [prompts, d]: the int8 encoder's unit vectors, as the daemon computes them
+    expected: np.ndarray  # [prompts, d]: the fp32 original's, in PyTorch
+    parity: Parity  # the first against the second
+
+
+def encode_verified(reference: Path, captions: list[str]) -> EncodedPrompts:
+    """The captions and the export's verification prompts through the pinned int8 encoder (the daemon's own path)
+    and through its fp32 original; `VerificationError` when the file is not the pinned one or misses its bar."""
+    encoder_path = package_file(ENCODER["package"], ENCODER["file"], f"{ENCODER['distribution']}=={ENCODER['version']}")
+    if sha256_file(encoder_path) != ENCODER["sha256"]:
+        raise verify.VerificationError(f"{encoder_path}: not the file this build pins ({ENCODER['sha256']})")
+    encoder = SentenceEncoderModel(verify.cpu_session(str(encoder_path)), ENCODER["output"])
+    tokenizer = PromptTokenizer(reference / TOKENIZER_FILE, pad_token_id=PAD_TOKEN_ID, max_tokens=MAX_TOKENS)
+    prompts = list(dict.fromkeys([*captions, *verify.VERIFICATION_PROMPTS]))  # distinct: parity compares pairs
+    sentences, expected = encoder.embed(tokenizer(prompts)), reference_sentences(reference, prompts)
+    parity = verify.check(ENCODER["file"], "int8", verify.compare(expected, sentences), len(prompts))
+    return EncodedPrompts(prompts, sentences, expected, parity)
+
+
 def attach(bundle_dir: Path, captions: list[str]) -> Manifest:
     """Replace the bundle's text model by the encoder and a projection fitted to it on `captions`; only the text
     model, the tokenizer and the manifest change, and only once every part has passed verification."""
@@ -136,32 +159,25 @@ def attach(bundle_dir: Path, captions: list[str]) -> Manifest:
     config = ModelConfig(bundle=bundle_dir, precision="fp32", providers=["cpu"], threads=2)
     targets = TextModel(bundle_dir, manifest, config).embed(captions)  # the bundle's own text model: the teacher
     reference = reference_directory()
-    tokenizer = PromptTokenizer(reference / TOKENIZER_FILE, pad_token_id=PAD_TOKEN_ID, max_tokens=MAX_TOKENS)
-    encoder_path = package_file(ENCODER["package"], ENCODER["file"], f"{ENCODER['distribution']}=={ENCODER['version']}")
-    if sha256_file(encoder_path) != ENCODER["sha256"]:
-        raise verify.VerificationError(f"{encoder_path}: not the file this build pins ({ENCODER['sha256']})")
-    encoder = SentenceEncoderModel(verify.cpu_session(str(encoder_path)), ENCODER["output"])
-    prompts = list(dict.fromkeys([*captions, *verify.VERIFICATION_PROMPTS]))  # distinct: parity compares pairs
-    sentences = encoder.embed(tokenizer(prompts))
-    expected = reference_sentences(reference, prompts)
-    encoder_parity = verify.check(ENCODER["file"], "int8", verify.compare(expected, sentences), len(prompts))
-    projection = fit_projection(sentences[[prompts.index(c) for c in captions]], targets)
+    encoded = encode_verified(reference, captions)
+    projection = fit_projection(encoded.sentences[[encoded.prompts.index(c) for c in captions]], targets)
     with tempfile.TemporaryDirectory(dir=bundle_dir) as staging:
         staged = Path(staging) / PROJECTION_FILE
         onnx.save(projection_graph(projection.weights), staged)
-        text = _verified_projection(staged, projection, expected, len(prompts))
+        text = _verified_projection(staged, projection, encoded.expected, len(encoded.prompts))
         shutil.copyfile(reference / TOKENIZER_FILE, bundle_dir / TOKENIZER_FILE)
         staged.replace(bundle_dir / PROJECTION_FILE)
+    tokenizer = TokenizerFile(
+        file=TOKENIZER_FILE,
+        sha256=sha256_file(bundle_dir / TOKENIZER_FILE),
+        pad_token_id=PAD_TOKEN_ID,
+        max_tokens=MAX_TOKENS,
+    )
     updated = manifest.model_copy(
         update={
             "text": text,
-            "tokenizer": TokenizerFile(
-                file=TOKENIZER_FILE,
-                sha256=sha256_file(bundle_dir / TOKENIZER_FILE),
-                pad_token_id=PAD_TOKEN_ID,
-                max_tokens=MAX_TOKENS,
-            ),
-            "sentence_encoder": SentenceEncoder(**ENCODER, parity=encoder_parity),
+            "tokenizer": tokenizer,
+            "sentence_encoder": SentenceEncoder(**ENCODER, parity=encoded.parity),
             "notes": [*manifest.notes, note(projection, len(captions))],
             "architecture": {**manifest.architecture, "text": "MiniLM-L6 (frozen) + linear projection"},
         }
