@@ -23,6 +23,7 @@ about 1.5 hours of scoring on 2 cores (the section says how it was split between
 
 from __future__ import annotations
 
+import hashlib
 import pickle
 import sys
 from collections.abc import Iterable
@@ -152,7 +153,8 @@ class Recordings:
     kept: Path | None = None
 
     def scored(self, classifier: Classifier, kind: str, first_seed: int, seconds: float) -> tuple[AmbientTable, float]:
-        seed, model = first_seed + self.seed_offset, classifier.audio_model.entry.sha256[:12]  # scores of this model
+        # scores of these models (audio and text side): kept scores of another text model are not reused
+        seed, model = first_seed + self.seed_offset, hashlib.sha256(classifier.scoring_models.encode()).hexdigest()[:12]
         path = self.kept / f"{kind}-{seed}-{seconds:.0f}-{model}.pickle" if self.kept is not None else None
         if path is not None and path.exists():  # plain values, so that any script can read them
             fields, kept_seconds = pickle.loads(path.read_bytes())
