@@ -278,7 +278,8 @@ def own_sound_warning(name: str, choice: ChosenThreshold, check: SoundCheck, day
 def few_starts_warning(name: str, choice: ChosenThreshold, days: float) -> str | None:
     """An observed threshold read off only a few starts: a count that small is itself a draw, so on another day of
     the same room the rate at it can come out half or twice the target (bench_calibration: read off 2 and 6
-    starts, 60 min, 16 of 21 rows within 2x on another 240 min of the room; off 8 and 24 starts, 240 min, 20 of 20)."""
+    starts, 60 min, 16 of 21 rows within 2x on another 240 min of the room; off 8 and 24 starts, 240 min, 20 of 20,
+    and 23 of 25 with the demo's later text side)."""
     if choice.method != "observed" or choice.starts_per_day is None:
         return None
     starts = round(choice.starts_per_day * days)
