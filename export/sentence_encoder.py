@@ -139,9 +139,8 @@ class EncodedPrompts:
 def encode_verified(reference: Path, captions: list[str]) -> EncodedPrompts:
     """The captions and the export's verification prompts through the pinned int8 encoder (the daemon's own path)
     and through its fp32 original; `VerificationError` when the file is not the pinned one or misses its bar."""
-    encoder_path = package_file(ENCODER["package"], ENCODER["file"], f"{ENCODER['distribution']}=={ENCODER['version']}")
-    if sha256_file(encoder_path) != ENCODER["sha256"]:
-        raise verify.VerificationError(f"{encoder_path}: not the file this build pins ({ENCODER['sha256']})")
+    requirement = f"{ENCODER['distribution']}=={ENCODER['version']}"
+    encoder_path = package_file(ENCODER["package"], ENCODER["file"], requirement, ENCODER["sha256"])
     encoder = SentenceEncoderModel(verify.cpu_session(str(encoder_path)), ENCODER["output"])
     tokenizer = PromptTokenizer(reference / TOKENIZER_FILE, pad_token_id=PAD_TOKEN_ID, max_tokens=MAX_TOKENS)
     prompts = list(dict.fromkeys([*captions, *verify.VERIFICATION_PROMPTS]))  # distinct: parity compares pairs
