@@ -45,6 +45,8 @@ MAX_LOGIT_SCALE = math.log(100.0)  # CLIP's clamp: temperatures no sharper than 
 FLOOR_DB = 10.0 * math.log10(POWER_FLOOR)  # -100 dB: the front end's floor, which no gain moves
 EVAL_BATCH = 32  # clips per no-grad forward when evaluating
 TOKENIZER_VOCAB = 384  # BPE size for from-scratch models: small enough that words share sub-word pieces
+INSTANCE_SCALE = 10.0  # 1 / temperature of the audio-to-audio loss (SimCLR's 0.1)
+MAX_MASKED_SHARE = 0.2  # of a second view's frames, set to the floor
 CAPTION_TEMPLATES = ("the sound of {}", "{} in the background", "a recording of {}", "{} nearby", "you can hear {}")
 
 
@@ -60,6 +62,7 @@ class TrainSettings:
     word_noise: float = 0.0  # chance that a step drops each caption word or swaps it for a made-up one
     templates: bool = False  # wrap half the training captions in a random `CAPTION_TEMPLATES` frame
     gain_jitter_db: float = 0.0  # dB: each step shifts each clip's level by U(-x, x)
+    audio_contrast: float = 0.0  # weight of the audio-to-audio loss between two views of each clip (0: off)
     threads: int = 0  # torch threads; 0: all cores
     progress: bool = True
 
@@ -199,6 +202,21 @@ def jitter_gain(features: torch.Tensor, jitter_db: float, generator: torch.Gener
     return torch.where(features > FLOOR_DB, (features + gain).clamp(min=FLOOR_DB), features)
 
 
+def second_view(features: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Another take of each clip: moved in time (circularly: the daemon's windows are repeat-padded, and a sliding
+    window meets a sound anywhere in it) with a span of up to `MAX_MASKED_SHARE` of its frames at the floor."""
+    frames = features.shape[2]
+    shifts = torch.randint(frames, (len(features),), generator=generator).tolist()
+    spans = (torch.rand(len(features), generator=generator) * MAX_MASKED_SHARE * frames).long().tolist()
+    starts = torch.randint(frames, (len(features),), generator=generator).tolist()
+    views = []
+    for clip, shift, span, start in zip(features, shifts, spans, starts, strict=True):
+        view = torch.roll(clip, shifts=shift, dims=1)
+        view[:, start : start + span] = FLOOR_DB
+        views.append(view)
+    return torch.stack(views)
+
+
 def augment_caption(captions: tuple[str, ...], rng: np.random.Generator, settings: TrainSettings) -> str:
     """One of the captions, with word noise and a template frame as `settings` ask.
 
@@ -241,6 +259,18 @@ def contrastive_loss(
     audio_to_text = F.log_softmax(scale_a.exp() * audio @ text.T, dim=1)
     text_to_audio = F.log_softmax(scale_t.exp() * text @ audio.T, dim=1)
     return -((targets * audio_to_text).sum(1).mean() + (targets * text_to_audio).sum(1).mean()) / 2
+
+
+def instance_loss(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE between two views' unit embeddings [n, dim]: each clip's one positive is its other view.
+
+    Text contrast pulls every clip of a class onto its caption and so teaches the audio tower to drop whatever the
+    captions do not name (the pitch of this alarm, the rhythm of that chime); telling clips apart keeps it, and it
+    is what audio examples and negative examples compare.
+    """
+    logits = INSTANCE_SCALE * first @ second.T
+    targets = torch.arange(len(first))
+    return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
 
 
 def label_ids(labels: Iterable[str]) -> torch.Tensor:
@@ -312,7 +342,12 @@ class Trainer:
         features = jitter_gain(data.features[index].float(), self.settings.gain_jitter_db, self.generator)
         captions = [augment_caption(data.captions[i], self.rng, self.settings) for i in index]
         labels = label_ids(data.labels[i] for i in index)
-        loss = self.model_loss(self.audio(features), self._embed_text(captions), labels)
+        audio = self.audio(features)
+        loss = self.model_loss(audio, self._embed_text(captions), labels)
+        if self.settings.audio_contrast > 0:
+            other = second_view(data.features[index].float(), self.generator)
+            other = jitter_gain(other, self.settings.gain_jitter_db, self.generator)
+            loss = loss + self.settings.audio_contrast * instance_loss(audio, self.audio(other))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()

@@ -67,6 +67,13 @@ def add_finetune_parser(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--caption-templates", action="store_true", help="wrap captions in random frames")
     parser.add_argument("--gain-jitter", type=float, default=0.0, metavar="DB", help="random level change, +-DB")
+    parser.add_argument(
+        "--audio-contrast",
+        type=float,
+        default=0.0,
+        metavar="W",
+        help="weight of a loss that tells two views of each clip apart from the other clips (keeps detail)",
+    )
     parser.add_argument("--workers", type=_positive_int, default=min(2, os.cpu_count() or 1), help="for --synthetic")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
     parser.add_argument("--tokenizer", help="tokenizer id or directory for a LAION .pt source")
@@ -120,6 +127,7 @@ def build_request(args: argparse.Namespace) -> FinetuneRequest:
         word_noise=args.word_noise,
         templates=args.caption_templates,
         gain_jitter_db=args.gain_jitter,
+        audio_contrast=args.audio_contrast,
         threads=args.threads,
         progress=not args.no_progress,
     )

@@ -89,9 +89,16 @@ def working_directory(path: Path) -> Iterator[None]:
 
 
 def train(
-    work: Path, clips: int, epochs: int, resume: bool, methods_share: float = 0.0, machines_share: float = 0.0
+    work: Path,
+    clips: int,
+    epochs: int,
+    resume: bool,
+    methods_share: float = 0.0,
+    machines_share: float = 0.0,
+    audio_contrast: float = 0.0,
 ) -> None:
     args = ["--synthetic", str(clips), "--seed", str(SEED), "--epochs", str(epochs), *TRAINING, "-o", str(work)]
+    args = [*args, "--audio-contrast", str(audio_contrast)] if audio_contrast else args
     args = [*args, "--resume"] if resume else args
     if methods_share or machines_share:
         train_with_shares(args, methods_share, machines_share)
@@ -166,6 +173,9 @@ def main() -> int:
         help="share of sounds from clapd.models.synthetic_methods in rooms, and of clips through a mic and codec",
     )
     parser.add_argument("--machines-share", type=float, default=0.0, help="share of clips of machines running normally")
+    parser.add_argument(
+        "--audio-contrast", type=float, default=0.0, help="weight of clapd finetune's audio-to-audio loss"
+    )
     args = parser.parse_args()
     began = time.perf_counter()
     if args.int8_only:
@@ -184,7 +194,15 @@ def main() -> int:
     else:
         if not args.resume and args.work_dir.exists():
             raise SystemExit(f"{args.work_dir} exists: remove it, or pass --resume to continue its run")
-        train(args.work_dir, args.clips, args.epochs, args.resume, args.methods_share, args.machines_share)
+        train(
+            args.work_dir,
+            args.clips,
+            args.epochs,
+            args.resume,
+            args.methods_share,
+            args.machines_share,
+            args.audio_contrast,
+        )
         print(f"trained in {(time.perf_counter() - began) / 60:.1f} min; exporting", flush=True)
     trained = time.perf_counter()
     export(args.work_dir, args.output, args.methods_share, args.machines_share)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import csv
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +17,8 @@ from safetensors.torch import load_file
 from clapd.export.bundle import ExportRequest, export_bundle
 from clapd.models import finetune_cli, machine_pairs
 from clapd.models.finetune import (
+    FLOOR_DB,
+    MAX_MASKED_SHARE,
     STATE_FILE,
     EpochReport,
     FeatureSet,
@@ -25,6 +27,7 @@ from clapd.models.finetune import (
     finetune,
     from_scratch,
     precompute,
+    second_view,
 )
 from clapd.models.finetune_data import (
     WINDOW_SAMPLES,
@@ -92,6 +95,44 @@ def test_a_few_steps_lower_the_loss_and_raise_recall(batch: FeatureSet) -> None:
     after = trainer.evaluate(batch)
     assert after.loss < before.loss - 1.0
     assert after.recall_at_1 >= 0.75 > before.recall_at_1
+
+
+def test_second_view_moves_the_clip_in_time_and_masks_a_span() -> None:
+    features = torch.randn(4, 1, 64, 8)
+    view = second_view(features, torch.Generator().manual_seed(0))
+    for clip, other in zip(features, view, strict=True):
+        kept = [
+            int((torch.roll(clip, s, dims=1) == other).all(dim=-1).sum()) for s in range(clip.shape[1])
+        ]  # frames equal to the clip moved by each shift
+        assert max(kept) >= (1 - MAX_MASKED_SHARE) * clip.shape[1]
+        assert int((other == FLOOR_DB).all(dim=-1).sum()) == clip.shape[1] - max(kept)
+
+
+def test_the_audio_loss_keeps_clips_that_share_a_caption_apart(batch: FeatureSet) -> None:
+    """Two sounds per caption: text contrast alone pulls them together, the audio-to-audio loss keeps what tells
+    them apart (an oven timer's beep from a smoke alarm's) while the captions are still found."""
+    captions = tuple((f"sound {i // 2}",) for i in range(len(batch)))  # clips 0 and 1 share one, 2 and 3 ...
+    data = replace(batch, captions=captions, labels=tuple(c[0] for c in captions))
+    text_only, with_audio = train_tiny(data, 0.0), train_tiny(data, 1.0)
+    assert cosine_of_pairs(with_audio, data) < cosine_of_pairs(text_only, data) - 0.1
+    assert with_audio.evaluate(data).recall_at_1 >= 0.75
+
+
+def train_tiny(data: FeatureSet, audio_contrast: float, steps: int = 60) -> Trainer:
+    start = from_scratch("tiny", [c[0] for c in data.captions], seed=0)
+    settings = TrainSettings(batch_size=8, lr=1e-3, warmup_fraction=0.1, audio_contrast=audio_contrast, progress=False)
+    trainer = Trainer(start, settings, steps)
+    for _ in range(steps):
+        trainer.step(data, list(range(len(data))))
+    return trainer
+
+
+def cosine_of_pairs(trainer: Trainer, data: FeatureSet) -> float:
+    """Mean cosine between the two clips of each caption."""
+    trainer.model.eval()
+    with torch.no_grad():
+        audio = trainer.audio(data.features.float())
+    return float((audio[0::2] * audio[1::2]).sum(dim=1).mean())
 
 
 @pytest.fixture(scope="module")
