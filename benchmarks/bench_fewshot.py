@@ -63,8 +63,8 @@ START, END = "<!-- bench_fewshot:start -->", "<!-- bench_fewshot:end -->"
 PACKAGES = ("onnxruntime", "numpy")
 WANT_CONFUSION_DROP = 0.9  # the share of a confusion's false starts one negative example must remove
 NEGATIVE = "text + 1 negative example"  # the guarded variant's label
-MARGINS = (0.2, 0.4, 0.5, 0.6)  # example_margin besides the default, tried with 3 examples
-NEGATIVE_MARGINS = (0.0, 0.1, 0.2)  # negative_example_margin besides the default, with the negative example
+MARGIN_STEPS = (-0.1, 0.1, 0.2, 0.3)  # example_margins besides the bundle's, from it, tried with 3 examples
+NEGATIVE_MARGIN_SHARES = (0.0, 1 / 3, 2 / 3)  # of the bundle's margin: negative_example_margins besides it
 WITH_NEGATIVES = "3 examples + negatives"  # 3 examples and one negative example of every other unknown sound
 BACKGROUND_PROMPTS: list[str] = ClapdConfig.model_fields["background_prompts"].get_default(call_default_factory=True)
 WINDOW_S, HOP_S = float(DEMO_WINDOWS["window_seconds"]), float(DEMO_WINDOWS["hop_seconds"])
@@ -77,7 +77,20 @@ def shots_label(n: int) -> str:
 
 
 def margin_label(margin: float) -> str:
-    return f"margin {margin:.1f}"
+    return f"margin {margin:.2f}"
+
+
+def bundle_margin(manifest: Manifest) -> float:
+    """The margin a detection's examples get by default: the bundle's own, else the config's fallback."""
+    return manifest.example_margin if manifest.example_margin is not None else EXAMPLE_MARGIN
+
+
+def tried_margins(default: float) -> tuple[float, ...]:
+    return tuple(round(default + step, 2) for step in MARGIN_STEPS if 0.0 <= default + step <= 1.0)
+
+
+def negative_margins(default: float) -> tuple[float, ...]:
+    return tuple(round(default * share, 2) for share in NEGATIVE_MARGIN_SHARES)
 
 
 # --- the model and the detections -----------------------------------------------------------------------------------
@@ -115,7 +128,7 @@ def write_examples(folder: Path, draws: int, seed_offset: int) -> dict[str, list
     return files
 
 
-def variants(name: str, files: dict[str, list[list[str]]]) -> Iterator[tuple[str, str, DetectionConfig]]:
+def variants(name: str, files: dict[str, list[list[str]]], margin: float) -> Iterator[tuple[str, str, DetectionConfig]]:
     """(detection name, variant label, config) of one new class: text only, then per draw each shot count alone and
     with the prompt; and, to see what a detection's false alarms are made of, 3 examples at other margins and with
     one negative example of every other sound the streams hold that the demo model does not know."""
@@ -128,15 +141,15 @@ def variants(name: str, files: dict[str, list[list[str]]]) -> Iterator[tuple[str
             label = shots_label(n)
             yield f"{name}__ex{n}__d{draw}", label, DetectionConfig(**examples)
             yield f"{name}__text_ex{n}__d{draw}", f"text + {label}", DetectionConfig(prompts=[prompt], **examples)
-        for margin in MARGINS:  # the investigation: the same 3 examples at other margins
-            config = DetectionConfig(examples=paths[:3], example_margin=margin, **DEMO_EVENT_SETTINGS)
-            yield f"{name}__ex3_m{round(100 * margin)}__d{draw}", margin_label(margin), config
+        for other in tried_margins(margin):  # the investigation: the same 3 examples at other margins
+            config = DetectionConfig(examples=paths[:3], example_margin=other, **DEMO_EVENT_SETTINGS)
+            yield f"{name}__ex3_m{round(100 * other)}__d{draw}", margin_label(other), config
         negatives = [files[other][draw][0] for other in others]
         config = DetectionConfig(examples=paths[:3], negative_examples=negatives, **DEMO_EVENT_SETTINGS)
         yield f"{name}__ex3_negatives__d{draw}", WITH_NEGATIVES, config
 
 
-def guarded(confusion: str, files: list[list[str]]) -> Iterator[tuple[str, str, DetectionConfig]]:
+def guarded(confusion: str, files: list[list[str]], margin: float) -> Iterator[tuple[str, str, DetectionConfig]]:
     """The resembled demo class as the demo detections have it, and with one negative example of the confusion."""
     resembled = CONFUSIONS[confusion].resembles
     assert resembled is not None
@@ -145,9 +158,9 @@ def guarded(confusion: str, files: list[list[str]]) -> Iterator[tuple[str, str, 
     for draw, paths in enumerate(files):
         negative = DetectionConfig(**shipped, negative_examples=paths[:1])
         yield f"{resembled}__neg1__d{draw}", NEGATIVE, negative
-        for margin in NEGATIVE_MARGINS:
-            config = negative.model_copy(update={"negative_example_margin": margin})
-            yield f"{resembled}__neg1_m{round(100 * margin)}__d{draw}", margin_label(margin), config
+        for smaller in negative_margins(margin):
+            config = negative.model_copy(update={"negative_example_margin": smaller})
+            yield f"{resembled}__neg1_m{round(100 * smaller)}__d{draw}", margin_label(smaller), config
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,13 +171,14 @@ class Plan:
     labels: dict[str, tuple[str, str]]
 
 
-def plan(files: dict[str, list[list[str]]]) -> Plan:
+def plan(files: dict[str, list[list[str]]], margin: float) -> Plan:
+    """`margin`: the bundle's example margin, which the plain variants get by default."""
     configs, labels = {}, {}
     for name in NOVEL:
-        for detection, label, config in variants(name, files):
+        for detection, label, config in variants(name, files, margin):
             configs[detection], labels[detection] = config, (name, label)
     for confusion in CONFUSIONS:
-        for detection, label, config in guarded(confusion, files[confusion]):
+        for detection, label, config in guarded(confusion, files[confusion], margin):
             configs[detection], labels[detection] = config, (confusion, label)
     return Plan(configs, labels)
 
@@ -312,6 +326,7 @@ class Report:
     calibration: CalibrationResult | None  # None: not run
     header: tuple[str, ...]  # date, machine and versions when measured
     seed_offset: int = 0  # every stream and example seed moved by this (another draw of the whole plan)
+    margin: float = EXAMPLE_MARGIN  # the bundle's example margin: the default variants' (`bundle_margin`)
 
 
 def run(
@@ -324,7 +339,7 @@ def run(
     planted: dict[str, int] = {}
     windows: dict[str, list[np.ndarray]] = {}
     with tempfile.TemporaryDirectory(prefix="clapd-fewshot-") as folder:
-        the_plan = plan(write_examples(Path(folder), draws, seed_offset))
+        the_plan = plan(write_examples(Path(folder), draws, seed_offset), bundle_margin(model.manifest))
         detections = model.preparer.prepare(the_plan.configs, BACKGROUND_PROMPTS)
     for k in range(streams):
         stream = make_novel_stream(seed_offset + STREAM_SEED + k, seconds, background=STREAM_BACKGROUNDS[k % 3])
@@ -354,6 +369,7 @@ def run(
         calibrated,
         header,
         seed_offset,
+        bundle_margin(model.manifest),
     )
 
 
@@ -504,7 +520,7 @@ def confusion_table(report: Report) -> list[str]:
     for confusion, sound in CONFUSIONS.items():
         resembled = sound.resembles or ""
         head = f"{resembled} ({DEMO_DETECTIONS[resembled]}) | {confusion} ({report.planted.get(confusion, 0)})"
-        negatives = [NEGATIVE] + [f"{NEGATIVE}, {margin_label(m)}" for m in NEGATIVE_MARGINS]
+        negatives = [NEGATIVE] + [f"{NEGATIVE}, {margin_label(m)}" for m in negative_margins(report.margin)]
         for label in ["text", *negatives]:
             key = label if label in ("text", NEGATIVE) else label.split(", ")[1]
             count, draws = report.counts[(confusion, key)], 1 if label == "text" else report.draws
@@ -532,9 +548,10 @@ def where_table(report: Report) -> list[str]:
 
 def margin_table(report: Report) -> list[str]:
     """3 examples at each example_margin tried, and with negatives: recall / false alarms per hour, F1."""
-    margins = sorted({*MARGINS, EXAMPLE_MARGIN})
-    labels = [shots_label(3) if m == EXAMPLE_MARGIN else margin_label(m) for m in margins] + [WITH_NEGATIVES]
-    header = [margin_label(m) + (" (default)" if m == EXAMPLE_MARGIN else "") for m in margins] + [WITH_NEGATIVES]
+    default = report.margin
+    margins = sorted({*tried_margins(default), default})
+    labels = [shots_label(3) if m == default else margin_label(m) for m in margins] + [WITH_NEGATIVES]
+    header = [margin_label(m) + (" (the bundle's)" if m == default else "") for m in margins] + [WITH_NEGATIVES]
     lines = ["| class | " + " | ".join(header) + " |", "|---|" + "---:|" * len(labels)]
     for name in NOVEL:
         counts = [report.counts[(name, label)] for label in labels]
@@ -607,7 +624,8 @@ def findings(report: Report) -> list[str]:
         if (name, name) in c
         for other, cos in [nearest(report, name)]
     )
-    wider = [n for n in NOVEL if report.counts[(n, margin_label(0.4))].f1 > report.counts[(n, shots_label(3))].f1]
+    larger = round(report.margin + 0.1, 2)
+    wider = [n for n in NOVEL if report.counts[(n, margin_label(larger))].f1 > report.counts[(n, shots_label(3))].f1]
     lines = [
         f"- {on_sounds:.0%} of the false alarms of text and of examples alone fall within other planted sounds, "
         "not on the room: the streams are busy (a sound every 5-12 s), so these rates are rates among sounds.",
@@ -616,8 +634,9 @@ def findings(report: Report) -> list[str]:
         f"mean: {closest}. A detection's score is a softmax against its own negatives and the background prompts "
         "only, so a detection taught by examples fires on any sound whose cosine with its examples, less the "
         "margin, clearly beats the background prompts': on this model, on its neighbours.",
-        f"- A larger `example_margin` trades recall for false alarms: at 0.4, 3 examples had a higher F1 than at the "
-        f"default 0.3 on {len(wider)} of {len(NOVEL)} classes ({', '.join(wider) or 'none'}) of this draw "
+        f"- A larger `example_margin` trades recall for false alarms: at {larger:g}, 3 examples had a higher F1 than "
+        f"at the bundle's {report.margin:g} on {len(wider)} of {len(NOVEL)} classes "
+        f"({', '.join(wider) or 'none'}) of this draw "
         "(another draw of streams and examples, `--seed-offset 500`, has its own winners: compare before "
         "changing the default). Negative examples have their own margin (`negative_example_margin`), so "
         "raising one does not weaken the other. Negative examples of the neighbours (the last column) take "
@@ -628,7 +647,7 @@ def findings(report: Report) -> list[str]:
         sweep = ", ".join(
             f"{margin_label(m)}: {confusion_drop(report, 'oven_timer', key):.0%} removed, recall "
             f"{report.counts[('oven_timer', key)].recall:.0%}"
-            for m, key in [(EXAMPLE_MARGIN, NEGATIVE), *((m, margin_label(m)) for m in NEGATIVE_MARGINS)]
+            for m, key in [(report.margin, NEGATIVE), *((m, margin_label(m)) for m in negative_margins(report.margin))]
         )
         lines.append(
             "- The oven timer's windows that the smoke alarm's prompt scores at its threshold have a cosine of "
@@ -658,7 +677,8 @@ def section(report: Report, bundle: Path) -> str:
         "`Detector` (`detect_offline`), on sound classes it never trained on (`clapd.models.novel_sounds`), in "
         "held-out streams; example files recorded from other seeds (the sound 0.5 s into 5 s of room tone, 25 dB "
         "over it). Demo windows and event settings (2 s every 0.5 s, threshold 0.7 on a 3-window average), "
-        "`example_margin` 0.3 (the default). A start within a planted sound of the detection's class (widened by a "
+        f"`example_margin` {report.margin:g} (the bundle's: its manifest's, measured when it was built; 0.3 where "
+        "it declares none). A start within a planted sound of the detection's class (widened by a "
         "window each side) is a hit; any other start a false alarm. Each example count in "
         f"{report.draws} independent draws of example files, the counts summed over draws.",
         "",

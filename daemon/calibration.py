@@ -76,7 +76,9 @@ def scoring_models(audio_sha256: str, manifest: Manifest) -> str:
     """What a calibration's scores were made with: the audio model (this precision) and the whole text side (the
     text model, and the sentence encoder in front of it if any): a bundle whose text side changed scores prompts
     otherwise although its audio model is the same file."""
-    return f"{audio_sha256}+{manifest.text_side_sha256()}"
+    models = f"{audio_sha256}+{manifest.text_side_sha256()}"
+    # the bundle's example margin moves the scores of detections with examples as a model file would
+    return models if manifest.example_margin is None else f"{models}+margin{manifest.example_margin:g}"
 
 
 def auto_threshold_off(config: DetectionConfig, threshold_on: float) -> float:

@@ -156,7 +156,9 @@ class ExampleEmbedder:
         cache_dir: Path | None,
         model_sha256: str,
         embedding_size: int | None = None,
+        bundle_margin: float | None = None,
     ) -> None:
+        self.bundle_margin = bundle_margin  # the model's own (its manifest's): detections' margins default to it
         self._model = model
         self._rate = sample_rate
         self._window, self._hop, self._model_window = window, hop, model_window
@@ -179,6 +181,7 @@ class ExampleEmbedder:
             cache_dir=cache_dir,
             model_sha256=audio.entry.sha256,
             embedding_size=manifest.embedding_size,
+            bundle_margin=manifest.example_margin,
         )
 
     def embed(self, entries: Iterable[str]) -> np.ndarray:

@@ -140,6 +140,14 @@ class Manifest(_Strict):
     sentence_encoder: SentenceEncoder | None = Field(
         default=None, description="the text model's first stage, outside the bundle; None: the text model is whole"
     )
+    example_margin: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description="the margin that puts this model's audio examples on its text's scale (the default of a "
+        "detection's example_margin and negative_example_margin), measured when the bundle was built: how much "
+        "closer a recording comes to other recordings of its sound than to its caption; None: not measured, 0.3",
+    )
     architecture: dict[str, int | str | list[int]]
 
     @classmethod

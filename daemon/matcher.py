@@ -12,16 +12,19 @@ The detection's own logit (`detection_logits`) combines text and audio examples:
 and each negative prompt competes with `s * cos`, each negative example with `s * (cos - negative margin)`, each
 background prompt with `s * cos` (s: the logit scale).
 
-The margin (`example_margin`, 0.3 by default) puts recordings on the text's scale: a window matches a recording of
-the same sound far more closely than any text describes it (on the demo model, a sound's cosine with another
-recording of it is 0.8 to 1, with its best description about 0.7, and an unrelated sound's with either 0.1 to 0.5).
-Measured on the demo model with examples-only detections of its seven classes (three examples each, cut from other
-demo recordings) over three held-out demo streams: a margin of 0 gave 37 starts on other sounds, 0.2 gave 5, 0.3
-and 0.4 none, each finding every planted sound as the text prompts did; with one example, 0.5 missed 3 of the 21
-planted sounds and 0.6 missed 12. Negative examples have their own margin (`negative_example_margin`, also 0.3):
-the smaller it is, the more a negative example takes away, so the two are set apart. On the few-shot benchmark's
-new sounds (bench_fewshot) 0.4 beat 0.3 for 3 examples on one draw of streams and examples and not on another, so
-the default stays 0.3.
+The margin (`example_margin`) puts recordings on the text's scale: a window matches a recording of the same sound
+far more closely than any text describes it, by an amount that is the model's own. So a bundle declares its margin
+(`Manifest.example_margin`, measured when it is built: how much closer a recording of a sound comes to other
+recordings of it than to its caption, `clapd.export.example_margin`), and a detection that sets none takes it
+(0.3 for a bundle that declares none). Why it must be the model's: on the demo model a sound's cosine with
+another recording of it is 0.8 to 1 and with its best description about 0.7 (its measured margin: 0.32), and over
+three held-out demo streams (examples-only detections of seven classes) a margin of 0 gave 37 starts on other
+sounds, 0.2 gave 5, 0.3 and 0.4 none. A candidate trained to tell recordings apart (`cand5`, docs/benchmarks.md)
+matches captions at about 0.3 and other recordings at 0.7 to 0.95 (its measured margin: 0.51): at 0.3 its examples
+fired on neighbours 2 to 7 times as often as at 0.51 and lost to text on the kettle whistle; at 0.51 they beat
+text on every new sound of bench_fewshot. Negative examples have their own setting
+(`negative_example_margin`, defaulting to the same measured margin): the smaller it is, the more a negative example
+takes away, so the two can be set apart.
 
 The larger of the two logits, not their mean, so an example can teach a detection what its words do not say, and
 adding examples never lowers a score on audio like them. Examples are averaged into one reference rather than each
@@ -77,6 +80,11 @@ def detection_logits(detection: DetectionPrompts, embedding: np.ndarray, logit_s
     return logit_scale * np.concatenate(parts).astype(np.float64)
 
 
+def _margin(configured: float | None, bundle: float | None, fallback: float) -> float:
+    """The detection's own margin, else the bundle's (measured on its model), else the fallback."""
+    return configured if configured is not None else bundle if bundle is not None else fallback
+
+
 def build_detections(
     detections: dict[str, DetectionConfig], cache: PromptCache, examples: ExampleEmbedder | None = None
 ) -> list[DetectionPrompts]:
@@ -91,6 +99,7 @@ def build_detections(
         example = _unit(examples.embed(config.examples).mean(axis=0)) if examples and config.examples else None
         negative_examples = examples.embed(config.negative_examples) if examples and config.negative_examples else None
         size = next(v.size for v in (positive, example) if v is not None)
+        bundle_margin = examples.bundle_margin if examples is not None else None
         negatives = cache.embed(config.negative_prompts) if config.negative_prompts else np.zeros((0, size))
         streams = frozenset(config.streams) if config.streams is not None else None
         built.append(
@@ -101,8 +110,8 @@ def build_detections(
                 streams,
                 example,
                 negative_examples,
-                config.example_margin,
-                config.negative_example_margin,
+                _margin(config.example_margin, bundle_margin, EXAMPLE_MARGIN),
+                _margin(config.negative_example_margin, bundle_margin, NEGATIVE_EXAMPLE_MARGIN),
             )
         )
     return built

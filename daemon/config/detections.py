@@ -110,23 +110,24 @@ class DetectionConfig(Section):
         description="recordings of sounds that must not fire this detection (the microwave beep that sounds like "
         "the smoke alarm), each competing on its own like a negative prompt; files or folders as for examples",
     )
-    example_margin: float = Field(
-        EXAMPLE_MARGIN,
+    example_margin: float | None = Field(
+        None,
         ge=0.0,
         le=1.0,
         description="subtracted from a window's cosine with the examples before it competes with text at the "
         "logit scale: a window matches a recording of the same sound far more closely (cosine near 1) than any "
         "text describes it; the larger, the fewer other sounds the examples fire on and the more of their own "
-        "they miss; the default suits the demo model, whose prompts match their sounds at a cosine near 0.7; a "
-        "model whose prompts match less closely wants a larger margin",
+        "they miss; default: the bundle's own margin (its manifest's `example_margin`, measured when it was "
+        f"built: how much closer its recordings come to each other than to their captions), else {EXAMPLE_MARGIN}",
     )
-    negative_example_margin: float = Field(
-        NEGATIVE_EXAMPLE_MARGIN,
+    negative_example_margin: float | None = Field(
+        None,
         ge=0.0,
         le=1.0,
         description="subtracted from a window's cosine with each negative example before it competes: the smaller, "
         "the more a negative example takes away, its own sound first, then sounds like it (and, when they sound "
-        "alike to the model, this detection's own)",
+        "alike to the model, this detection's own); default: the bundle's own margin, as for example_margin, "
+        f"else {NEGATIVE_EXAMPLE_MARGIN}",
     )
     level: LevelConfig | None = Field(
         None,

@@ -1,0 +1,98 @@
+"""A bundle's example margin: measured when it is built, declared in its manifest, the default of its detections'
+`example_margin` and `negative_example_margin`, and part of what a calibration is made with."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+
+import clapd
+from clapd.daemon.calibration import scoring_models
+from clapd.daemon.config import EXAMPLE_MARGIN, NEGATIVE_EXAMPLE_MARGIN, DetectionConfig
+from clapd.daemon.examples import ExampleEmbedder
+from clapd.daemon.manifest import Manifest
+from clapd.daemon.matcher import build_detections
+from clapd.export.example_margin import REFERENCE_RECORDINGS, sound_gap
+
+DEMO_BUNDLE = Path(clapd.__file__).parent / "demo_bundle"
+ROOT = Path(__file__).resolve().parents[1]
+RATE = 16_000
+
+
+class ToneModel:
+    """Embeds a window by its loudness: enough for a detection to have an example embedding."""
+
+    def embed(self, windows: np.ndarray) -> np.ndarray:
+        rms = np.sqrt(np.mean(windows**2, axis=1))
+        vectors = np.stack([rms, 1 - rms, np.full_like(rms, 0.2)], axis=1)
+        return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+
+
+def embedder(bundle_margin: float | None) -> ExampleEmbedder:
+    return ExampleEmbedder(
+        ToneModel(),
+        sample_rate=RATE,
+        window=RATE,
+        hop=RATE,
+        model_window=RATE,
+        cache_dir=None,
+        model_sha256="tone",
+        bundle_margin=bundle_margin,
+    )
+
+
+@pytest.fixture(scope="module")
+def tone(tmp_path_factory: pytest.TempPathFactory) -> str:
+    path = tmp_path_factory.mktemp("examples") / "tone.wav"
+    soundfile.write(path, 0.3 * np.sin(np.arange(RATE) / 7).astype(np.float32), RATE)
+    return str(path)
+
+
+def margins(tone: str, bundle_margin: float | None, **configured: float) -> tuple[float, float]:
+    config = DetectionConfig(examples=[tone], negative_examples=[tone], **configured)
+    (built,) = build_detections({"d": config}, cache=None, examples=embedder(bundle_margin))  # type: ignore[arg-type]
+    return built.margin, built.negative_margin
+
+
+def test_a_detection_takes_the_bundles_margin_unless_it_sets_its_own(tone: str) -> None:
+    assert margins(tone, 0.45) == (0.45, 0.45)
+    assert margins(tone, 0.45, example_margin=0.2) == (0.2, 0.45)
+    assert margins(tone, 0.45, negative_example_margin=0.1) == (0.45, 0.1)
+    assert margins(tone, None) == (EXAMPLE_MARGIN, NEGATIVE_EXAMPLE_MARGIN)
+
+
+def test_the_gap_is_how_much_closer_recordings_come_to_each_other_than_to_their_caption() -> None:
+    recording = np.array([1.0, 0.0, 0.0])
+    caption = np.array([0.25, np.sqrt(1 - 0.25**2), 0.0])
+    assert sound_gap(np.tile(recording, (5, 1)), caption) == pytest.approx(0.75)
+    spread = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]] * 3)  # two kinds under one caption: they are far apart
+    assert sound_gap(spread, caption) < sound_gap(np.tile(recording, (6, 1)), caption)
+    with pytest.raises(ValueError, match="needs more than"):
+        sound_gap(np.tile(recording, (REFERENCE_RECORDINGS, 1)), caption)
+
+
+def test_a_calibration_belongs_to_the_bundles_margin() -> None:
+    manifest = Manifest.read(DEMO_BUNDLE)
+    other = manifest.model_copy(update={"example_margin": (manifest.example_margin or 0.3) + 0.1})
+    assert scoring_models("audio", manifest) != scoring_models("audio", other)
+
+
+def test_the_demo_bundle_declares_the_margin_its_build_measures(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = importlib.util.spec_from_file_location("build_demo_model", ROOT / "scripts" / "build_demo_model.py")
+    assert spec is not None and spec.loader is not None
+    build = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, build)  # its dataclasses look their module up there
+    spec.loader.exec_module(build)
+    copy = shutil.copytree(DEMO_BUNDLE, tmp_path / "bundle")
+    shipped = Manifest.read(DEMO_BUNDLE)
+    build.measure_example_margin(copy)
+    assert shipped.example_margin is not None
+    assert Manifest.read(copy).example_margin == shipped.example_margin
