@@ -90,6 +90,7 @@ def build_detections(
 ) -> list[DetectionPrompts]:
     """Model detections (not `level` ones) with their prompts and examples embedded."""
     built = []
+    bundle_margin = examples.bundle_margin if examples is not None else None
     for name, config in detections.items():
         if config.level is not None:
             continue
@@ -99,7 +100,6 @@ def build_detections(
         example = _unit(examples.embed(config.examples).mean(axis=0)) if examples and config.examples else None
         negative_examples = examples.embed(config.negative_examples) if examples and config.negative_examples else None
         size = next(v.size for v in (positive, example) if v is not None)
-        bundle_margin = examples.bundle_margin if examples is not None else None
         negatives = cache.embed(config.negative_prompts) if config.negative_prompts else np.zeros((0, size))
         streams = frozenset(config.streams) if config.streams is not None else None
         built.append(

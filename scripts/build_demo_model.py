@@ -164,6 +164,7 @@ def attach_sentence_encoder(out: Path, recipe: Recipe) -> None:
 
 MARGIN_RECORDINGS = 8  # per training class
 MARGIN_SNR_DB = 25.0  # over room tone, as bench_fewshot's example files
+MARGIN_PEAK_DBFS = -12.0  # each recording's peak
 
 
 def measure_example_margin(out: Path) -> None:
@@ -171,14 +172,13 @@ def measure_example_margin(out: Path) -> None:
     demo window long (seeded: the same bundle gets the same margin)."""
     rng = np.random.default_rng(SEED)
     seconds = float(DEMO_WINDOWS["window_seconds"])
+
+    def recording(sound: synthetic.SoundClass) -> np.ndarray:
+        room = synthetic.room_tone(rng, seconds)
+        return synthetic.mix(sound.make(rng, seconds), room, MARGIN_SNR_DB, MARGIN_PEAK_DBFS)
+
     sounds = {
-        name: example_margin.Sound(
-            [
-                synthetic.mix(sound.make(rng, seconds), synthetic.room_tone(rng, seconds), MARGIN_SNR_DB, -12.0)
-                for _ in range(MARGIN_RECORDINGS)
-            ],
-            sound.captions[0],
-        )
+        name: example_margin.Sound([recording(sound) for _ in range(MARGIN_RECORDINGS)], sound.captions[0])
         for name, sound in synthetic.CLASSES.items()
     }
     margin = example_margin.measure(out, sounds)
