@@ -174,8 +174,8 @@ def measure_example_margin(out: Path) -> None:
     seconds = float(DEMO_WINDOWS["window_seconds"])
 
     def recording(sound: synthetic.SoundClass) -> np.ndarray:
-        room = synthetic.room_tone(rng, seconds)
-        return synthetic.mix(sound.make(rng, seconds), room, MARGIN_SNR_DB, MARGIN_PEAK_DBFS)
+        made = sound.make(rng, seconds)  # before the room: the draws' order is the margin's seed
+        return synthetic.mix(made, synthetic.room_tone(rng, seconds), MARGIN_SNR_DB, MARGIN_PEAK_DBFS)
 
     sounds = {
         name: example_margin.Sound([recording(sound) for _ in range(MARGIN_RECORDINGS)], sound.captions[0])
