@@ -82,7 +82,9 @@ def assemble(
         manifest.logit_scale,
         manifest.embedding_size,
         examples=examples,
-        thresholds=AutoThresholds(CalibrationStore(config.state_dir), scoring_models(audio.entry.sha256, manifest)),
+        thresholds=AutoThresholds(
+            CalibrationStore(config.state_dir), scoring_models(audio.entry.sha256, manifest), manifest.example_margin
+        ),
     )
     detections = preparer.prepare(config.detections, list(config.background_prompts))
     audio.warm_up()

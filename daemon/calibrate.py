@@ -178,8 +178,11 @@ class StartCurve:
         return None
 
 
-def choose_threshold(config: DetectionConfig, run: AmbientRun, background: Sequence[str]) -> ChosenThreshold:
-    """The lowest threshold_on that starts at most `config.false_alarms_per_day` events a day on audio like this."""
+def choose_threshold(
+    config: DetectionConfig, run: AmbientRun, background: Sequence[str], bundle_margin: float | None = None
+) -> ChosenThreshold:
+    """The lowest threshold_on that starts at most `config.false_alarms_per_day` events a day on audio like this;
+    `bundle_margin`: the manifest's `example_margin`, part of the calibration's fingerprint."""
     curve = StartCurve(config, run)
     ambient = ambient_scores(config, run.scores)
     target = config.false_alarms_per_day
@@ -199,7 +202,7 @@ def choose_threshold(config: DetectionConfig, run: AmbientRun, background: Seque
     threshold = math.ceil(round(threshold * 1e4, 6)) / 1e4  # up: a threshold found by counting stays on its side
     per_day = curve.per_day(threshold)
     return ChosenThreshold(
-        fingerprint=fingerprint(config, background),
+        fingerprint=fingerprint(config, background, bundle_margin),
         threshold_on=threshold,
         threshold_off=auto_threshold_off(config, threshold),
         starts_per_day=round(per_day, 4) if per_day is not None else None,
@@ -321,7 +324,8 @@ def calibrate(
         if detection.level is not None:
             continue  # loudness alone: no score to calibrate
         runs[name] = AmbientRun(table.scores[:, column], starts, ends, rate, hop, len(audio) / rate)
-        chosen[name] = choose_threshold(detection, runs[name], list(config.background_prompts))
+        background = list(config.background_prompts)
+        chosen[name] = choose_threshold(detection, runs[name], background, classifier.bundle_margin)
     own = own_scores(classifier, config, {name: own_recordings(config, name, sounds or {}) for name in chosen})
     checks = {name: sound_check(config.detections[name], runs[name], lowest) for name, lowest in own.items()}
     seconds = len(audio) / rate

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from clapd.daemon.config import DetectionConfig
 from clapd.daemon.manifest import Manifest
+from clapd.daemon.matcher import margins_for
 from clapd.daemon.state_files import read_json, write_json_atomically
 
 CALIBRATION_FILE = "calibration.json"  # in the state directory
@@ -65,9 +66,12 @@ class ChosenThreshold:
     ambient: AmbientScores
 
 
-def fingerprint(config: DetectionConfig, background: Sequence[str]) -> str:
-    """sha256 of what a calibration depends on: the detection's scoring and timing fields and the background."""
+def fingerprint(config: DetectionConfig, background: Sequence[str], bundle_margin: float | None = None) -> str:
+    """sha256 of what a calibration depends on: the detection's scoring and timing fields and the background. Its
+    margins as it scores with them (`margins_for`: a detection with examples takes the bundle's margin unless it
+    sets its own; one without examples the defaults, so its calibration is the same whatever the bundle declares)."""
     fields = {name: getattr(config, name) for name in FINGERPRINT_FIELDS}
+    fields["example_margin"], fields["negative_example_margin"] = margins_for(config, bundle_margin)
     fields["background"] = list(background)
     return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode("utf-8")).hexdigest()
 
@@ -76,9 +80,7 @@ def scoring_models(audio_sha256: str, manifest: Manifest) -> str:
     """What a calibration's scores were made with: the audio model (this precision) and the whole text side (the
     text model, and the sentence encoder in front of it if any): a bundle whose text side changed scores prompts
     otherwise although its audio model is the same file."""
-    models = f"{audio_sha256}+{manifest.text_side_sha256()}"
-    # the bundle's example margin moves the scores of detections with examples as a model file would
-    return models if manifest.example_margin is None else f"{models}+margin{manifest.example_margin:g}"
+    return f"{audio_sha256}+{manifest.text_side_sha256()}"
 
 
 def auto_threshold_off(config: DetectionConfig, threshold_on: float) -> float:
@@ -136,9 +138,10 @@ class AutoThresholds:
     """Replaces `threshold_on: auto` by the stored calibration of each detection (`resolve`); without a store
     (`clapd classify` without a config), every auto threshold is refused."""
 
-    def __init__(self, store: CalibrationStore | None, models: str) -> None:
+    def __init__(self, store: CalibrationStore | None, models: str, bundle_margin: float | None = None) -> None:
         self._store = store
         self._models = models  # `scoring_models`
+        self._bundle_margin = bundle_margin  # the manifest's `example_margin`
 
     def resolve(
         self, detections: Mapping[str, DetectionConfig], background: Sequence[str]
@@ -156,7 +159,7 @@ class AutoThresholds:
                 resolved[name] = config.model_copy(update={"threshold_on": 0.5, "threshold_off": 0.0})
                 continue
             chosen = stored.get(name)
-            if chosen is None or chosen.fingerprint != fingerprint(config, background):
+            if chosen is None or chosen.fingerprint != fingerprint(config, background, self._bundle_margin):
                 why = "no calibration for it" if chosen is None else "it changed since it was calibrated"
                 problems.append(
                     f"detections.{name}.threshold_on = 'auto': {why} with this model in {where}; "

@@ -80,8 +80,18 @@ def detection_logits(detection: DetectionPrompts, embedding: np.ndarray, logit_s
     return logit_scale * np.concatenate(parts).astype(np.float64)
 
 
+def margins_for(config: DetectionConfig, bundle_margin: float | None) -> tuple[float, float]:
+    """(example margin, negative example margin) the detection scores with: its own, else the bundle's (measured
+    on its model), else the defaults. A detection without examples uses no margin, so it gets the defaults
+    whatever the bundle declares: its calibration does not depend on the bundle's margin."""
+    bundle = bundle_margin if config.examples or config.negative_examples else None
+    return (
+        _margin(config.example_margin, bundle, EXAMPLE_MARGIN),
+        _margin(config.negative_example_margin, bundle, NEGATIVE_EXAMPLE_MARGIN),
+    )
+
+
 def _margin(configured: float | None, bundle: float | None, fallback: float) -> float:
-    """The detection's own margin, else the bundle's (measured on its model), else the fallback."""
     return configured if configured is not None else bundle if bundle is not None else fallback
 
 
@@ -110,8 +120,7 @@ def build_detections(
                 streams,
                 example,
                 negative_examples,
-                _margin(config.example_margin, bundle_margin, EXAMPLE_MARGIN),
-                _margin(config.negative_example_margin, bundle_margin, NEGATIVE_EXAMPLE_MARGIN),
+                *margins_for(config, bundle_margin),
             )
         )
     return built

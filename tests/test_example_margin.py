@@ -13,7 +13,7 @@ import pytest
 import soundfile
 
 import clapd
-from clapd.daemon.calibration import scoring_models
+from clapd.daemon.calibration import fingerprint
 from clapd.daemon.config import EXAMPLE_MARGIN, NEGATIVE_EXAMPLE_MARGIN, DetectionConfig
 from clapd.daemon.examples import ExampleEmbedder
 from clapd.daemon.manifest import Manifest
@@ -77,10 +77,18 @@ def test_the_gap_is_how_much_closer_recordings_come_to_each_other_than_to_their_
         sound_gap(np.tile(recording, (REFERENCE_RECORDINGS, 1)), caption)
 
 
-def test_a_calibration_belongs_to_the_bundles_margin() -> None:
-    manifest = Manifest.read(DEMO_BUNDLE)
-    other = manifest.model_copy(update={"example_margin": (manifest.example_margin or 0.3) + 0.1})
-    assert scoring_models("audio", manifest) != scoring_models("audio", other)
+def test_a_calibration_with_examples_belongs_to_the_bundles_margin_one_without_does_not(tone: str) -> None:
+    text_only = DetectionConfig(prompts=["a kettle whistling"])
+    as_before = DetectionConfig(prompts=["a kettle whistling"], example_margin=0.3, negative_example_margin=0.3)
+    # a text-only detection's calibration does not move with the bundle's margin (calibrations stored before
+    # bundles declared one still apply)
+    assert (
+        fingerprint(text_only, ["room"], 0.51) == fingerprint(text_only, ["room"]) == fingerprint(as_before, ["room"])
+    )
+    taught = DetectionConfig(examples=[tone])
+    assert fingerprint(taught, ["room"], 0.32) != fingerprint(taught, ["room"], 0.51)
+    own = DetectionConfig(examples=[tone], example_margin=0.51, negative_example_margin=0.51)
+    assert fingerprint(taught, ["room"], 0.51) == fingerprint(own, ["room"], 0.32)  # what it scores with counts
 
 
 def test_the_demo_bundle_declares_the_margin_its_build_measures(
