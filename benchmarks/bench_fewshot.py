@@ -335,11 +335,12 @@ def run(
     began, cpu, load = time.perf_counter(), time.process_time(), os.getloadavg()[0]
     header = tuple(header_lines(PACKAGES, machine_note=f" (1-min load average at start: {load:.2f})"))
     model = open_model(bundle, precision)
+    margin = bundle_margin(model.manifest)  # the default variants' (each detection that sets none)
     counts: dict[tuple[str, str], Count] = {}
     planted: dict[str, int] = {}
     windows: dict[str, list[np.ndarray]] = {}
     with tempfile.TemporaryDirectory(prefix="clapd-fewshot-") as folder:
-        the_plan = plan(write_examples(Path(folder), draws, seed_offset), bundle_margin(model.manifest))
+        the_plan = plan(write_examples(Path(folder), draws, seed_offset), margin)
         detections = model.preparer.prepare(the_plan.configs, BACKGROUND_PROMPTS)
     for k in range(streams):
         stream = make_novel_stream(seed_offset + STREAM_SEED + k, seconds, background=STREAM_BACKGROUNDS[k % 3])
@@ -369,7 +370,7 @@ def run(
         calibrated,
         header,
         seed_offset,
-        bundle_margin(model.manifest),
+        margin,
     )
 
 

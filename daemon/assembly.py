@@ -82,9 +82,7 @@ def assemble(
         manifest.logit_scale,
         manifest.embedding_size,
         examples=examples,
-        thresholds=AutoThresholds(
-            CalibrationStore(config.state_dir), scoring_models(audio.entry.sha256, manifest), manifest.example_margin
-        ),
+        thresholds=AutoThresholds(CalibrationStore(config.state_dir), scoring_models(audio.entry.sha256, manifest)),
     )
     detections = preparer.prepare(config.detections, list(config.background_prompts))
     audio.warm_up()

@@ -319,12 +319,12 @@ def calibrate(
     hop = round(classifier.hop_seconds * rate)
     starts, ends = np.round(table.starts * rate).astype(int), np.round(table.ends * rate).astype(int)
     chosen, runs = {}, {}
+    background = list(config.background_prompts)
     for column, name in enumerate(table.prompts):
         detection = config.detections[name]
         if detection.level is not None:
             continue  # loudness alone: no score to calibrate
         runs[name] = AmbientRun(table.scores[:, column], starts, ends, rate, hop, len(audio) / rate)
-        background = list(config.background_prompts)
         chosen[name] = choose_threshold(detection, runs[name], background, classifier.bundle_margin)
     own = own_scores(classifier, config, {name: own_recordings(config, name, sounds or {}) for name in chosen})
     checks = {name: sound_check(config.detections[name], runs[name], lowest) for name, lowest in own.items()}

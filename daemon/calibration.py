@@ -138,15 +138,15 @@ class AutoThresholds:
     """Replaces `threshold_on: auto` by the stored calibration of each detection (`resolve`); without a store
     (`clapd classify` without a config), every auto threshold is refused."""
 
-    def __init__(self, store: CalibrationStore | None, models: str, bundle_margin: float | None = None) -> None:
+    def __init__(self, store: CalibrationStore | None, models: str) -> None:
         self._store = store
         self._models = models  # `scoring_models`
-        self._bundle_margin = bundle_margin  # the manifest's `example_margin`
 
     def resolve(
-        self, detections: Mapping[str, DetectionConfig], background: Sequence[str]
+        self, detections: Mapping[str, DetectionConfig], background: Sequence[str], bundle_margin: float | None = None
     ) -> dict[str, DetectionConfig]:
-        """The detections with every auto threshold made a number; `CalibrationError` names each one that cannot be."""
+        """The detections with every auto threshold made a number; `CalibrationError` names each one that cannot be.
+        `bundle_margin`: the manifest's `example_margin`, which detections with examples score with by default."""
         auto = {name: config for name, config in detections.items() if config.threshold_on == "auto"}
         if not auto:
             return dict(detections)
@@ -159,7 +159,7 @@ class AutoThresholds:
                 resolved[name] = config.model_copy(update={"threshold_on": 0.5, "threshold_off": 0.0})
                 continue
             chosen = stored.get(name)
-            if chosen is None or chosen.fingerprint != fingerprint(config, background, self._bundle_margin):
+            if chosen is None or chosen.fingerprint != fingerprint(config, background, bundle_margin):
                 why = "no calibration for it" if chosen is None else "it changed since it was calibrated"
                 problems.append(
                     f"detections.{name}.threshold_on = 'auto': {why} with this model in {where}; "

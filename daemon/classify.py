@@ -157,7 +157,7 @@ class Classifier:
         store = CalibrationStore(scoring.state_dir) if scoring.state_dir is not None else None
         self.scoring_models = scoring_models(self.audio_model.entry.sha256, manifest)  # what a calibration is made with
         self.bundle_margin = manifest.example_margin  # detections with examples score with it by default
-        thresholds = AutoThresholds(store, self.scoring_models, self.bundle_margin)
+        thresholds = AutoThresholds(store, self.scoring_models)
         preparer = DetectionPreparer(
             text, None, manifest.text_side_sha256(), manifest.logit_scale, examples=examples, thresholds=thresholds
         )

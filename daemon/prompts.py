@@ -118,7 +118,8 @@ class DetectionPreparer:
         """`ExampleError` (a ValueError) names an example file that cannot be used, `CalibrationError` (a ValueError)
         an auto threshold without a calibration; both before anything is embedded."""
         with self._lock:
-            resolved = self._thresholds.resolve(detections, background)
+            bundle_margin = self._examples.bundle_margin if self._examples is not None else None
+            resolved = self._thresholds.resolve(detections, background, bundle_margin)
             model_detections = {n: c for n, c in detections.items() if c.level is None}
             try:
                 built = build_detections(model_detections, self._cache, self._examples)
