@@ -9,17 +9,23 @@ recordings at 0.7 to 0.95, and at 0.3 its examples fired on other sounds 2 to 7 
 measures for it (bench_fewshot, 2026-12-02). So the build measures
 the gap on labelled recordings of its own training sounds, each scored as the daemon scores an example: windows of
 the daemon's length, repeat-padded to the model's input, against the mean of `REFERENCE_RECORDINGS` others.
+
+A bundle built from another checkpoint (`clapd export` of LAION's or a fine-tuned model) has no labelled
+recordings at hand; `clapd example-margin BUNDLE FOLDER` measures its margin on the user's own (`labelled_recordings`:
+one subfolder per sound, named by its caption), each embedded as the daemon embeds an example file
+(`clapd.daemon.examples.ExampleEmbedder`), so the bundle's detections stop falling back to 0.3.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from clapd.daemon.config import ModelConfig
+from clapd.daemon.examples import ExampleEmbedder, ExampleError, example_files, read_example
 from clapd.daemon.inference import AudioModel, TextModel, open_bundle
 from clapd.daemon.manifest import Manifest
 
@@ -53,16 +59,71 @@ def sound_gap(recordings: np.ndarray, caption: np.ndarray) -> float:
     return float(np.mean(gaps))
 
 
-def measure(bundle_dir: Path, sounds: Mapping[str, Sound]) -> float:
-    """The median over sounds of `sound_gap`, through the daemon's own models (default precision on the CPU)."""
+class MarginSourceError(ValueError):
+    """Labelled recordings that cannot measure a margin; the message names the folder or file and the reason."""
+
+
+def labelled_recordings(folder: Path) -> dict[str, list[Path]]:
+    """Caption -> recordings of that sound: each subfolder of `folder` is one sound, its name (underscores read as
+    spaces) the caption, its audio files the recordings, each checked as an example file is."""
+    try:
+        subfolders = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    except OSError as e:
+        raise MarginSourceError(f"{folder}: cannot list it: {e.strerror or e}") from e
+    if not subfolders:
+        raise MarginSourceError(f"{folder}: no subfolders (one folder of recordings per sound, named by its caption)")
+    labelled = {}
+    for subfolder in subfolders:
+        try:
+            files = example_files(subfolder)
+        except ExampleError as e:
+            raise MarginSourceError(f"{subfolder}: {e}") from e
+        if len(files) <= REFERENCE_RECORDINGS:
+            raise MarginSourceError(
+                f"{subfolder}: {len(files)} recordings; a sound needs more than {REFERENCE_RECORDINGS}"
+            )
+        for file in files:
+            try:
+                read_example(file)
+            except ExampleError as e:
+                raise MarginSourceError(f"{file}: {e}") from e
+        labelled[subfolder.name.replace("_", " ")] = files
+    return labelled
+
+
+def _models(bundle_dir: Path) -> tuple[Manifest, AudioModel, TextModel]:
+    """The daemon's own models of the bundle (default precision, on the CPU)."""
     manifest = open_bundle(bundle_dir)
     config = ModelConfig(bundle=bundle_dir, providers=["cpu"])
-    audio, text = AudioModel(bundle_dir, manifest, config), TextModel(bundle_dir, manifest, config)
-    gaps = []
+    return manifest, AudioModel(bundle_dir, manifest, config), TextModel(bundle_dir, manifest, config)
+
+
+def _median_gap(text: TextModel, embedded: Iterable[tuple[str, np.ndarray]]) -> float:
+    """The median over sounds (caption, its recordings' unit embeddings) of `sound_gap`."""
+    gaps = [sound_gap(recordings, _unit(text.embed([caption])[0])) for caption, recordings in embedded]
+    return round(float(np.median(gaps)), DECIMALS)
+
+
+def measure(bundle_dir: Path, sounds: Mapping[str, Sound]) -> float:
+    """The median over sounds of `sound_gap`, each recording one window repeat-padded to the model's input."""
+    manifest, audio, text = _models(bundle_dir)
+    embedded = []
     for sound in sounds.values():
         windows = np.stack([np.resize(r, manifest.window_samples) for r in sound.recordings]).astype(np.float32)
-        gaps.append(sound_gap(_unit(audio.embed(windows)), _unit(text.embed([sound.caption])[0])))
-    return round(float(np.median(gaps)), DECIMALS)
+        embedded.append((sound.caption, _unit(audio.embed(windows))))
+    return _median_gap(text, embedded)
+
+
+def measure_recordings(
+    bundle_dir: Path, labelled: Mapping[str, Sequence[Path]], window_seconds: float, hop_seconds: float
+) -> float:
+    """The median over sounds of `sound_gap`, each recording embedded as the daemon embeds an example file with
+    windows of `window_seconds` (at most the model's input) every `hop_seconds`."""
+    manifest, audio, text = _models(bundle_dir)
+    window = min(round(window_seconds * manifest.sample_rate), manifest.window_samples)
+    hop = min(round(hop_seconds * manifest.sample_rate), window)
+    embedder = ExampleEmbedder.for_model(audio, manifest, window, hop)
+    return _median_gap(text, ((caption, embedder.embed(str(f) for f in files)) for caption, files in labelled.items()))
 
 
 def record(bundle_dir: Path, margin: float, how: str) -> Manifest:

@@ -168,9 +168,9 @@ MARGIN_SNR_DB = 25.0  # over room tone, as bench_fewshot's example files
 MARGIN_PEAK_DBFS = -12.0  # each recording's peak
 
 
-def measure_example_margin(out: Path) -> None:
-    """The bundle's example margin (`clapd.export.example_margin`) on recordings of the generator's classes, one
-    demo window long (seeded: the same bundle gets the same margin)."""
+def margin_sounds() -> dict[str, example_margin.Sound]:
+    """Recordings of the generator's classes, one demo window long, each under its first caption (seeded: the same
+    recordings every build)."""
     rng = np.random.default_rng(SEED)
     seconds = float(DEMO_WINDOWS["window_seconds"])
 
@@ -178,10 +178,16 @@ def measure_example_margin(out: Path) -> None:
         made = sound.make(rng, seconds)  # before the room: the draws' order is the margin's seed
         return synthetic.mix(made, synthetic.room_tone(rng, seconds), MARGIN_SNR_DB, MARGIN_PEAK_DBFS)
 
-    sounds = {
+    return {
         name: example_margin.Sound([recording(sound) for _ in range(MARGIN_RECORDINGS)], sound.captions[0])
         for name, sound in synthetic.CLASSES.items()
     }
+
+
+def measure_example_margin(out: Path) -> None:
+    """The bundle's example margin (`clapd.export.example_margin`) on `margin_sounds`."""
+    seconds = float(DEMO_WINDOWS["window_seconds"])
+    sounds = margin_sounds()
     margin = example_margin.measure(out, sounds)
     how = (
         f"measured by scripts/build_demo_model.py: the median over the generator's classes of how much closer a "

@@ -7,10 +7,12 @@ import importlib.util
 import shutil
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
 import soundfile
+from helpers import run_clapd
 
 import clapd
 from clapd.daemon.calibration import fingerprint
@@ -91,16 +93,80 @@ def test_a_calibration_with_examples_belongs_to_the_bundles_margin_one_without_d
     assert fingerprint(taught, ["room"], 0.51) == fingerprint(own, ["room"], 0.32)  # what it scores with counts
 
 
-def test_the_demo_bundle_declares_the_margin_its_build_measures(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def build_script(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """scripts/build_demo_model.py as a module."""
     spec = importlib.util.spec_from_file_location("build_demo_model", ROOT / "scripts" / "build_demo_model.py")
     assert spec is not None and spec.loader is not None
     build = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, spec.name, build)  # its dataclasses look their module up there
     spec.loader.exec_module(build)
+    return build
+
+
+def test_the_demo_bundle_declares_the_margin_its_build_measures(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    build = build_script(monkeypatch)
     copy = shutil.copytree(DEMO_BUNDLE, tmp_path / "bundle")
     shipped = Manifest.read(DEMO_BUNDLE)
     build.measure_example_margin(copy)
     assert shipped.example_margin is not None
     assert Manifest.read(copy).example_margin == shipped.example_margin
+
+
+def write_labelled(folder: Path, sounds: dict) -> Path:
+    """Each sound's recordings as files in a subfolder named by its caption."""
+    for sound in sounds.values():
+        subfolder = folder / sound.caption.replace(" ", "_")
+        subfolder.mkdir(parents=True)
+        for i, recording in enumerate(sound.recordings):
+            soundfile.write(subfolder / f"{i}.wav", recording, 48_000, subtype="FLOAT")
+    return folder
+
+
+def test_example_margin_measures_a_bundle_on_a_users_recordings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`clapd example-margin` on the build's own recordings, as files in a folder per caption, measures what the
+    build declared; --dry-run leaves the manifest alone; without it the margin and a note are written."""
+    labelled = write_labelled(tmp_path / "sounds", build_script(monkeypatch).margin_sounds())
+    copy = shutil.copytree(DEMO_BUNDLE, tmp_path / "bundle")
+    Manifest.read(copy).model_copy(update={"example_margin": None}).write(copy)  # as an exported bundle
+    assert Manifest.read(copy).example_margin is None
+    dry = run_clapd("example-margin", str(copy), str(labelled), "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    shipped = Manifest.read(DEMO_BUNDLE).example_margin
+    assert f"example margin: {shipped:g} (median over 10 sounds, 80 recordings)" in dry.stdout
+    assert Manifest.read(copy).example_margin is None
+    written = run_clapd("example-margin", str(copy), str(labelled), "--window-seconds", "2", "--hop-seconds", "0.5")
+    assert written.returncode == 0, written.stderr
+    measured = Manifest.read(copy)
+    assert measured.example_margin == shipped
+    assert measured.notes[-1].startswith(f"example_margin {shipped:g}: measured by clapd example-margin on 10 sounds")
+
+
+def test_example_margin_names_what_is_wrong_and_writes_nothing(tmp_path: Path) -> None:
+    copy = shutil.copytree(DEMO_BUNDLE, tmp_path / "bundle")
+    before = (copy / "manifest.json").read_bytes()
+
+    def refusal(folder: Path, *options: str) -> str:
+        result = run_clapd("example-margin", str(copy), str(folder), *options)
+        assert result.returncode == 2, result.stdout
+        return result.stderr
+
+    sounds = tmp_path / "sounds"
+    sounds.mkdir()
+    assert "no subfolders (one folder of recordings per sound, named by its caption)" in refusal(sounds)
+    kettle = sounds / "a_kettle_whistling"
+    kettle.mkdir()
+    tone = 0.3 * np.sin(np.arange(RATE) / 7).astype(np.float32)
+    for i in range(REFERENCE_RECORDINGS):
+        soundfile.write(kettle / f"{i}.wav", tone, RATE)
+    too_few = f"{kettle}: {REFERENCE_RECORDINGS} recordings; a sound needs more than {REFERENCE_RECORDINGS}"
+    assert too_few in refusal(sounds)
+    soundfile.write(kettle / "quiet.wav", tone * 1e-4, RATE)
+    assert f"{kettle / 'quiet.wav'}: silent" in refusal(sounds)
+    assert "windows.window_seconds = 0.5: Input should be greater than or equal to 1" in refusal(
+        sounds, "--window-seconds", "0.5"
+    )
+    assert (copy / "manifest.json").read_bytes() == before

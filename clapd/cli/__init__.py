@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from clapd.cli.audio_commands import add_calibrate, add_classify, add_learn_normal, add_search
 from clapd.cli.daemon_commands import add_check_config, add_devices, add_listen, add_run
 from clapd.cli.example_commands import add_example_commands
-from clapd.cli.model_commands import add_export, add_finetune, add_reference_model
+from clapd.cli.model_commands import add_example_margin, add_export, add_finetune, add_reference_model
 from clapd.cli.service_commands import CONFIG_FILE, JETSON_DROP_IN, UNIT_FILE, add_install_service
 
 __all__ = ["CONFIG_FILE", "JETSON_DROP_IN", "UNIT_FILE", "build_parser", "main"]
@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_calibrate,
         add_example_commands,
         add_export,
+        add_example_margin,
         add_finetune,
         add_reference_model,
         add_install_service,
