@@ -297,13 +297,14 @@ def few_starts_warning(name: str, choice: ChosenThreshold, days: float) -> str |
 
 
 def format_report(report: Report) -> str:
-    header = f"{'detection':<24} {'p50':>6} {'p99':>6} {'max':>6} {'on':>6} {'off':>6} {'per day':>8}  method"
+    # the thresholds as stored (to 1e-4, rounded up), so the table and the warnings name the same number
+    header = f"{'detection':<24} {'p50':>6} {'p99':>6} {'max':>6} {'on':>7} {'off':>7} {'per day':>8}  method"
     lines = [f"ambient audio: {report.seconds / 60:.1f} min", header]
     for name, c in report.chosen.items():
         per_day = "-" if c.starts_per_day is None else f"{c.starts_per_day:.2f}"
         lines.append(
             f"{name:<24} {c.ambient.p50:6.3f} {c.ambient.p99:6.3f} {c.ambient.max:6.3f} "
-            f"{c.threshold_on:6.3f} {c.threshold_off:6.3f} {per_day:>8}  {c.method}"
+            f"{c.threshold_on:7.4f} {c.threshold_off:7.4f} {per_day:>8}  {c.method}"
         )
     lines.extend(f"warning: {warning}" for warning in report.warnings)
     return "\n".join(lines)

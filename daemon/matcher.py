@@ -15,16 +15,16 @@ background prompt with `s * cos` (s: the logit scale).
 The margin (`example_margin`) puts recordings on the text's scale: a window matches a recording of the same sound
 far more closely than any text describes it, by an amount that is the model's own. So a bundle declares its margin
 (`Manifest.example_margin`, measured when it is built: how much closer a recording of a sound comes to other
-recordings of it than to its caption, `clapd.export.example_margin`), and a detection that sets none takes it
-(0.3 for a bundle that declares none). Why it must be the model's: on the demo model a sound's cosine with
-another recording of it is 0.8 to 1 and with its best description about 0.7 (its measured margin: 0.32), and over
-three held-out demo streams (examples-only detections of seven classes) a margin of 0 gave 37 starts on other
-sounds, 0.2 gave 5, 0.3 and 0.4 none. A candidate trained to tell recordings apart (`cand5`, docs/benchmarks.md)
-matches captions at about 0.3 and other recordings at 0.7 to 0.95 (its measured margin: 0.51): at 0.3 its examples
-fired on neighbours 2 to 7 times as often as at 0.51 and lost to text on the kettle whistle; at 0.51 they beat
-text on every new sound of bench_fewshot. Negative examples have their own setting
-(`negative_example_margin`, defaulting to the same measured margin): the smaller it is, the more a negative example
-takes away, so the two can be set apart.
+recordings of it than to its caption, `clapd.export.example_margin`), and a detection that sets none takes it (0.3
+for a bundle that declares none). Why it must be the model's: on the demo model shipped until 2026-12-02 a sound's
+cosine with another recording of it is 0.8 to 1 and with its best description about 0.7 (its measured margin: 0.32),
+and over three held-out demo streams (examples-only detections of seven classes) a margin of 0 gave 37 starts on
+other sounds, 0.2 gave 5, 0.3 and 0.4 none. A candidate trained to tell recordings apart (`cand5`,
+docs/benchmarks.md) matches captions at about 0.3 and other recordings at 0.7 to 0.95 (its measured margin: 0.51):
+at 0.3 its examples fired on neighbours 2 to 7 times as often as at 0.51 and lost to text on the kettle whistle; at
+0.51 they beat text on every new sound of bench_fewshot; the demo model shipped since then is trained the same way
+and measures 0.53. Negative examples have their own setting (`negative_example_margin`, defaulting to the same
+measured margin): the smaller it is, the more a negative example takes away, so the two can be set apart.
 
 The larger of the two logits, not their mean, so an example can teach a detection what its words do not say, and
 adding examples never lowers a score on audio like them. Examples are averaged into one reference rather than each

@@ -2,11 +2,12 @@
 its sound than to its caption (manifest `example_margin`).
 
 A detection's example logit is its cosine with the examples' mean less a margin, so that it competes with text on
-the text's scale (`clapd.daemon.matcher`). The right margin is the model's: the demo model matches a recording
-of a sound at a cosine near 1 and its caption near 0.7, and 0.3 was right for it (this measures 0.32); a model
-trained to tell recordings apart (`clapd finetune --audio-contrast`) matches its captions at near 0.3 and other
-recordings at 0.7 to 0.95, and at 0.3 its examples fired on other sounds 2 to 7 times as often as at the 0.51 this
-measures for it (bench_fewshot, 2026-12-02). So the build measures
+the text's scale (`clapd.daemon.matcher`). The right margin is the model's: the demo model shipped until
+2026-12-02 matched a recording of a sound at a cosine near 1 and its caption near 0.7, and 0.3 was right for it
+(this measures 0.32); a model trained to tell recordings apart (`clapd finetune --audio-contrast`, as the demo
+model shipped since then: 0.53) matches its captions at near 0.3 and other recordings at 0.7 to 0.95, and at 0.3
+the examples of one such model (cand5) fired on other sounds 2 to 7 times as often as at the 0.51 this measures
+for it (bench_fewshot, 2026-12-02). So the build measures
 the gap on labelled recordings of its own training sounds, each scored as the daemon scores an example: windows of
 the daemon's length, repeat-padded to the model's input, against the mean of `REFERENCE_RECORDINGS` others.
 

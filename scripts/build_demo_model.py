@@ -1,17 +1,17 @@
 """Regenerate the demo model that ships as `clapd/demo_bundle`: generated clips, `clapd finetune` from scratch, export.
 
 Everything is seeded: the clips (`clapd.models.synthetic` through `SyntheticDataset`, seed 0), the tokenizer (BPE on
-the training captions), the initial weights and the training order. About 20 minutes on 2 CPU cores. The shipped
-recipe is the defaults (`Recipe`); candidates change them:
-- `--methods-share S` (issue 15): a share S of the sounds made with the training methods of
+the training captions), the initial weights and the training order. About 30 minutes on 2 CPU cores. The shipped
+recipe is the defaults (`Recipe`, since 2026-12-02):
+- `--methods-share S` (issue 15; shipped 0.5): a share S of the sounds made with the training methods of
   `clapd.models.synthetic_methods` and played in generated rooms, and a share S of all clips coloured by a
   microphone and codec (`clapd.models.synthetic_channel`), so that the model hears the kind of sound, not one
   generator's;
-- `--audio-contrast W` (`clapd finetune`): besides the text contrast, a loss that tells two views of each clip apart
-  from the other clips, so that recordings keep what their captions do not say (audio examples, issue 11);
-- `--epochs N`. The best candidates so far (docs/benchmarks.md, not shipped: whole-pipeline tests fail with them)
-  are `cand6`, `--methods-share 0.5 --audio-contrast 0.2 --epochs 32`, and `cand5`, the same with
-  `--audio-contrast 0.5` (30 minutes each).
+- `--audio-contrast W` (`clapd finetune`; shipped 0.2): besides the text contrast, a loss that tells two views of
+  each clip apart from the other clips, so that recordings keep what their captions do not say (audio examples,
+  issue 11);
+- `--epochs N` (shipped 32). The model shipped until 2026-12-02 is `--methods-share 0 --audio-contrast 0 --epochs
+  16`; candidates measured beside it are in docs/benchmarks.md (`cand5`: `--audio-contrast 0.5`).
 `--machines-share M` (issue 12; default 0) makes a share M of the clips machines running normally, labelled by type
 and operating condition (`clapd.models.machine_pairs`). Give `-o` a directory other than the shipped bundle for a
 candidate.
@@ -67,10 +67,10 @@ class Recipe:
     """What the model is trained on and how long; the defaults are the shipped model's."""
 
     clips: int = 4_200  # generated clips; a tenth are the validation split
-    epochs: int = 16
-    methods_share: float = 0.0
+    epochs: int = 32
+    methods_share: float = 0.5
     machines_share: float = 0.0
-    audio_contrast: float = 0.0
+    audio_contrast: float = 0.2
 
 
 def notes(recipe: Recipe) -> tuple[str, ...]:

@@ -200,7 +200,10 @@ def _knock(seed: int) -> np.ndarray:
 @pytest.fixture(scope="module")
 def recordings(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("rooms")
-    soundfile.write(folder / "room.wav", _room(60.0, seed=10), SAMPLE_RATE)
+    # A minute that both demo models so far take for knocking at threshold 0.5 now and then (the first test asserts
+    # it): with the one shipped since 2026-12-02, three of twelve such minutes (seeds 10 to 21) do, seed 21's among
+    # them; with the one before, seed 10's did.
+    soundfile.write(folder / "room.wav", _room(60.0, seed=21), SAMPLE_RATE)
     soundfile.write(folder / "knocking_room.wav", _room(60.0, seed=11, knocks=True), SAMPLE_RATE)
     soundfile.write(folder / "knock.wav", _knock(seed=12), SAMPLE_RATE)
     return folder
@@ -261,7 +264,7 @@ def test_calibrate_on_a_file_prints_the_room_stores_thresholds_and_run_uses_them
     assert "knock: the recording is too short to show its false_alarms_per_day" in result.stdout
     assert rows["knock"][-1] == "capped"
     stored = json.loads((room_config.parent / "state" / "calibration.json").read_text())
-    assert stored["detections"]["knock"]["threshold_on"] == pytest.approx(float(rows["knock"][4]), abs=5e-4)
+    assert stored["detections"]["knock"]["threshold_on"] == float(rows["knock"][4])  # the table shows it as stored
     assert _knock_starts(room_config, room) == 0  # auto: the calibrated threshold is the one in force
 
 

