@@ -88,7 +88,10 @@ def labelled_recordings(folder: Path) -> dict[str, list[Path]]:
                 read_example(file)
             except ExampleError as e:
                 raise MarginSourceError(f"{file}: {e}") from e
-        labelled[subfolder.name.replace("_", " ")] = files
+        caption = subfolder.name.replace("_", " ")
+        if caption in labelled:
+            raise MarginSourceError(f"{subfolder}: another subfolder names the same caption, {caption!r}")
+        labelled[caption] = files
     return labelled
 
 

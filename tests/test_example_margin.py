@@ -166,6 +166,10 @@ def test_example_margin_names_what_is_wrong_and_writes_nothing(tmp_path: Path) -
     assert too_few in refusal(sounds)
     soundfile.write(kettle / "quiet.wav", tone * 1e-4, RATE)
     assert f"{kettle / 'quiet.wav'}: silent" in refusal(sounds)
+    (kettle / "quiet.wav").unlink()
+    soundfile.write(kettle / "3.wav", tone, RATE)
+    shutil.copytree(kettle, sounds / "a kettle whistling")
+    assert "another subfolder names the same caption, 'a kettle whistling'" in refusal(sounds)
     assert "windows.window_seconds = 0.5: Input should be greater than or equal to 1" in refusal(
         sounds, "--window-seconds", "0.5"
     )

@@ -92,6 +92,7 @@ def _run_example_margin(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from clapd.daemon.config import WindowConfig, describe_error
+    from clapd.daemon.examples import ExampleError
     from clapd.daemon.manifest import BundleError
     from clapd.export import example_margin
 
@@ -103,7 +104,7 @@ def _run_example_margin(args: argparse.Namespace) -> int:
     except ValidationError as e:
         print(f"clapd example-margin: windows.{describe_error(e.errors()[0])}", file=sys.stderr)
         return 2
-    except (example_margin.MarginSourceError, BundleError) as e:
+    except (example_margin.MarginSourceError, ExampleError, BundleError) as e:
         print(f"clapd example-margin: {e}", file=sys.stderr)
         return 2
     recordings = sum(len(files) for files in labelled.values())
@@ -113,7 +114,11 @@ def _run_example_margin(args: argparse.Namespace) -> int:
             f"measured by clapd example-margin on {len(labelled)} sounds ({recordings} recordings, "
             f"{windows.window_seconds:g} s windows every {windows.hop_seconds:g} s)"
         )
-        example_margin.record(args.bundle, margin, how)
+        try:
+            example_margin.record(args.bundle, margin, how)
+        except OSError as e:
+            print(f"clapd example-margin: cannot write {args.bundle / 'manifest.json'}: {e}", file=sys.stderr)
+            return 1
         print(f"written to {args.bundle / 'manifest.json'}")
     return 0
 
