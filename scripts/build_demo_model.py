@@ -166,17 +166,17 @@ def attach_sentence_encoder(out: Path, recipe: Recipe) -> None:
 MARGIN_RECORDINGS = 8  # per training class
 MARGIN_SNR_DB = 25.0  # over room tone, as bench_fewshot's example files
 MARGIN_PEAK_DBFS = -12.0  # each recording's peak
+MARGIN_SECONDS = float(DEMO_WINDOWS["window_seconds"])  # each recording: one demo window
 
 
 def margin_sounds() -> dict[str, example_margin.Sound]:
     """Recordings of the generator's classes, one demo window long, each under its first caption (seeded: the same
     recordings every build)."""
     rng = np.random.default_rng(SEED)
-    seconds = float(DEMO_WINDOWS["window_seconds"])
 
     def recording(sound: synthetic.SoundClass) -> np.ndarray:
-        made = sound.make(rng, seconds)  # before the room: the draws' order is the margin's seed
-        return synthetic.mix(made, synthetic.room_tone(rng, seconds), MARGIN_SNR_DB, MARGIN_PEAK_DBFS)
+        made = sound.make(rng, MARGIN_SECONDS)  # before the room: the draws' order is the margin's seed
+        return synthetic.mix(made, synthetic.room_tone(rng, MARGIN_SECONDS), MARGIN_SNR_DB, MARGIN_PEAK_DBFS)
 
     return {
         name: example_margin.Sound([recording(sound) for _ in range(MARGIN_RECORDINGS)], sound.captions[0])
@@ -186,12 +186,10 @@ def margin_sounds() -> dict[str, example_margin.Sound]:
 
 def measure_example_margin(out: Path) -> None:
     """The bundle's example margin (`clapd.export.example_margin`) on `margin_sounds`."""
-    seconds = float(DEMO_WINDOWS["window_seconds"])
-    sounds = margin_sounds()
-    margin = example_margin.measure(out, sounds)
+    margin = example_margin.measure(out, margin_sounds())
     how = (
         f"measured by scripts/build_demo_model.py: the median over the generator's classes of how much closer a "
-        f"{seconds:g} s recording (over room tone at {MARGIN_SNR_DB:g} dB) comes to the mean of "
+        f"{MARGIN_SECONDS:g} s recording (over room tone at {MARGIN_SNR_DB:g} dB) comes to the mean of "
         f"{example_margin.REFERENCE_RECORDINGS} others of its class than to its first caption"
     )
     example_margin.record(out, margin, how)
